@@ -1,0 +1,5 @@
+"""Allow ``python -m precipdiff``."""
+
+from precipdiff.cli.main import main
+
+raise SystemExit(main())

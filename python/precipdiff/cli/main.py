@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from precipdiff import __version__
+from precipdiff.errors import PrecipDiffError
 
 #: Subcommand modules, in the order ``--help`` lists them.
 SUBCOMMANDS: tuple[str, ...] = (
@@ -74,13 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # noqa: BLE001 - the CLI turns any failure into a message
-        from precipdiff.errors import PrecipDiffError
-
-        if isinstance(exc, PrecipDiffError):
-            print(f"precipdiff: error: {exc}", file=sys.stderr)
-            return 2
-        raise
+    except PrecipDiffError as exc:
+        # User-caused problems get one line naming the problem, not a traceback.
+        print(f"precipdiff: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,165 @@
+"""Unit tests of precipdiff.metrics against hand computations and reference packages."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from precipdiff import metrics
+from precipdiff.errors import InputError
+
+
+def _ens(seed: int = 0, t: int = 6, m: int = 5, ny: int = 4, nx: int = 6):
+    rng = np.random.default_rng(seed)
+    obs = rng.gamma(0.7, 3.0, size=(t, ny, nx))
+    ens = rng.gamma(0.7, 3.0, size=(t, m, ny, nx))
+    ens[ens < 0.5] = 0.0  # exact zeros: ties, as in real precipitation
+    obs[obs < 0.5] = 0.0
+    return ens, obs
+
+
+def test_bias_and_mean_absolute_bias_hand_values() -> None:
+    obs = np.zeros((2, 2, 2))
+    pred = np.stack([np.array([[1.0, -1.0], [2.0, 0.0]])] * 3)  # different length is fine
+    assert metrics.mean_bias(pred, obs) == pytest.approx(0.5)
+    assert metrics.mean_absolute_bias(pred, obs) == pytest.approx(1.0)
+    # area weighting with latitudes: the equatorward row counts more
+    lat = np.array([0.0, 60.0])
+    w0, w1 = 1.0, 0.5
+    expected = (w0 * (1 + 1) + w1 * (2 + 0)) / (2 * w0 + 2 * w1)
+    assert metrics.mean_absolute_bias(pred, obs, lat) == pytest.approx(expected)
+
+
+def test_bias_ignores_nan_cells_and_averages_members() -> None:
+    obs = np.ones((3, 2, 2))
+    obs[:, 0, 0] = np.nan  # a sea cell
+    pred = np.full((3, 4, 2, 2), 2.0)
+    assert metrics.mean_absolute_bias(pred, obs) == pytest.approx(1.0)
+    assert np.isnan(metrics.time_mean_bias(pred, obs)[0, 0])
+
+
+def test_rmse_and_mae() -> None:
+    obs = np.zeros((2, 1, 2))
+    pred = np.array([[[3.0, 4.0]], [[0.0, 0.0]]])
+    assert metrics.rmse(pred, obs) == pytest.approx(np.sqrt((9 + 16) / 4))
+    assert metrics.mae(pred, obs) == pytest.approx(7 / 4)
+    with pytest.raises(InputError, match="does not match"):
+        metrics.rmse(pred, np.zeros((2, 2, 2)))
+
+
+def test_crps_matches_properscoring_and_scoringrules() -> None:
+    properscoring = pytest.importorskip("properscoring")
+    scoringrules = pytest.importorskip("scoringrules")
+    ens, obs = _ens()
+    ours = metrics.crps_ensemble(ens, obs)
+    ref = properscoring.crps_ensemble(obs, np.moveaxis(ens, 1, -1))
+    np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-12)
+    ref_sr = scoringrules.crps_ensemble(obs, ens, m_axis=1, estimator="nrg")
+    np.testing.assert_allclose(ours, ref_sr, rtol=1e-10, atol=1e-12)
+    fair = metrics.crps_ensemble(ens, obs, fair=True)
+    ref_fair = scoringrules.crps_ensemble(obs, ens, m_axis=1, estimator="fair")
+    np.testing.assert_allclose(fair, ref_fair, rtol=1e-10, atol=1e-12)
+    assert np.all(fair <= ours + 1e-12)
+
+
+def test_crps_single_member_is_absolute_error() -> None:
+    ens, obs = _ens(m=1)
+    np.testing.assert_allclose(metrics.crps_ensemble(ens, obs), np.abs(ens[:, 0] - obs))
+    with pytest.raises(InputError, match="at least 2"):
+        metrics.crps_ensemble(ens, obs, fair=True)
+
+
+def test_spread_skill_calibrated_ensemble_ratio_near_one() -> None:
+    rng = np.random.default_rng(1)
+    truth_centre = rng.normal(size=(400, 1, 4, 4))
+    # obs and members are exchangeable draws around the same centre: calibrated
+    ens = truth_centre + rng.normal(size=(400, 8, 4, 4))
+    obs = (truth_centre + rng.normal(size=(400, 1, 4, 4)))[:, 0]
+    ss = metrics.spread_skill(ens, obs, n_bins=5)
+    assert ss.ratio == pytest.approx(1.0, abs=0.05)
+    assert ss.bin_spread.shape == (5,) and np.all(np.diff(ss.bin_spread) >= 0)
+    under = metrics.spread_skill(truth_centre + 0.3 * rng.normal(size=(400, 8, 4, 4)), obs)
+    assert under.ratio < 0.5
+
+
+def test_rank_histogram_counts_and_ties() -> None:
+    ens, obs = _ens(t=50)
+    h = metrics.rank_histogram(ens, obs, seed=3)
+    assert h.shape == (6,)
+    assert h.sum() == obs.size
+    # all-tied case (everything dry): ranks spread uniformly, not all in bin 0
+    h0 = metrics.rank_histogram(np.zeros((2000, 4, 1, 1)), np.zeros((2000, 1, 1)), seed=0)
+    assert h0.min() > 300
+
+
+def test_wet_day_frequency_and_quantiles() -> None:
+    x = np.array([0.0, 0.5, 1.0, 5.0]).reshape(4, 1, 1)
+    assert metrics.wet_day_frequency(x)[0, 0] == pytest.approx(0.5)
+    vals = np.arange(1001, dtype=float).reshape(1001, 1, 1)
+    np.testing.assert_allclose(metrics.quantiles(vals), [950.0, 990.0, 999.0])
+    assert metrics.quantiles(vals, per_cell=True).shape == (3, 1, 1)
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        metrics.quantiles(vals, q=(95,))
+
+
+def test_radial_spectrum_peaks_at_the_wave() -> None:
+    ny, nx = 32, 32
+    _yy, xx = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
+    field = np.sin(2 * np.pi * 4 * xx / nx)[None]
+    k, p = metrics.power_spectrum_radial(field, dx=1.0)
+    assert k[np.argmax(p)] == pytest.approx(4 / nx)
+    # NaN cells do not break it
+    field2 = field.copy()
+    field2[0, :3, :3] = np.nan
+    _k2, p2 = metrics.power_spectrum_radial(field2)
+    assert np.all(np.isfinite(p2))
+
+
+def test_zonal_spectrum_and_band() -> None:
+    nlon = 36
+    lon = np.arange(nlon)
+    lat = np.array([-30.0, 0.0, 30.0])
+    field = np.zeros((2, 3, nlon))
+    field[:, 1] = np.cos(2 * np.pi * 3 * lon / nlon)
+    k, p = metrics.power_spectrum_zonal(field)
+    assert k[np.argmax(p)] == 3
+    _, pb = metrics.power_spectrum_zonal(field, lat, lat_band=(20, 40))
+    assert np.allclose(pb, 0)
+    with pytest.raises(InputError, match="band"):
+        metrics.power_spectrum_zonal(field, lat, lat_band=(60, 70))
+
+
+def test_change_signal_and_error() -> None:
+    rng = np.random.default_rng(0)
+    h = rng.gamma(1.0, 2.0, size=(500, 2, 2))
+    f = 1.2 * h
+    np.testing.assert_allclose(metrics.change_signal(h, f, q=(0.5, 0.9)), [0.2, 0.2])
+    np.testing.assert_allclose(metrics.change_signal(h, f), np.full((2, 2), 0.2))
+    out = metrics.change_signal_error(h, f, 0.5 * h, 0.5 * f, q=(0.5, 0.9))
+    np.testing.assert_allclose(out["difference"], 0.0, atol=1e-12)
+    out2 = metrics.change_signal_error(h, f, h, h, q=(0.5,))
+    np.testing.assert_allclose(out2["difference"], [-0.2])
+    np.testing.assert_allclose(metrics.change_signal(h, h + 1, q=(0.5,), kind="absolute"), [1.0])
+
+
+def test_water_mass_consistency() -> None:
+    rng = np.random.default_rng(0)
+    coarse = rng.gamma(1.0, 2.0, size=(3, 2, 3))
+    fine = np.repeat(np.repeat(coarse, 4, axis=-2), 4, axis=-1)
+    out = metrics.water_mass_consistency(coarse, fine[:, None], 4)
+    assert out["relative_total_error"] == pytest.approx(0.0, abs=1e-12)
+    assert out["block_mae"] == pytest.approx(0.0, abs=1e-12)
+    out2 = metrics.water_mass_consistency(coarse, 1.1 * fine, 4)
+    assert out2["relative_total_error"] == pytest.approx(0.1)
+    with pytest.raises(InputError, match="multiple"):
+        metrics.block_mean(fine[..., :7], 4)
+
+
+def test_area_weights_shape_mismatch_names_shapes() -> None:
+    class G:
+        def cell_area(self):
+            return np.ones((2, 3))
+
+    assert metrics.area_weights(G(), (2, 3)).sum() == pytest.approx(1.0)
+    with pytest.raises(InputError, match=r"\(2, 3\)"):
+        metrics.area_weights(G(), (3, 3))

@@ -1,0 +1,563 @@
+"""Typed training configuration, loaded strictly from YAML or JSON.
+
+One experiment file holds both stages (``regression`` and ``diffusion``) and
+the bundle they are assembled into; ``precipdiff train regression CONFIG``,
+``precipdiff train diffusion CONFIG`` and ``precipdiff train bundle CONFIG``
+each read the section they need. Unknown keys anywhere raise
+:class:`~precipdiff.errors.ConfigError` naming the key and the section, so a
+typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import numpy as np
+
+from precipdiff.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass
+class VariableSource:
+    """One variable read from netCDF.
+
+    Parameters
+    ----------
+    name
+        Canonical name used inside precipdiff and in the bundle (e.g. ``hus850``).
+    path
+        File path or glob (many yearly files), relative to ``DataConfig.data_root``.
+    variable
+        Name of the variable inside the file; ``None`` takes the only data variable.
+    scale
+        Factor applied after reading (e.g. ``24000`` turns ERA5 hourly ``tp`` in
+        metres into mm/day); the target must end up in mm/day.
+    level
+        Vertical level to select when the variable has a level dimension.
+    """
+
+    name: str
+    path: str
+    variable: str | None = None
+    scale: float = 1.0
+    level: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ConfigError("variable source: 'name' must be a non-empty string")
+        if not self.path:
+            raise ConfigError(f"variable {self.name!r}: 'path' must be a non-empty string")
+        if not np.isfinite(self.scale) or self.scale == 0:
+            raise ConfigError(f"variable {self.name!r}: scale must be finite and non-zero")
+
+
+@dataclass
+class SplitConfig:
+    """Train/validation split by time (ISO dates, inclusive).
+
+    Parameters
+    ----------
+    validation_start, validation_end
+        The validation period. Samples in it are never used for training nor
+        for normalisation statistics.
+    train_start, train_end
+        Optional bounds of the training period (default: all remaining samples).
+    """
+
+    validation_start: str
+    validation_end: str
+    train_start: str | None = None
+    train_end: str | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("validation_start", "validation_end", "train_start", "train_end"):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            try:
+                np.datetime64(value, "s")
+            except ValueError as exc:
+                raise ConfigError(f"split.{key}: {value!r} is not an ISO date") from exc
+        if np.datetime64(self.validation_start) > np.datetime64(self.validation_end):
+            raise ConfigError(
+                f"split: validation_start {self.validation_start} is after "
+                f"validation_end {self.validation_end}"
+            )
+
+
+@dataclass
+class DataConfig:
+    """Where the samples come from and how the grids are built.
+
+    Parameters
+    ----------
+    target
+        Fine-grid precipitation (converted to mm/day with ``scale``). Missing
+        values (NaN, e.g. E-OBS over sea) are masked out of the loss.
+    split
+        Train/validation split by time.
+    predictors
+        Large-scale predictors (regression stage only; empty for diffusion).
+    data_root
+        Directory the paths are relative to; ``None`` uses the shared data
+        directory (``precipdiff.testing.shared_data_dir()``).
+    crop_lat, crop_lon
+        ``[start, stop)`` index ranges cropping the fine target grid so that its
+        size divides by ``coarsen_factor``; ``None`` keeps the full axis.
+    coarsen_factor
+        Block size of the block mean that builds the coarse grid from the fine one
+        (1: the target already is on the coarse grid).
+    min_valid_fraction
+        A coarse cell is valid when at least this fraction of its fine cells is.
+    predictor_regrid
+        Method remapping predictors onto the coarse grid (``bilinear`` or
+        ``conservative``).
+    time_match
+        ``day`` pairs predictor and target samples by calendar day, ``exact`` by
+        timestamp.
+    cache_in_memory
+        Read every selected sample once into memory (only for small data sets;
+        large ones are read lazily sample by sample).
+    """
+
+    target: VariableSource
+    split: SplitConfig
+    predictors: list[VariableSource] = field(default_factory=list)
+    data_root: str | None = None
+    crop_lat: list[int] | None = None
+    crop_lon: list[int] | None = None
+    coarsen_factor: int = 4
+    min_valid_fraction: float = 0.5
+    predictor_regrid: Literal["bilinear", "conservative"] = "bilinear"
+    time_match: Literal["day", "exact"] = "day"
+    cache_in_memory: bool = False
+
+    def __post_init__(self) -> None:
+        for key in ("crop_lat", "crop_lon"):
+            crop = getattr(self, key)
+            if crop is not None and (len(crop) != 2 or crop[0] < 0 or crop[1] <= crop[0]):
+                raise ConfigError(f"data.{key} must be [start, stop) with 0 <= start < stop")
+        if self.coarsen_factor < 1:
+            raise ConfigError(f"data.coarsen_factor must be >= 1, got {self.coarsen_factor}")
+        if not 0.0 < self.min_valid_fraction <= 1.0:
+            raise ConfigError("data.min_valid_fraction must be in (0, 1]")
+        if self.predictor_regrid not in ("bilinear", "conservative"):
+            raise ConfigError(
+                f"data.predictor_regrid must be 'bilinear' or 'conservative', "
+                f"got {self.predictor_regrid!r}"
+            )
+        if self.time_match not in ("day", "exact"):
+            raise ConfigError(f"data.time_match must be 'day' or 'exact', got {self.time_match!r}")
+        names = [p.name for p in self.predictors]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"data.predictors: duplicate names in {names}")
+
+    def root(self, base: Path | None = None) -> Path:
+        """Resolve the data root directory.
+
+        Parameters
+        ----------
+        base
+            Directory relative roots are resolved against (the config file's).
+
+        Returns
+        -------
+        pathlib.Path
+            The directory; raises :class:`ConfigError` when it cannot be found.
+        """
+        from precipdiff.testing import shared_data_dir
+
+        if self.data_root is None:
+            found = shared_data_dir()
+            if found is None:
+                raise ConfigError(
+                    "data.data_root is not set and the shared data directory was not "
+                    "found (set PRECIPDIFF_SHARED_DATA or data.data_root)"
+                )
+            return found
+        root = Path(os.path.expandvars(self.data_root)).expanduser()
+        if not root.is_absolute() and base is not None:
+            root = base / root
+        if not root.is_dir():
+            raise ConfigError(f"data.data_root {root} is not a directory")
+        return root
+
+
+@dataclass
+class OptimConfig:
+    """AdamW, warm-up + cosine learning-rate schedule, clipping and the EMA.
+
+    Parameters
+    ----------
+    steps
+        Number of optimiser steps.
+    batch_size
+        Global batch size (split evenly across DDP processes).
+    lr
+        Peak learning rate.
+    weight_decay
+        AdamW weight decay.
+    warmup_steps
+        Linear warm-up length.
+    min_lr_ratio
+        Final learning rate of the cosine decay, as a fraction of ``lr``.
+    grad_clip
+        Maximum global gradient norm (``0`` disables clipping).
+    ema_decay
+        Exponential moving average of the weights (``0`` disables it).
+    """
+
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.05
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ConfigError(f"optim.steps must be >= 1, got {self.steps}")
+        if self.batch_size < 1:
+            raise ConfigError(f"optim.batch_size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError("optim.weight_decay must be >= 0")
+        if self.warmup_steps < 0:
+            raise ConfigError("optim.warmup_steps must be >= 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError("optim.min_lr_ratio must be in [0, 1]")
+        if self.grad_clip < 0:
+            raise ConfigError("optim.grad_clip must be >= 0")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"optim.ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+@dataclass
+class LoopConfig:
+    """Validation, checkpointing and logging cadence.
+
+    Parameters
+    ----------
+    validate_every
+        Steps between validations (the best validation loss selects the model).
+    checkpoint_every
+        Steps between resumable checkpoints.
+    log_every
+        Steps between rows of ``metrics.csv``.
+    max_validation_samples
+        Cap on validation samples per validation (``0``: all).
+    progress
+        Show a progress bar.
+    """
+
+    validate_every: int = 100
+    checkpoint_every: int = 100
+    log_every: int = 10
+    max_validation_samples: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("validate_every", "checkpoint_every", "log_every"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"loop.{key} must be >= 1")
+        if self.max_validation_samples < 0:
+            raise ConfigError("loop.max_validation_samples must be >= 0")
+
+
+@dataclass
+class RegressionStageConfig:
+    """The UNet regression: predictors on the coarse grid -> coarse precipitation.
+
+    Parameters
+    ----------
+    data
+        Data section (with predictors).
+    model
+        Keyword arguments of :class:`precipdiff.nn.unet.UNetConfig`; the channel
+        counts are filled in from the data.
+    optim
+        Optimiser section.
+    loop
+        Loop section.
+    """
+
+    data: DataConfig
+    model: dict[str, Any] = field(default_factory=dict)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+
+    def __post_init__(self) -> None:
+        if not self.data.predictors:
+            raise ConfigError("regression.data.predictors must list at least one predictor")
+
+
+@dataclass
+class DiffusionStageConfig:
+    """The conditional EDM denoiser: upsampled coarse field -> fine field.
+
+    Parameters
+    ----------
+    data
+        Data section (target only; the condition is its block mean).
+    model
+        Keyword arguments of :class:`precipdiff.nn.unet.UNetConfig`.
+    sigma_data
+        EDM ``sigma_data`` of the normalised fine field.
+    sigma_c
+        Standard deviation of the Gaussian noise injected into the (normalised)
+        condition during training and inference (paper, Sec. 4.2).
+    p_mean, p_std
+        Log-normal distribution of the training noise levels (EDM).
+    patch_size
+        ``[h, w]`` random patches of the fine grid (multiples of the coarsen
+        factor); ``None`` trains on whole fields.
+    optim
+        Optimiser section.
+    loop
+        Loop section.
+    """
+
+    data: DataConfig
+    model: dict[str, Any] = field(default_factory=dict)
+    sigma_data: float = 1.0
+    sigma_c: float = 0.1
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    patch_size: list[int] | None = None
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+
+    def __post_init__(self) -> None:
+        if self.data.predictors:
+            raise ConfigError(
+                "diffusion.data.predictors must be empty: the diffusion stage is "
+                "conditioned on the coarsened target only"
+            )
+        if not self.sigma_data > 0:
+            raise ConfigError("diffusion.sigma_data must be > 0")
+        if self.sigma_c < 0:
+            raise ConfigError("diffusion.sigma_c must be >= 0")
+        if not self.p_std > 0:
+            raise ConfigError("diffusion.p_std must be > 0")
+        f = self.data.coarsen_factor
+        if self.patch_size is not None and (
+            len(self.patch_size) != 2 or any(p < f or p % f for p in self.patch_size)
+        ):
+            raise ConfigError(
+                f"diffusion.patch_size {self.patch_size} must be [h, w], positive "
+                f"multiples of data.coarsen_factor ({f})"
+            )
+
+
+@dataclass
+class BundleSection:
+    """How the two trained stages are assembled into a bundle.
+
+    Parameters
+    ----------
+    out
+        Output directory of the bundle.
+    name
+        Bundle name recorded in the manifest.
+    description
+        One-line description recorded in the manifest.
+    sampler
+        Default sampler settings (keyword arguments of
+        :class:`precipdiff.diffusion.samplers.SamplerConfig`).
+    """
+
+    out: str
+    name: str
+    description: str = ""
+    sampler: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    """A complete training experiment.
+
+    Parameters
+    ----------
+    run_dir
+        Directory for checkpoints, metrics and statistics (relative to the
+        current directory).
+    regression
+        Regression stage.
+    diffusion
+        Diffusion stage.
+    bundle
+        Bundle assembly.
+    seed
+        Seed of every random choice (data order, patches, noise, initialisation).
+    device
+        ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+    precision
+        ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``.
+    transform
+        Keyword arguments of :class:`precipdiff.transforms.PrecipTransform`
+        (``kind``, ``eps`` in mm/day).
+    """
+
+    run_dir: str
+    regression: RegressionStageConfig | None = None
+    diffusion: DiffusionStageConfig | None = None
+    bundle: BundleSection | None = None
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    transform: dict[str, Any] = field(default_factory=lambda: {"kind": "log1p", "eps": 0.1})
+
+    #: Directory of the file the config was read from (resolves relative paths).
+    source_dir: Path | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        from precipdiff.transforms import PrecipTransform
+
+        PrecipTransform.from_dict(self.transform)  # validates kind/eps, rejects unknown keys
+        if self.regression is None and self.diffusion is None:
+            raise ConfigError("a training config needs a 'regression' or 'diffusion' section")
+
+
+# --------------------------------------------------------------------------------------
+# strict loading
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(args[0], value, where) if len(args) == 1 else value
+    if _is_dataclass_type(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return from_dict(tp, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        (item,) = typing.get_args(tp)
+        return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys.
+
+    Parameters
+    ----------
+    cls
+        The dataclass type.
+    data
+        The mapping (e.g. parsed YAML).
+    where
+        Location used in error messages.
+
+    Returns
+    -------
+    object
+        An instance of ``cls``.
+    """
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls} is not a dataclass")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name != "source_dir"}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed keys are {sorted(fields)}")
+    kwargs = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{where}: missing required key(s) {missing}")
+    return cls(**kwargs)
+
+
+def load_config(path: str | os.PathLike[str]) -> TrainConfig:
+    """Read a training config from a YAML or JSON file.
+
+    Parameters
+    ----------
+    path
+        The file.
+
+    Returns
+    -------
+    TrainConfig
+        The validated configuration; relative data paths resolve against the
+        file's directory.
+    """
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"training config {p} does not exist")
+    text = p.read_text()
+    try:
+        raw = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"training config {p} is not valid YAML/JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"training config {p}: top level must be a mapping")
+    cfg = from_dict(TrainConfig, raw, where=p.name)
+    cfg.source_dir = p.resolve().parent
+    return cfg
+
+
+def to_dict(cfg: Any) -> Any:
+    """Turn a config dataclass into plain JSON-serialisable data.
+
+    Parameters
+    ----------
+    cfg
+        A config dataclass (or plain value).
+
+    Returns
+    -------
+    object
+        Nested dicts/lists/scalars.
+    """
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return {
+            f.name: to_dict(getattr(cfg, f.name))
+            for f in dataclasses.fields(cfg)
+            if f.name != "source_dir"
+        }
+    if isinstance(cfg, list):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg

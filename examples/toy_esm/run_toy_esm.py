@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""Run the toy ESM and check its output: the driver behind the toy_esm ctest tests.
+
+What it does, in order:
+
+1. (``--tiny-bundle``) makes a tiny model bundle with predictors u10, v10, msl on a
+   global 4° grid with pole rows (46×90, like ERA5) and a 1° fine grid (181×360),
+   so the plugin's remap from the toy model's cell-centred grid is exercised;
+   or uses ``--bundle PATH`` (e.g. the shipped global bundle);
+2. writes one namelist file with ``&toy_esm_nml`` and ``&precipdiff_nml``;
+3. runs the Fortran program and echoes its output;
+4. checks the CF-netCDF output: the record count, no NaN anywhere, a water budget
+   that closes to round-off every day, non-negative water, and -- when coupled --
+   that the plugin's precipitation is what the model used as its sink and that the
+   fine-grid and model-grid precipitation agree in the global mean.
+
+Exit status 0 when every check passes, 1 otherwise (the failed checks are printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Model grid of the tests (cell-centred, 4 degrees) and the tiny bundle's grids.
+TEST_NLON, TEST_NLAT = 90, 45
+
+
+def tiny_bundle(path: Path) -> Path:
+    """Make a tiny u10/v10/msl bundle on a 4° global coarse grid and a 1° fine grid."""
+    from precipdiff.grids import LatLonGrid
+    from precipdiff.testing_models import make_tiny_bundle
+
+    coarse = LatLonGrid(lat=np.linspace(90.0, -90.0, 46), lon=np.arange(0.0, 360.0, 4.0))
+    fine = LatLonGrid(lat=np.linspace(90.0, -90.0, 181), lon=np.arange(0.0, 360.0, 1.0))
+    make_tiny_bundle(path, coarse_grid=coarse, fine_grid=fine, variables=["u10", "v10", "msl"])
+    return path
+
+
+def fortran_value(value: Any) -> str:
+    """Format a Python value as a Fortran namelist value."""
+    if isinstance(value, bool):
+        return ".true." if value else ".false."
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def write_namelist(path: Path, toy: dict[str, Any], plugin: dict[str, Any] | None) -> None:
+    """Write ``&toy_esm_nml`` (and ``&precipdiff_nml`` when given) to one file."""
+    lines = ["&toy_esm_nml"]
+    lines += [f"  {k} = {fortran_value(v)}" for k, v in toy.items()]
+    lines.append("/")
+    if plugin is not None:
+        lines.append("&precipdiff_nml")
+        lines += [f"  {k} = {fortran_value(v)}" for k, v in plugin.items()]
+        lines.append("/")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def area_weights(lat_bnds: np.ndarray, nlon: int) -> np.ndarray:
+    """Relative cell areas (nlat, nlon) from latitude bounds (degrees)."""
+    s = np.sin(np.deg2rad(lat_bnds))
+    w = np.abs(s[:, 1] - s[:, 0])
+    return np.repeat(w[:, None], nlon, axis=1)
+
+
+def check_output(path: Path, days: int, coupled: bool) -> list[str]:
+    """Check a toy_esm output file; return the list of failed checks (empty: all passed)."""
+    import netCDF4
+
+    failures: list[str] = []
+
+    def expect(cond: bool, message: str) -> None:
+        if not cond:
+            failures.append(message)
+
+    with netCDF4.Dataset(path) as ds:
+        ds.set_auto_mask(False)
+        nt = ds.dimensions["time"].size
+        expect(nt == days, f"{path.name}: {nt} daily records, expected {days}")
+        if nt == 0:
+            return failures
+        for name in ("pr", "prw", "evspsbl", "uas", "vas", "psl", "pr_fine"):
+            if name in ds.variables:
+                values = ds.variables[name][:]
+                nbad = int(np.count_nonzero(~np.isfinite(values)))
+                expect(nbad == 0, f"{name}: {nbad} non-finite values")
+        nan_count = ds.variables["nan_count"][:]
+        expect(bool(np.all(nan_count == 0)), f"nan_count reported by the model: {nan_count}")
+        gw = ds.variables["global_prw"][:]
+        ev = ds.variables["global_evap"][:]
+        pr = ds.variables["global_pr"][:]
+        req = ds.variables["global_pr_requested"][:]
+        lim = ds.variables["global_pr_limited"][:]
+        res = ds.variables["budget_residual"][:]
+        wmin = ds.variables["prw_min"][:]
+        scale = float(np.max(np.abs(gw)))
+        # The model's own residual: round-off only (double precision).
+        expect(
+            bool(np.all(np.abs(res) <= 1e-10 * scale)),
+            f"budget residual {res} exceeds 1e-10 x global water {scale:.3f} kg m-2",
+        )
+        expect(bool(np.all(wmin >= 0.0)), f"negative column water: prw_min = {wmin}")
+        expect(
+            bool(np.allclose(req - pr, lim, rtol=0, atol=1e-9 * scale)),
+            "limited precipitation is not requested minus removed",
+        )
+        # Independent check from the 2-D fields (stored as float32).
+        lat_bnds = ds.variables["lat_bnds"][:]
+        prw2d = ds.variables["prw"][:].astype(np.float64)
+        w = area_weights(lat_bnds, prw2d.shape[2])
+        gw2 = (prw2d * w).sum(axis=(1, 2)) / w.sum()
+        expect(
+            bool(np.allclose(gw2, gw, rtol=1e-5)),
+            f"global mean of prw field {gw2} differs from reported {gw}",
+        )
+        ev2 = (ds.variables["evspsbl"][:].astype(np.float64) * w).sum(axis=(1, 2)) / w.sum()
+        expect(
+            bool(np.allclose(ev2 * 86400.0, ev, rtol=1e-5)),
+            f"daily evaporation from the field {ev2 * 86400} differs from reported {ev}",
+        )
+        # Day-to-day budget from the series alone: W(d) - W(d-1) = E(d) - P(d).
+        if nt > 1:
+            dw = np.diff(gw)
+            expect(
+                bool(np.allclose(dw, ev[1:] - pr[1:], rtol=0, atol=1e-9 * scale)),
+                f"series budget does not close: dW {dw} vs E-P {ev[1:] - pr[1:]}",
+            )
+        if coupled:
+            pr2d = ds.variables["pr"][:].astype(np.float64)
+            expect(bool(np.all(pr2d >= 0.0)), "negative precipitation from the plugin")
+            expect(bool(np.any(pr2d > 0.0)), "the plugin's precipitation is zero everywhere")
+            gp = (pr2d * w).sum(axis=(1, 2)) / w.sum()
+            # The day-d output is the sink of day d+1 (lagged coupling).
+            if nt > 1:
+                expect(
+                    bool(np.allclose(req[1:], gp[:-1] * 86400.0, rtol=1e-5)),
+                    f"sink requested on day d+1 {req[1:]} is not the plugin output of day d "
+                    f"{gp[:-1] * 86400.0}",
+                )
+            expect(abs(req[0]) == 0.0, f"no plugin output exists during day 1, yet {req[0]}")
+            if "pr_fine" in ds.variables:
+                from precipdiff.grids import LatLonGrid
+
+                fine = LatLonGrid(lat=ds.variables["lat_fine"][:], lon=ds.variables["lon_fine"][:])
+                af = fine.cell_area()
+                pf = ds.variables["pr_fine"][:].astype(np.float64)
+                gf = (pf * af).sum(axis=(1, 2)) / af.sum()
+                expect(
+                    bool(np.allclose(gf, gp, rtol=0.02)),
+                    f"global mean fine precipitation {gf * 86400} mm/day differs from the "
+                    f"model-grid field {gp * 86400} mm/day by more than 2 %",
+                )
+    return failures
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--exe", required=True, type=Path, help="toy_esm executable")
+    p.add_argument("--workdir", required=True, type=Path, help="directory for inputs/outputs")
+    p.add_argument("--days", type=int, default=3)
+    p.add_argument("--nlon", type=int, default=TEST_NLON)
+    p.add_argument("--nlat", type=int, default=TEST_NLAT)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--no-plugin", action="store_true", help="dynamics and evaporation only")
+    g.add_argument("--tiny-bundle", action="store_true", help="make a tiny bundle at test time")
+    g.add_argument("--bundle", type=Path, help="an existing bundle (u10, v10, msl)")
+    p.add_argument("--steps", type=int, default=2, help="sampler steps (0: bundle default)")
+    args = p.parse_args(argv)
+
+    work = args.workdir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    out = work / "toy_esm_out.nc"
+    out.unlink(missing_ok=True)
+    toy = {
+        "ndays": args.days,
+        "nlon": args.nlon,
+        "nlat": args.nlat,
+        "dt": 1800.0,
+        "use_plugin": not args.no_plugin,
+        "write_fine": True,
+        "output_file": str(out),
+    }
+    plugin = None
+    if not args.no_plugin:
+        bundle = tiny_bundle(work / "tiny_bundle") if args.tiny_bundle else args.bundle.resolve()
+        plugin = {
+            "bundle_path": str(bundle),
+            "device": "cpu",
+            "members": 1,
+            "sampler_steps": args.steps,
+            "seed": 1,
+            "output_units": "kg m-2 s-1",
+            "reference_time": "2000-01-01 00:00:00",
+            "torch_threads": 1,
+        }
+    nml = work / "toy_esm.nml"
+    write_namelist(nml, toy, plugin)
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [str(args.exe), str(nml)], cwd=work, env=env, capture_output=True, text=True
+    )
+    wall = time.perf_counter() - t0
+    sys.stdout.write(proc.stdout)
+    sys.stdout.write(proc.stderr)
+    if proc.returncode != 0:
+        print(f"FAIL: toy_esm exited with status {proc.returncode}")
+        return 1
+    failures = check_output(out, args.days, coupled=not args.no_plugin)
+    daily = [ln for ln in proc.stdout.splitlines() if ln.split()[1:2] and ln.split()[1].isdigit()]
+    if len(daily) != args.days:
+        failures.append(f"expected {args.days} daily budget lines on stdout, got {len(daily)}")
+    for f in failures:
+        print(f"FAIL: {f}")
+    if failures:
+        return 1
+    print(f"PASS: toy_esm {args.days} days in {wall:.1f} s; output {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,494 @@
+"""The inference pipeline: predictors → coarse precipitation → fine ensemble.
+
+:class:`PrecipGenerator` runs the two stages of Aich et al. (2025):
+
+1. predictors (any supported grid) are remapped bilinearly to the bundle's
+   coarse grid, checked (finite, physical range), normalised and passed through
+   the regression UNet → coarse precipitation in normalised transformed space;
+2. that field is upsampled bilinearly to the fine grid (the condition), noised at
+   ``sigma_c`` with each member's own random stream, and an EDM sampler draws
+   each ensemble member from the denoiser; the inverse transform gives
+   precipitation (mm/day, never negative).
+
+Member ``k`` of time step ``t`` draws all its noise (condition noise, initial
+noise, churn) from a generator seeded by ``SeedSequence([seed, t, k])``, so it
+does not depend on the other members or on the batch size.
+
+An optional mass-conserving correction rescales the fine field so that its
+conservative coarse-graining equals the regression's coarse field (the paper
+does not enforce conservation; ``conserve_mass`` switches it on).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from precipdiff.bundle import Bundle, load_bundle
+from precipdiff.diffusion.edm import add_condition_noise
+from precipdiff.diffusion.samplers import SamplerConfig, member_generators, sample
+from precipdiff.errors import ConfigError, DeviceError, GridError, InputError
+from precipdiff.grids import LatLonGrid, Regridder
+from precipdiff.variables import VariableSpec, check_finite, check_range, resolve_variable
+
+#: Seconds per day: 1 mm/day = 1/86400 kg m-2 s-1.
+SECONDS_PER_DAY = 86400.0
+UNITS = ("mm/day", "kg m-2 s-1")
+
+ProgressFn = Callable[[int, int], None]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """Turn ``"auto"|"cpu"|"cuda"[:n]`` into a device, checking CUDA is present.
+
+    Parameters
+    ----------
+    device
+        Requested device; ``"auto"`` picks CUDA when available, else CPU.
+
+    Returns
+    -------
+    torch.device
+        The device.
+    """
+    if isinstance(device, torch.device):
+        device = str(device)
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise DeviceError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(
+            f"device {device!r} requested but CUDA is not available "
+            f"(torch {torch.__version__}); use --device cpu or auto"
+        )
+    if dev.type not in ("cpu", "cuda"):
+        raise DeviceError(f"device {device!r} is not supported; use 'auto', 'cpu' or 'cuda'")
+    return dev
+
+
+@dataclass
+class GenerationResult:
+    """Output of :meth:`PrecipGenerator.generate`.
+
+    Parameters
+    ----------
+    fine
+        ``(time, member, nlat_f, nlon_f)`` float32 precipitation.
+    coarse
+        ``(time, nlat_c, nlon_c)`` float32 regression precipitation.
+    units
+        ``"mm/day"`` or ``"kg m-2 s-1"``.
+    fine_grid, coarse_grid
+        The grids of ``fine`` and ``coarse``.
+    seed
+        The seed used.
+    sampler
+        The sampler settings used.
+    conserve_mass
+        Whether the mass-conserving correction was applied.
+    attrs
+        Provenance (bundle path, manifest provenance, sigma_c, NFE).
+    """
+
+    fine: np.ndarray
+    coarse: np.ndarray
+    units: str
+    fine_grid: LatLonGrid
+    coarse_grid: LatLonGrid
+    seed: int
+    sampler: SamplerConfig
+    conserve_mass: bool
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+def _spec(spec: Mapping[str, Any]) -> VariableSpec:
+    return VariableSpec.from_dict(spec)
+
+
+class PrecipGenerator:
+    """Generate fine-grid precipitation ensembles from large-scale predictors.
+
+    Parameters
+    ----------
+    bundle
+        A loaded :class:`~precipdiff.bundle.Bundle`.
+    use_compiled
+        ``"auto"``: use AOTInductor packages from the bundle when one matches the
+        device, shapes and torch version, eager otherwise; ``True``: require
+        them; ``False``: always eager.
+    member_batch
+        Members denoised together in one network call. The default 1 makes a
+        member bit-identical whatever the ensemble size (batched convolutions
+        may pick different kernels); larger values trade that for speed on GPUs.
+    """
+
+    def __init__(
+        self, bundle: Bundle, *, use_compiled: bool | str = "auto", member_batch: int = 1
+    ) -> None:
+        if use_compiled not in ("auto", True, False):
+            raise ConfigError(f"use_compiled must be 'auto', True or False, got {use_compiled!r}")
+        if member_batch < 1:
+            raise ConfigError(f"member_batch must be >= 1, got {member_batch}")
+        self.bundle = bundle
+        self.manifest = bundle.manifest
+        self.device = bundle.device
+        self.member_batch = member_batch
+        self.coarse_grid = bundle.coarse_grid
+        self.fine_grid = bundle.fine_grid
+        self.transform = bundle.transform
+        self.sampler = self.manifest.sampler_config()
+        norm = self.manifest.normalisation
+        self._x_mean = np.array(
+            [norm["predictors"][n]["mean"] for n in self.manifest.variable_names()], np.float32
+        )
+        self._x_std = np.array(
+            [norm["predictors"][n]["std"] for n in self.manifest.variable_names()], np.float32
+        )
+        self._y_mean = float(norm["precip"]["mean"])
+        self._y_std = float(norm["precip"]["std"])
+        self._upsample = Regridder(self.coarse_grid, self.fine_grid, "bilinear")
+        self._input_regridders: dict[tuple[bytes, bytes], Regridder] = {}
+        self._mass: tuple[Regridder, sp.csr_matrix] | None = None
+        self._statics_fine = torch.as_tensor(bundle.statics_fine, device=self.device)
+        self._statics_coarse = bundle.statics_coarse
+        self.regression_fn: Callable[[torch.Tensor], torch.Tensor] = bundle.regression
+        self.denoise_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = (
+            bundle.denoiser
+        )
+        self.compiled = False
+        if use_compiled is not False:
+            from precipdiff.export import load_compiled
+
+            compiled = load_compiled(bundle, required=use_compiled is True)
+            if compiled is not None:
+                self.regression_fn, self.denoise_fn = compiled
+                self.compiled = True
+
+    @classmethod
+    def from_bundle(
+        cls,
+        path: str | os.PathLike[str],
+        device: str | torch.device = "auto",
+        use_compiled: bool | str = "auto",
+        member_batch: int = 1,
+    ) -> PrecipGenerator:
+        """Load a bundle and build a generator.
+
+        Parameters
+        ----------
+        path
+            The bundle directory.
+        device
+            ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        use_compiled
+            See :class:`PrecipGenerator`.
+        member_batch
+            See :class:`PrecipGenerator`.
+
+        Returns
+        -------
+        PrecipGenerator
+            The generator.
+        """
+        return cls(
+            load_bundle(path, resolve_device(device)),
+            use_compiled=use_compiled,
+            member_batch=member_batch,
+        )
+
+    # ------------------------------------------------------------------ inputs
+    def _predictor_array(
+        self, predictors: Any, grid: LatLonGrid | None
+    ) -> tuple[np.ndarray, LatLonGrid]:
+        """Stack the manifest's predictors as ``(time, nvar, nlat, nlon)`` float32."""
+        if not isinstance(predictors, Mapping):
+            raise InputError(
+                f"predictors must be a mapping name -> array, got {type(predictors).__name__}"
+            )
+        fields: list[np.ndarray] = []
+        for spec in self.manifest.variables:
+            vspec = _spec(spec)
+            key = resolve_variable(list(predictors), vspec)
+            arr = np.asarray(predictors[key], dtype=np.float32)
+            if arr.ndim == 2:
+                arr = arr[None]
+            if arr.ndim != 3:
+                raise InputError(
+                    f"predictor {key!r} must be (time, lat, lon) or (lat, lon), "
+                    f"got shape {arr.shape}"
+                )
+            check_finite(key, arr)
+            check_range(vspec, arr)
+            fields.append(arr)
+        shapes = {f.shape for f in fields}
+        if len(shapes) != 1:
+            found = [f.shape for f in fields]
+            names = self.manifest.variable_names()
+            raise InputError(
+                f"predictors have different shapes: {dict(zip(names, found, strict=True))}"
+            )
+        x = np.stack(fields, axis=1)
+        src = grid if grid is not None else self.coarse_grid
+        if grid is None and x.shape[-2:] != self.coarse_grid.shape:
+            raise GridError(
+                f"predictors are on a {x.shape[-2]}×{x.shape[-1]} grid but the bundle's coarse "
+                f"grid is {self.coarse_grid.shape[0]}×{self.coarse_grid.shape[1]}; pass grid= "
+                "(a LatLonGrid) so they can be remapped"
+            )
+        if x.shape[-2:] != src.shape:
+            raise GridError(
+                f"predictor arrays are {x.shape[-2]}×{x.shape[-1]} but grid= is "
+                f"{src.shape[0]}×{src.shape[1]}"
+            )
+        return x, src
+
+    def _to_coarse(self, x: np.ndarray, src: LatLonGrid) -> np.ndarray:
+        if src == self.coarse_grid:
+            return x
+        key = (src.lat.tobytes() + src.lon.tobytes(), b"")
+        rg = self._input_regridders.get(key)
+        if rg is None:
+            try:
+                rg = Regridder(src, self.coarse_grid, "bilinear")
+            except GridError as exc:
+                raise GridError(
+                    f"predictors on {src!r} cannot be remapped to the bundle's coarse grid "
+                    f"{self.coarse_grid!r}: {exc}"
+                ) from exc
+            self._input_regridders[key] = rg
+        return rg(x)
+
+    # -------------------------------------------------------------- stage 1
+    @torch.no_grad()
+    def regress(self, predictors: Any, grid: LatLonGrid | None = None) -> np.ndarray:
+        """Run the regression: coarse precipitation in normalised transformed space.
+
+        Parameters
+        ----------
+        predictors
+            Mapping name → ``(time, lat, lon)`` arrays, or an xarray Dataset.
+        grid
+            Grid of the predictors (default: the bundle's coarse grid).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(time, nlat_c, nlon_c)`` float32, normalised transformed space.
+        """
+        x, src = self._predictor_array(predictors, grid)
+        x = self._to_coarse(x, src)
+        x = (x - self._x_mean[None, :, None, None]) / self._x_std[None, :, None, None]
+        if self._statics_coarse.shape[0]:
+            st = np.broadcast_to(self._statics_coarse, (x.shape[0], *self._statics_coarse.shape))
+            x = np.concatenate([x, st], axis=1)
+        xt = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32), device=self.device)
+        # One time step per call: results never depend on how many steps are passed.
+        out = [self.regression_fn(xt[i : i + 1])[:, 0] for i in range(xt.shape[0])]
+        return torch.cat(out).cpu().numpy()
+
+    def to_precip(self, y: np.ndarray) -> np.ndarray:
+        """Map normalised transformed fields to precipitation in mm/day (>= 0).
+
+        Parameters
+        ----------
+        y
+            Array in normalised transformed space.
+
+        Returns
+        -------
+        numpy.ndarray
+            mm/day, float32.
+        """
+        return self.transform.inverse(
+            (y * self._y_std + self._y_mean).astype(np.float32, copy=False)
+        )
+
+    # -------------------------------------------------------------- stage 2
+    def _member_denoise(
+        self,
+        y_up: torch.Tensor,
+        t_index: int,
+        members: Sequence[int],
+        seed: int,
+        config: SamplerConfig,
+    ) -> torch.Tensor:
+        """Sample members ``members`` of one time step (batched together)."""
+        b = len(members)
+        gens = member_generators(seed, [t_index] * b, members, self.device)
+        up = y_up[None, None].expand(b, 1, *y_up.shape).contiguous()
+        cond = add_condition_noise(up, self.manifest.sigma_c, gens)
+        if self._statics_fine.shape[0]:
+            st = self._statics_fine[None].expand(b, *self._statics_fine.shape)
+            cond = torch.cat([cond, st], dim=1)
+        return sample(self.denoise_fn, cond, config, gens, x_init=up)[:, 0]
+
+    def _mass_operators(self) -> tuple[Regridder, sp.csr_matrix]:
+        if self._mass is None:
+            try:
+                down = Regridder(self.fine_grid, self.coarse_grid, "conservative")
+            except GridError as exc:
+                raise ConfigError(
+                    "conserve_mass needs the fine grid to cover the coarse grid for a "
+                    f"conservative coarse-graining: {exc}"
+                ) from exc
+            # Spread coarse-cell factors back to fine cells with the overlap weights.
+            w = down.weights.T.tocsr()
+            rows = np.asarray(w.sum(axis=1)).ravel()
+            rows[rows == 0] = 1.0
+            spread = sp.diags(1.0 / rows) @ w
+            self._mass = (down, sp.csr_matrix(spread))
+        return self._mass
+
+    def conserve(self, fine: np.ndarray, coarse: np.ndarray, iterations: int = 20) -> np.ndarray:
+        """Correct fine fields so their conservative coarse-graining equals ``coarse``.
+
+        Multiplicative where the fine field has rain (keeps it non-negative and
+        keeps its pattern), additive where it is dry but the coarse field is
+        not; iterated because fine cells may straddle coarse-cell edges.
+
+        Parameters
+        ----------
+        fine
+            ``(..., nlat_f, nlon_f)`` precipitation (any units, >= 0).
+        coarse
+            ``(..., nlat_c, nlon_c)`` target coarse totals, broadcastable to the
+            leading dimensions of ``fine``.
+        iterations
+            Maximum correction sweeps (stops earlier at 1e-5 relative error).
+
+        Returns
+        -------
+        numpy.ndarray
+            The corrected field, float32.
+        """
+        down, spread = self._mass_operators()
+        lead = fine.shape[:-2]
+        f = fine.reshape(-1, self.fine_grid.size).astype(np.float64)
+        target = np.broadcast_to(coarse, (*lead, *self.coarse_grid.shape)).reshape(
+            -1, self.coarse_grid.size
+        )
+        w = down.weights
+        scale = max(float(np.abs(target).max()), 1e-12)
+        for _ in range(iterations):
+            cf = (w @ f.T).T
+            if np.abs(cf - target).max() <= 1e-5 * scale:
+                break
+            wet = cf > 1e-9 * scale
+            ratio = np.where(wet, target / np.where(wet, cf, 1.0), 1.0)
+            add = np.where(wet, 0.0, np.maximum(target - cf, 0.0))
+            f = f * (spread @ ratio.T).T + (spread @ add.T).T
+        return np.maximum(f, 0.0).astype(np.float32).reshape(fine.shape)
+
+    def generate(
+        self,
+        predictors: Any,
+        grid: LatLonGrid | None = None,
+        members: int = 1,
+        seed: int = 0,
+        steps: int | None = None,
+        conserve_mass: bool = False,
+        units: str = "mm/day",
+        *,
+        sampler: SamplerConfig | None = None,
+        time_offset: int = 0,
+        member_offset: int = 0,
+        progress: ProgressFn | None = None,
+    ) -> GenerationResult:
+        """Generate a fine-grid precipitation ensemble.
+
+        Parameters
+        ----------
+        predictors
+            Mapping name → ``(time, lat, lon)`` (or ``(lat, lon)``) arrays named
+            as in the manifest (or an alias: ERA5 ``q``/``u``/``v``/``msl``,
+            CMIP6 ``hus``/``ua``/``va``/``psl``), or an xarray Dataset.
+        grid
+            Grid of the predictors; ``None`` means the bundle's coarse grid.
+        members
+            Ensemble size.
+        seed
+            Random seed; member ``k`` of time ``t`` uses
+            ``SeedSequence([seed, time_offset + t, member_offset + k])``.
+        steps
+            Sampler steps (default: the bundle's sampler default).
+        conserve_mass
+            Make the conservative coarse-graining of each member equal the
+            regression's coarse field.
+        units
+            ``"mm/day"`` or ``"kg m-2 s-1"``.
+        sampler
+            Full sampler settings overriding the bundle's defaults (``steps``
+            still overrides its step count).
+        time_offset, member_offset
+            Offsets of the time/member indices in the seed sequence (e.g. the
+            model step number when called every time step).
+        progress
+            Called as ``progress(done, total)`` after each member batch.
+
+        Returns
+        -------
+        GenerationResult
+            ``fine (time, member, nlat_f, nlon_f)`` and ``coarse (time, nlat_c,
+            nlon_c)``.
+        """
+        if units not in UNITS:
+            raise ConfigError(f"units must be one of {UNITS}, got {units!r}")
+        if not isinstance(members, int) or members < 1:
+            raise ConfigError(f"members must be a positive integer, got {members!r}")
+        if not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+        config = sampler if sampler is not None else self.sampler
+        if steps is not None:
+            config = config.replace(steps=steps)
+        y_c = self.regress(predictors, grid)
+        coarse = self.to_precip(y_c)
+        up = self._upsample(y_c)
+        nt = y_c.shape[0]
+        fine = np.empty((nt, members, *self.fine_grid.shape), np.float32)
+        total = nt * math.ceil(members / self.member_batch)
+        done = 0
+        with torch.no_grad():
+            for t in range(nt):
+                y_up = torch.as_tensor(up[t], device=self.device)
+                for k0 in range(0, members, self.member_batch):
+                    ks = list(range(k0, min(members, k0 + self.member_batch)))
+                    x = self._member_denoise(
+                        y_up, time_offset + t, [member_offset + k for k in ks], int(seed), config
+                    )
+                    fine[t, ks[0] : ks[-1] + 1] = self.to_precip(x.cpu().numpy())
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+        if conserve_mass:
+            fine = self.conserve(fine, coarse[:, None])
+        if units == "kg m-2 s-1":
+            fine = fine / np.float32(SECONDS_PER_DAY)
+            coarse = coarse / np.float32(SECONDS_PER_DAY)
+        return GenerationResult(
+            fine=fine,
+            coarse=coarse,
+            units=units,
+            fine_grid=self.fine_grid,
+            coarse_grid=self.coarse_grid,
+            seed=int(seed),
+            sampler=config,
+            conserve_mass=conserve_mass,
+            attrs={
+                "bundle": str(Path(self.bundle.path).resolve()),
+                "sigma_c": self.manifest.sigma_c,
+                "nfe_per_member": config.nfe,
+                "compiled_networks": self.compiled,
+                "provenance": self.manifest.provenance,
+            },
+        )

@@ -17,7 +17,13 @@ import pytest
 
 from precipdiff.errors import ConfigError, DeviceError, InputError
 from precipdiff.grids import LatLonGrid
-from precipdiff.server import Plugin, PluginConfig, PredictorSpec, resolve_device, window_seed
+from precipdiff.server import (
+    Plugin,
+    PluginConfig,
+    PredictorSpec,
+    resolve_device,
+    window_seed_sequence,
+)
 
 # Region 30-50N, 0-20E: ESM grid 2 deg, bundle coarse grid 4 deg, fine grid 1 deg.
 MODEL = LatLonGrid.regular(2.0, lat_min=31.0, lat_max=49.0, lon_min=1.0, lon_max=19.0)
@@ -30,9 +36,9 @@ class NumpyEngine:
 
     def __init__(self) -> None:
         self.predictors = [
-            PredictorSpec("hus850", 850.0, "hus"),
-            PredictorSpec("hus500", 500.0, "hus"),
-            PredictorSpec("psl", None, None),
+            PredictorSpec("hus850", 850.0, ("q850",), ("hus", "q")),
+            PredictorSpec("hus500", 500.0, ("q500",), ("hus", "q")),
+            PredictorSpec("psl", None, ("msl",), ()),
         ]
         self.coarse_lat, self.coarse_lon = COARSE.lat, COARSE.lon
         self.fine_lat, self.fine_lon = FINE.lat, FINE.lon
@@ -40,30 +46,44 @@ class NumpyEngine:
         self.calls: list[tuple[int, str]] = []
         self.last_predictors: dict[str, np.ndarray] = {}
         self.bias_corrected = 0
+        self.dates: list[object] = []
+        self.state = np.zeros(1)
 
     def generate(
         self,
         predictors: Mapping[str, np.ndarray],
         members: int,
         seed: int,
+        window: int,
         steps: int | None,
         conserve_mass: bool,
     ) -> np.ndarray:
-        self.calls.append((seed, threading.current_thread().name))
+        self.calls.append((seed, window, threading.current_thread().name))
         self.last_predictors = {k: np.array(v) for k, v in predictors.items()}
         base = 1000.0 * predictors["hus850"][0] + (predictors["psl"][0] - 101000.0) / 1000.0
         fine = np.kron(base, np.ones((4, 4)))
         out = np.empty((members, *fine.shape))
         for k in range(members):
-            rng = np.random.default_rng([seed, k])
+            rng = np.random.default_rng(window_seed_sequence(seed, window, k))
             out[k] = np.maximum(fine + rng.gamma(1.0, 1.0, size=fine.shape), 0.0)
         return out
 
-    def bias_correct(self, predictors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def bias_correct(
+        self, predictors: dict[str, np.ndarray], date: object
+    ) -> dict[str, np.ndarray]:
+        """A stateful correction, like trailing online QDM: scale drifts with use."""
         self.bias_corrected += 1
+        self.dates.append(date)
         out = dict(predictors)
-        out["hus850"] = predictors["hus850"] * 1.1
+        out["hus850"] = predictors["hus850"] * (1.1 + 0.01 * self.state[0])
+        self.state[0] += 1.0
         return out
+
+    def bias_state(self) -> dict[str, np.ndarray]:
+        return {"count": self.state.copy()}
+
+    def load_bias_state(self, state: Mapping[str, np.ndarray]) -> None:
+        self.state = np.array(state["count"], dtype=np.float64)
 
 
 def make_plugin(
@@ -103,7 +123,7 @@ def test_contract_attributes(tmp_path: Path) -> None:
     assert plugin.fine_shape == (20, 20)
     np.testing.assert_array_equal(plugin.fine_lat, FINE.lat)
     np.testing.assert_array_equal(plugin.fine_lon, FINE.lon)
-    assert plugin.fields_3d == {"hus": [850.0, 500.0]}
+    assert plugin.fields_3d == {"hus": [850.0, 500.0], "q": [850.0, 500.0]}
     assert plugin.output_fine().shape == (20, 20)
     assert plugin.output_model().shape == (10, 10)
     assert plugin.output_fine().dtype == np.float64
@@ -127,8 +147,7 @@ def test_window_accumulation_equals_mean_and_remap_once(tmp_path: Path) -> None:
     # Mean of remapped == remap of mean (the plugin remaps once per window).
     remapped_mean = np.mean([rg(fields_at(s)["psl"]) for s in range(8)], axis=0)
     np.testing.assert_allclose(eng.last_predictors["psl"][0], remapped_mean, rtol=1e-6)
-    assert len(eng.calls) == 1
-    assert eng.calls[0][0] == window_seed(0, 0)
+    assert [c[:2] for c in eng.calls] == [(0, 0)]
 
 
 def test_no_result_before_window_closes_and_partial_steps(tmp_path: Path) -> None:
@@ -158,7 +177,7 @@ def test_units_kg_m2_s(tmp_path: Path) -> None:
 
 def test_3d_fields_on_model_levels(tmp_path: Path) -> None:
     """A 3-D field linear in ln p gives exactly the 2-D pressure-level values."""
-    plugin, eng = make_plugin(tmp_path)
+    plugin, _ = make_plugin(tmp_path)
     ref, _ = make_plugin(tmp_path)
     sig = np.linspace(0.1, 0.995, 15)[:, None, None]
     psurf = np.full(MODEL.shape, 101000.0)
@@ -214,6 +233,8 @@ def test_bias_correction_is_applied(tmp_path: Path) -> None:
     run(on, 0, 4, 21600.0)
     run(off, 0, 4, 21600.0)
     assert eng_on.bias_corrected == 1 and eng_off.bias_corrected == 0
+    # The QDM season comes from the middle of the window in the ESM calendar.
+    assert str(eng_on.dates[0]).startswith("2000-01-01 12:00")
     np.testing.assert_allclose(
         eng_on.last_predictors["hus850"], 1.1 * eng_off.last_predictors["hus850"], rtol=1e-6
     )
@@ -234,7 +255,7 @@ def test_lagged_mode_same_numbers_one_window_later(tmp_path: Path) -> None:
     for (_, w, out), (ws, ref) in zip(r_lag, r_sync[:3], strict=True):
         assert w == ws
         np.testing.assert_array_equal(out, ref)
-    assert all(name.startswith("precipdiff") for _, name in eng.calls)
+    assert all(name.startswith("precipdiff") for _, _, name in eng.calls)
     lag.close()
     sync.close()
 
@@ -276,7 +297,7 @@ def test_missing_field_at_window_close_is_named(tmp_path: Path) -> None:
         plugin.set_field("hus500", f["hus500"])
         if s == 0:
             plugin.step(0.0, 3600.0)
-    with pytest.raises(InputError, match="without field.*psl"):
+    with pytest.raises(InputError, match=r"without field.*psl"):
         plugin.step(3600.0, 3600.0)
 
 
@@ -287,8 +308,8 @@ def test_field_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"shape \(10, 9\)"):
         plugin.set_field("psl", np.zeros((10, 9)))
     plugin.set_field("psl", np.zeros(MODEL.shape))
-    with pytest.raises(InputError, match="set twice"):
-        plugin.set_field("psl", np.zeros(MODEL.shape))
+    with pytest.raises(InputError, match="'psl' was set twice"):
+        plugin.set_field("msl", np.zeros(MODEL.shape))  # an alias of psl
     with pytest.raises(InputError, match="2-D field"):
         plugin.set_field("psl", np.zeros((3, 10, 10)), np.ones((3, 10, 10)))
     nan = fields_at(0)
@@ -323,7 +344,7 @@ def test_device_resolution(tmp_path: Path) -> None:
 
 
 def test_missing_weight_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="weights_to_bundle.*does not exist"):
+    with pytest.raises(ConfigError, match=r"weights_to_bundle.*does not exist"):
         make_plugin(tmp_path, weights_to_bundle=str(tmp_path / "w.nc"))
 
 

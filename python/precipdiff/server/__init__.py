@@ -13,6 +13,11 @@ the window closes, writes the optional output stream
 from __future__ import annotations
 
 from precipdiff.server.config import PluginConfig
-from precipdiff.server.plugin import Plugin, PredictorSpec, resolve_device, window_seed
+from precipdiff.server.plugin import (
+    Plugin,
+    PredictorSpec,
+    resolve_device,
+    window_seed_sequence,
+)
 
-__all__ = ["Plugin", "PluginConfig", "PredictorSpec", "resolve_device", "window_seed"]
+__all__ = ["Plugin", "PluginConfig", "PredictorSpec", "resolve_device", "window_seed_sequence"]

@@ -20,6 +20,7 @@ from precipdiff.server.vertical import BELOW_GROUND_POLICIES
 NAMELIST_GROUP = "precipdiff_nml"
 
 RETURN_MODES = ("member", "mean", "cycle")
+QDM_MODES = ("trailing", "static")
 INFERENCE_MODES = ("sync", "lagged")
 REMAP_METHODS = ("bilinear", "conservative")
 OUTPUT_FREQUENCIES = ("month", "year")
@@ -66,6 +67,13 @@ class PluginConfig:
     bias_correction : bool
         Apply the bundle's quantile delta mapping tables to the window-mean
         predictors before inference.
+    qdm_mode : str
+        Projection distribution of online QDM: ``"trailing"`` (default; a
+        trailing estimate from the run's own window means, trend-preserving)
+        or ``"static"`` (the ESM-historical distribution stored in the bundle,
+        i.e. plain quantile mapping). See ``docs/qdm.md``.
+    qdm_trailing_years : float
+        Memory in years of the trailing projection distribution.
     return_mode : str
         What is handed back to the ESM: ``"member"`` (member ``return_member``),
         ``"mean"`` (ensemble mean) or ``"cycle"`` (member ``n mod members`` for
@@ -108,6 +116,8 @@ class PluginConfig:
         CF calendar of the model time.
     torch_threads : int
         Intra-op threads of torch in this process; 0 leaves torch's default.
+    source : str
+        Not a namelist key: the ``&precipdiff_nml`` text this config was read from.
     """
 
     bundle_path: str
@@ -118,6 +128,8 @@ class PluginConfig:
     seed: int = 0
     window_s: float = 86400.0
     bias_correction: bool = False
+    qdm_mode: str = "trailing"
+    qdm_trailing_years: float = 20.0
     return_mode: str = "member"
     return_member: int = 1
     inference: str = "sync"
@@ -175,6 +187,19 @@ class PluginConfig:
             raise ConfigError(
                 f"precipdiff_nml: window_s = {self.window_s:g} s must divide a day (86400 s) "
                 "or be a whole number of days"
+            )
+        _check_type("qdm_mode", self.qdm_mode, str)
+        _choice("qdm_mode", self.qdm_mode, QDM_MODES)
+        if isinstance(self.qdm_trailing_years, bool) or not isinstance(
+            self.qdm_trailing_years, (int, float)
+        ):
+            raise ConfigError(
+                f"precipdiff_nml: qdm_trailing_years = {self.qdm_trailing_years!r} must be a number"
+            )
+        self.qdm_trailing_years = float(self.qdm_trailing_years)
+        if not self.qdm_trailing_years > 0.0:
+            raise ConfigError(
+                f"precipdiff_nml: qdm_trailing_years = {self.qdm_trailing_years} must be > 0"
             )
         _choice("return_mode", self.return_mode, RETURN_MODES)
         if not 1 <= self.return_member <= self.members:

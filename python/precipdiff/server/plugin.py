@@ -54,17 +54,20 @@ class PredictorSpec:
     ----------
     name : str
         The bundle's variable name (the name the ESM passes to ``set_field`` for a
-        2-D field already on the right pressure level).
+        2-D field already on the right pressure level), e.g. ``"hus850"``.
     level_hpa : float or None
         Pressure level in hPa, or None for single-level fields.
-    base_name : str or None
-        Name under which the ESM may pass the 3-D model-level field that this
-        predictor is interpolated from (e.g. ``"hus"`` for ``"hus850"``).
+    aliases : tuple of str
+        Other accepted names of the 2-D field (e.g. ERA5's ``"q850"``).
+    base_names : tuple of str
+        Names under which the ESM may pass the 3-D model-level field this
+        predictor is interpolated from (e.g. ``("hus", "q")`` for ``"hus850"``).
     """
 
     name: str
     level_hpa: float | None = None
-    base_name: str | None = None
+    aliases: tuple[str, ...] = ()
+    base_names: tuple[str, ...] = ()
 
 
 class InferenceEngine(Protocol):
@@ -82,14 +85,27 @@ class InferenceEngine(Protocol):
         predictors: Mapping[str, np.ndarray],
         members: int,
         seed: int,
+        window: int,
         steps: int | None,
         conserve_mass: bool,
     ) -> np.ndarray:
-        """Generate ``(members, nlat_f, nlon_f)`` precipitation in mm/day."""
+        """Generate ``(members, nlat_f, nlon_f)`` mm/day for one window.
+
+        Member ``k`` of window ``window`` must draw its noise from
+        ``SeedSequence([seed, window, k])`` only.
+        """
         ...
 
-    def bias_correct(self, predictors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Apply the bundle's QDM tables to coarse-grid window means."""
+    def bias_correct(self, predictors: dict[str, np.ndarray], date: Any) -> dict[str, np.ndarray]:
+        """Apply the bundle's QDM tables to coarse-grid window means valid at ``date``."""
+        ...
+
+    def bias_state(self) -> dict[str, np.ndarray]:
+        """Return the running bias-correction state as arrays (empty when none)."""
+        ...
+
+    def load_bias_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Restore the state returned by :meth:`bias_state`."""
         ...
 
 
@@ -141,8 +157,12 @@ def resolve_device(device: str, strict: bool) -> str:
     return "cpu"
 
 
-def window_seed(seed: int, window: int) -> int:
-    """Return the generator seed of window ``window`` for the namelist ``seed``.
+def window_seed_sequence(seed: int, window: int, member: int) -> np.random.SeedSequence:
+    """Return the seed sequence member ``member`` of window ``window`` draws from.
+
+    This is :class:`~precipdiff.generator.PrecipGenerator`'s rule with the
+    window index as time index (``time_offset``), so offline generation from the
+    same window means with ``seed`` reproduces the online members.
 
     Parameters
     ----------
@@ -150,14 +170,15 @@ def window_seed(seed: int, window: int) -> int:
         The namelist's base seed.
     window : int
         Window index counted from model time 0.
+    member : int
+        0-based member index.
 
     Returns
     -------
-    int
-        A seed in ``[0, 2**63)``.
+    numpy.random.SeedSequence
+        ``SeedSequence([seed, window, member])``.
     """
-    state = np.random.SeedSequence([seed, window]).generate_state(1, dtype=np.uint64)
-    return int(state[0] >> np.uint64(1))
+    return np.random.SeedSequence([seed, window, member])
 
 
 def detect_rank() -> int:
@@ -216,10 +237,18 @@ class Plugin:
 
         self._specs = list(engine.predictors)
         self.required_fields: list[str] = [s.name for s in self._specs]
+        # Accepted names: canonical names and aliases (2-D), base names (3-D).
+        self._alias: dict[str, str] = {}
+        for s in self._specs:
+            for a in (*s.aliases, s.name):
+                self._alias[a] = s.name
         self._by3d: dict[str, list[PredictorSpec]] = {}
         for s in self._specs:
-            if s.base_name is not None and s.level_hpa is not None:
-                self._by3d.setdefault(s.base_name, []).append(s)
+            if s.level_hpa is None:
+                continue
+            for b in s.base_names:
+                if b not in self._alias:
+                    self._by3d.setdefault(b, []).append(s)
         self._levels3d = {
             b: np.array([s.level_hpa for s in specs], dtype=np.float64) * 100.0
             for b, specs in self._by3d.items()
@@ -294,11 +323,15 @@ class Plugin:
 
             torch.set_num_threads(config.torch_threads)
         if engine is None:
-            from precipdiff.server.engine import GeneratorEngine
-
             device = resolve_device(config.device, config.strict_device)
             engine = GeneratorEngine.from_bundle(
-                config.bundle_path, device=device, bias_correction=config.bias_correction
+                config.bundle_path,
+                device=device,
+                bias_correction=config.bias_correction,
+                qdm_mode=config.qdm_mode,
+                qdm_trailing_years=config.qdm_trailing_years,
+                samples_per_day=86400.0 / config.window_s,
+                calendar=config.calendar,
             )
         return cls(config, lon, lat, engine, rank=rank)
 
@@ -325,8 +358,9 @@ class Plugin:
         """
         self._check_open()
         if pressure is None:
-            if name not in self._sum:
+            if name not in self._alias:
                 raise InputError(self._unknown_field_message(name, three_d=False))
+            name = self._alias[name]
             if values.shape != self.model_shape:
                 raise InputError(
                     f"field {name!r}: shape {values.shape} does not match the ESM grid "
@@ -497,31 +531,37 @@ class Plugin:
             # mean of the remapped instantaneous fields.
             predictors[name] = self._to_coarse(mean)
         if self.config.bias_correction:
-            predictors = self.engine.bias_correct(predictors)
+            predictors = self.engine.bias_correct(predictors, self._window_date(n))
         for acc in self._sum.values():
             acc.fill(0.0)
         self._count = dict.fromkeys(self.required_fields, 0)
         self._steps_in_window = 0
         self._window = n + 1
-        seed = window_seed(self.config.seed, n)
         batch = {k: v[None].astype(np.float32) for k, v in predictors.items()}
         if self.config.inference == "sync":
-            self._publish(n, self._infer(n, batch, seed))
+            self._publish(n, self._infer(n, batch))
             return True
         previous = self._pending
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="precipdiff")
-        self._pending = (n, self._executor.submit(self._infer, n, batch, seed))
+        self._pending = (n, self._executor.submit(self._infer, n, batch))
         if previous is None:
             return False
         self._publish(previous[0], _resolve(previous[1]))
         return True
 
-    def _infer(self, n: int, batch: dict[str, np.ndarray], seed: int) -> np.ndarray:
-        steps = self.config.sampler_steps or None
+    def _window_date(self, n: int) -> Any:
+        """Date (in the ESM calendar) of the middle of window ``n``."""
+        from precipdiff.calendars import model_time_to_date
+
+        c = self.config
+        return model_time_to_date((n + 0.5) * c.window_s, c.reference_time, c.calendar)
+
+    def _infer(self, n: int, batch: dict[str, np.ndarray]) -> np.ndarray:
+        c = self.config
         try:
             out = self.engine.generate(
-                batch, self.config.members, seed, steps, self.config.conserve_mass
+                batch, c.members, c.seed, n, c.sampler_steps or None, c.conserve_mass
             )
         except PrecipDiffError:
             raise
@@ -567,7 +607,8 @@ class Plugin:
 
         Holds the accumulator, the window/time position (which fixes the random
         state: seeds derive from the window index), the pending result of the
-        lagged mode and the result currently handed back.
+        lagged mode, the result currently handed back and the running state of
+        online bias correction.
 
         Parameters
         ----------
@@ -593,6 +634,7 @@ class Plugin:
             members=self._members,
             pending_window=pending_window,
             pending=pending,
+            bias_state=self.engine.bias_state(),
         )
         write_restart_file(path, state, self._restart_identity())
 
@@ -614,6 +656,7 @@ class Plugin:
 
         self._check_open()
         state = read_restart_file(path, self._restart_identity(), self.model_shape)
+        self.engine.load_bias_state(state.bias_state)
         for name in self.required_fields:
             self._sum[name][...] = state.sums[name]
         self._count = {name: int(state.counts[name]) for name in self.required_fields}
@@ -696,7 +739,7 @@ class Plugin:
                 f"; 3-D fields on model levels (with pressure) are accepted as "
                 f"{', '.join(self._by3d)}"
             )
-        if three_d and name in self._sum:
+        if three_d and name in self._alias:
             msg += f" ({name!r} is a 2-D field: pass it without pressure)"
         return msg
 
@@ -785,3 +828,214 @@ class _FlatRegridder:
 def _check_file(key: str, path: str) -> None:
     if not Path(path).is_file():
         raise ConfigError(f"precipdiff_nml: {key} = {path!r} does not exist")
+
+
+class GeneratorEngine:
+    """The production :class:`InferenceEngine`: a bundle's :class:`PrecipGenerator`.
+
+    Parameters
+    ----------
+    generator : precipdiff.generator.PrecipGenerator
+        The loaded generator.
+    bias_correction : bool
+        Whether the plugin will ask for QDM; requires tables in the bundle.
+    qdm_mode : {"trailing", "static"}
+        Projection distribution of online QDM (see :class:`precipdiff.qdm.OnlineQDM`).
+    qdm_trailing_years : float
+        Memory of the trailing projection distribution in years.
+    samples_per_day : float
+        Averaging windows per day.
+    calendar : str, optional
+        The ESM calendar.
+
+    Raises
+    ------
+    ConfigError
+        When bias correction is asked for and the bundle holds no QDM tables.
+    """
+
+    def __init__(
+        self,
+        generator: Any,
+        bias_correction: bool = False,
+        *,
+        qdm_mode: str = "trailing",
+        qdm_trailing_years: float = 20.0,
+        samples_per_day: float = 1.0,
+        calendar: str | None = None,
+    ) -> None:
+        import hashlib
+        import json
+
+        self.generator = generator
+        manifest = generator.manifest
+        self.predictors: Sequence[PredictorSpec] = [_predictor_spec(v) for v in manifest.variables]
+        self.coarse_lat = np.asarray(generator.coarse_grid.lat, dtype=np.float64)
+        self.coarse_lon = np.asarray(generator.coarse_grid.lon, dtype=np.float64)
+        self.fine_lat = np.asarray(generator.fine_grid.lat, dtype=np.float64)
+        self.fine_lon = np.asarray(generator.fine_grid.lon, dtype=np.float64)
+        text = json.dumps(manifest.to_dict(), sort_keys=True, default=str)
+        self.bundle_id = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+        self._qdm: Any = None
+        if bias_correction:
+            from precipdiff.qdm import OnlineQDM, QDMTables
+
+            slot = manifest.bias_correction
+            path = str(getattr(generator.bundle, "path", ""))
+            if not slot:
+                raise ConfigError(
+                    f"precipdiff_nml: bias_correction = .true. but the bundle {path!r} holds no "
+                    "QDM tables (fit them with precipdiff.qdm.fit_qdm and attach them with "
+                    "QDMTables.attach_to_bundle, or set bias_correction = .false.)"
+                )
+            tables = QDMTables.from_manifest(slot, path)
+            self._qdm = OnlineQDM(
+                tables,
+                trailing_years=qdm_trailing_years,
+                samples_per_day=samples_per_day,
+                mode="static" if qdm_mode == "static" else "trailing",
+                calendar=calendar,
+            )
+
+    @classmethod
+    def from_bundle(cls, path: str, device: str, **kwargs: Any) -> GeneratorEngine:
+        """Load the bundle at ``path`` onto ``device``.
+
+        Parameters
+        ----------
+        path : str
+            Bundle directory.
+        device : str
+            Resolved torch device string (see :func:`resolve_device`).
+        **kwargs
+            Passed to :class:`GeneratorEngine` (``bias_correction``, ``qdm_mode``, ...).
+
+        Returns
+        -------
+        GeneratorEngine
+            The engine.
+
+        Raises
+        ------
+        BundleError
+            When the bundle is missing or corrupt (hash mismatch, bad manifest).
+        """
+        from precipdiff.errors import BundleError
+        from precipdiff.generator import PrecipGenerator
+
+        if not Path(path).exists():
+            raise BundleError(f"precipdiff_nml: bundle_path = {path!r} does not exist")
+        try:
+            gen = PrecipGenerator.from_bundle(path, device=device)
+        except PrecipDiffError:
+            raise
+        except Exception as exc:  # torch/safetensors errors on damaged files
+            raise BundleError(
+                f"model bundle {path!r} could not be loaded: {type(exc).__name__}: {exc}"
+            ) from exc
+        return cls(gen, **kwargs)
+
+    def generate(
+        self,
+        predictors: Mapping[str, np.ndarray],
+        members: int,
+        seed: int,
+        window: int,
+        steps: int | None,
+        conserve_mass: bool,
+    ) -> np.ndarray:
+        """Generate all members of one window (see :class:`InferenceEngine`).
+
+        Parameters
+        ----------
+        predictors : Mapping[str, numpy.ndarray]
+            ``(1, nlat_c, nlon_c)`` window means on the coarse grid.
+        members : int
+            Ensemble size.
+        seed : int
+            Base seed.
+        window : int
+            Window index, used as the generator's time index in the seed sequence.
+        steps : int or None
+            Sampler steps (None: bundle default).
+        conserve_mass : bool
+            Passed to the generator.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(members, nlat_f, nlon_f)`` in mm/day.
+        """
+        res = self.generator.generate(
+            dict(predictors),
+            members=members,
+            seed=seed,
+            steps=steps,
+            conserve_mass=conserve_mass,
+            units="mm/day",
+            time_offset=window,
+        )
+        return np.asarray(res.fine[0])
+
+    def bias_correct(self, predictors: dict[str, np.ndarray], date: Any) -> dict[str, np.ndarray]:
+        """Apply the bundle's QDM tables to the window means.
+
+        Parameters
+        ----------
+        predictors : dict
+            Coarse-grid window means ``(nlat_c, nlon_c)`` by variable name.
+        date : cftime.datetime
+            Middle of the window (selects the season of the tables).
+
+        Returns
+        -------
+        dict
+            Bias-corrected window means.
+        """
+        if self._qdm is None:
+            raise ConfigError("bias correction was not enabled when this engine was built")
+        out = self._qdm.apply(predictors, date)
+        return {k: np.asarray(v) for k, v in out.items()}
+
+    def bias_state(self) -> dict[str, np.ndarray]:
+        """Return the online QDM state (trailing projection quantiles, buffer).
+
+        Returns
+        -------
+        dict
+            Arrays by key; empty without bias correction.
+        """
+        if self._qdm is None:
+            return {}
+        return {k: np.asarray(v) for k, v in self._qdm.state_dict().items()}
+
+    def load_bias_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Restore the online QDM state.
+
+        Parameters
+        ----------
+        state : Mapping[str, numpy.ndarray]
+            Arrays from :meth:`bias_state`.
+        """
+        if self._qdm is None:
+            if state:
+                raise InputError(
+                    "the restart file holds online QDM state but bias_correction = .false."
+                )
+            return
+        self._qdm.load_state_dict(state)
+
+
+def _predictor_spec(v: Mapping[str, Any]) -> PredictorSpec:
+    """Build a :class:`PredictorSpec` from a manifest variable dict."""
+    level = v.get("level_hpa")
+    bases: tuple[str, ...] = ()
+    if level is not None:
+        names = [*(v.get("base_aliases") or ()), str(v.get("standard_name") or "")]
+        bases = tuple(dict.fromkeys(n for n in names if n))
+    return PredictorSpec(
+        name=str(v["name"]),
+        level_hpa=None if level is None else float(level),
+        aliases=tuple(v.get("aliases") or ()),
+        base_names=bases,
+    )

@@ -12,15 +12,16 @@ A restart file holds everything that makes a restarted run continue bit for bit:
 * the result currently handed back, so ``output_fine``/``output_model`` return
   the same values after a restart.
 
-Online bias correction applies fixed QDM tables from the bundle and keeps no
-running state, so there is none to store.
+* the running state of online bias correction (:class:`precipdiff.qdm.OnlineQDM`:
+  the trailing projection quantiles and the sample buffer of the current group),
+  in the netCDF group ``bias_state``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,8 @@ class RestartState:
         Window whose lagged result is pending, -1 for none.
     pending : numpy.ndarray or None
         All members (mm/day) of ``pending_window``.
+    bias_state : Mapping[str, numpy.ndarray]
+        Running bias-correction state (may be empty).
     """
 
     sums: Mapping[str, np.ndarray]
@@ -66,6 +69,7 @@ class RestartState:
     members: np.ndarray | None
     pending_window: int
     pending: np.ndarray | None
+    bias_state: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 def write_restart_file(path: str | Path, state: RestartState, identity: Mapping[str, Any]) -> None:
@@ -120,6 +124,17 @@ def write_restart_file(path: str | Path, state: RestartState, identity: Mapping[
                 var = ds.createVariable(key, "f8", ("member", "lat_f", "lon_f"))
                 var.units = "mm/day"
                 var[:] = arr
+            grp = ds.createGroup("bias_state")
+            for i, (key, arr) in enumerate(state.bias_state.items()):
+                a = np.asarray(arr)
+                dims = []
+                for j, n in enumerate(a.shape):
+                    dname = f"d{i}_{j}"
+                    grp.createDimension(dname, n)
+                    dims.append(dname)
+                var = grp.createVariable(f"v{i}", a.dtype.str.lstrip("<>=|"), tuple(dims))
+                var.key = key
+                var[...] = a
     except OSError as exc:
         raise InputError(f"could not write restart file {str(path)!r}: {exc}") from exc
 
@@ -168,6 +183,8 @@ def read_restart_file(
             )
         for key, want in identity.items():
             have = attrs.get(f"id_{key}")
+            if isinstance(have, np.generic):
+                have = have.item()
             same = have is not None and (
                 math.isclose(float(have), float(want))
                 if isinstance(want, float)
@@ -198,6 +215,10 @@ def read_restart_file(
             v = ds.variables.get(name)
             return None if v is None else np.asarray(v[:], dtype=np.float64)
 
+        bias: dict[str, np.ndarray] = {}
+        if "bias_state" in ds.groups:
+            for var in ds.groups["bias_state"].variables.values():
+                bias[str(var.getncattr("key"))] = np.array(var[...])
         return RestartState(
             sums=sums,
             counts=counts,
@@ -208,4 +229,5 @@ def read_restart_file(
             members=opt("members"),
             pending_window=int(attrs["pending_window"]),
             pending=opt("pending"),
+            bias_state=bias,
         )

@@ -28,6 +28,7 @@ from precipdiff.errors import GridError
 __all__ = [
     "EARTH_RADIUS_M",
     "LatLonGrid",
+    "RegridMethod",
     "Regridder",
     "coarsen_block_mean",
     "coarsen_grid",

@@ -1,0 +1,669 @@
+"""Lazy predictor readers for ERA5, CMIP and demo netCDF files.
+
+:func:`open_predictors` returns an :class:`xarray.Dataset` whose variables carry
+canonical names (``hus850``, ``psl``, ``pr``...) and canonical units, ascending
+latitude, one pressure level and (optionally) daily means -- without reading the
+data. Each variable is backed by a :class:`_PredictorArray`, an xarray
+``BackendArray`` that, when indexed, reads only the requested time steps from
+the (possibly many, e.g. yearly) files with ``netCDF4``, then averages to days,
+flips latitude, converts units and regrids. dask is not needed.
+
+Time handling: time stamps are decoded with ``cftime`` (``noleap``/``360_day``
+calendars are kept as cftime objects, standard calendars become
+``datetime64[ns]``). Sub-daily data are averaged per calendar day of the time
+stamp; accumulations (ERA5 ``tp`` in m over the output interval) are first
+converted to rates in mm/day, so the daily mean rate is the daily total.
+"""
+
+from __future__ import annotations
+
+import glob
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from precipdiff.errors import InputError
+from precipdiff.grids import LatLonGrid, Regridder, RegridMethod
+from precipdiff.io import import_netcdf4, import_xarray
+from precipdiff.variables import (
+    VariableSpec,
+    get_variable,
+    normalise_units,
+    resolve_variable,
+    to_canonical,
+)
+
+__all__ = ["dataset_to_predictors", "open_predictors"]
+
+LAT_NAMES = ("lat", "latitude", "y", "nav_lat")
+LON_NAMES = ("lon", "longitude", "x", "nav_lon")
+LEVEL_NAMES = ("level", "pressure_level", "plev", "lev", "isobaricInhPa")
+TIME_NAMES = ("time", "valid_time", "t")
+_COMMON_TIME_UNITS = "seconds since 1970-01-01 00:00:00"
+_MAX_OPEN_FILES = 64
+_SECONDS_PER_DAY = 86400.0
+
+SpecLike = VariableSpec | str | Mapping[str, Any]
+
+
+def _as_spec(s: SpecLike) -> VariableSpec:
+    if isinstance(s, VariableSpec):
+        return s
+    if isinstance(s, str):
+        return get_variable(s)
+    return VariableSpec.from_dict(s)
+
+
+def _expand_files(files: str | Path | Iterable[str | Path]) -> list[Path]:
+    items = [files] if isinstance(files, (str, Path)) else list(files)
+    out: list[Path] = []
+    for item in items:
+        s = str(item)
+        if any(c in s for c in "*?["):
+            hits = sorted(glob.glob(s))
+            if not hits:
+                raise InputError(f"no file matches the pattern {s}")
+            out.extend(Path(h) for h in hits)
+        else:
+            p = Path(s)
+            if not p.exists():
+                raise InputError(f"input file {p} does not exist")
+            out.append(p)
+    if not out:
+        raise InputError("no input files given")
+    return list(dict.fromkeys(out))
+
+
+# ---------------------------------------------------------------------------
+# File handles (LRU, thread-safe): many yearly files, few open at a time
+# ---------------------------------------------------------------------------
+
+
+class _HandleCache:
+    def __init__(self, maxsize: int = _MAX_OPEN_FILES) -> None:
+        self._nc4 = import_netcdf4()
+        self._open: OrderedDict[Path, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self.maxsize = maxsize
+
+    def read(self, path: Path, var: str, key: tuple[Any, ...]) -> np.ndarray:
+        with self._lock:
+            ds = self._open.pop(path, None)
+            if ds is None:
+                ds = self._nc4.Dataset(path)
+            self._open[path] = ds
+            while len(self._open) > self.maxsize:
+                _, old = self._open.popitem(last=False)
+                old.close()
+            v = ds.variables[var]
+            v.set_auto_maskandscale(True)
+            data = v[key]
+        arr = np.ma.filled(np.ma.asarray(data).astype(np.float64), np.nan)
+        return np.asarray(arr)
+
+    def close(self) -> None:
+        with self._lock:
+            for ds in self._open.values():
+                ds.close()
+            self._open.clear()
+
+
+# ---------------------------------------------------------------------------
+# Metadata scan
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class _FilePiece:
+    """One file's contribution to a variable."""
+
+    path: Path
+    var: str
+    dims: tuple[str, ...]
+    seconds: np.ndarray  # time stamps, seconds since 1970 in the common calendar
+    time_dim: str
+    level_dim: str | None
+    level_index: int | None
+    expver_dim: str | None
+
+
+def _find(names: Sequence[str], available: Iterable[str]) -> str | None:
+    avail = list(available)
+    for n in names:
+        if n in avail:
+            return n
+    low = {a.lower(): a for a in avail}
+    for n in names:
+        if n.lower() in low:
+            return low[n.lower()]
+    return None
+
+
+def _levels_hpa(ds: Any, name: str, path: Path) -> np.ndarray:
+    v = ds.variables[name]
+    vals = np.asarray(v[:], dtype=np.float64)
+    units = normalise_units(str(getattr(v, "units", "")))
+    if units == "Pa" or (units == "" and vals.max() > 2000):
+        return vals / 100.0
+    if units in ("hPa", ""):
+        return vals
+    raise InputError(f"{path}: pressure level coordinate {name!r} has unknown units {units!r}")
+
+
+def _decode_seconds(ds: Any, tname: str, path: Path) -> tuple[np.ndarray, str]:
+    import cftime
+
+    tv = ds.variables[tname]
+    units = getattr(tv, "units", None)
+    if units is None:
+        raise InputError(f"{path}: time coordinate {tname!r} has no units attribute")
+    cal = str(getattr(tv, "calendar", "standard")).lower()
+    if cal == "gregorian":
+        cal = "standard"
+    dates = cftime.num2date(np.asarray(tv[:]), units, calendar=cal)
+    secs = cftime.date2num(dates, _COMMON_TIME_UNITS, calendar=cal)
+    return np.asarray(secs, dtype=np.float64), cal
+
+
+def _scan_variable(
+    spec: VariableSpec, files: list[Path], nc4: Any
+) -> tuple[list[_FilePiece], np.ndarray, np.ndarray, str, str | None, list[str]]:
+    """Locate ``spec`` in the files; return pieces, lat, lon, calendar, units, all names."""
+    pieces: list[_FilePiece] = []
+    lat = lon = None
+    calendar = None
+    units: str | None = None
+    seen: dict[str, None] = {}
+    for path in files:
+        with nc4.Dataset(path) as ds:
+            attrs = {
+                n: {a: ds.variables[n].getncattr(a) for a in ds.variables[n].ncattrs()}
+                for n in ds.variables
+            }
+            data_vars = {n: a for n, a in attrs.items() if n not in ds.dimensions}
+            seen.update(dict.fromkeys(data_vars))
+            try:
+                name = resolve_variable(data_vars, spec)
+            except InputError:
+                continue
+            v = ds.variables[name]
+            dims = tuple(v.dimensions)
+            tname = _find(TIME_NAMES, dims)
+            la, lo = _find(LAT_NAMES, dims), _find(LON_NAMES, dims)
+            if la is None or lo is None:
+                raise InputError(
+                    f"{path}: variable {name!r} has dimensions {dims}; expected latitude and "
+                    f"longitude dimensions (one of {LAT_NAMES} / {LON_NAMES})"
+                )
+            if tname is None:
+                raise InputError(f"{path}: variable {name!r} has no time dimension (dims {dims})")
+            flat = np.asarray(ds.variables[la][:], dtype=np.float64)
+            flon = np.asarray(ds.variables[lo][:], dtype=np.float64)
+            if lat is None:
+                lat, lon = flat, flon
+            elif not (
+                lat.shape == flat.shape
+                and np.allclose(lat, flat)
+                and lon is not None
+                and lon.shape == flon.shape
+                and np.allclose(lon, flon)
+            ):
+                raise InputError(
+                    f"{path}: {name!r} is on a different grid ({flat.size}x{flon.size}) than in "
+                    f"{pieces[0].path if pieces else 'the first file'}"
+                )
+            secs, cal = _decode_seconds(ds, tname, path)
+            if calendar is None:
+                calendar = cal
+            elif cal != calendar:
+                raise InputError(
+                    f"{path}: calendar {cal!r} differs from {calendar!r} of the other files"
+                )
+            funits = attrs[name].get("units")
+            if units is None:
+                units = None if funits is None else str(funits)
+            elif funits is not None and normalise_units(str(funits)) != normalise_units(units):
+                raise InputError(f"{path}: {name!r} units {funits!r} differ from {units!r}")
+            # Pressure level.
+            lname = _find(LEVEL_NAMES, dims)
+            level_index = None
+            if lname is not None:
+                levels = _levels_hpa(ds, lname, path)
+                if spec.level_hpa is None:
+                    if levels.size != 1:
+                        raise InputError(
+                            f"{path}: {name!r} has {levels.size} pressure levels "
+                            f"{levels.tolist()} hPa; choose one (e.g. {spec.name}"
+                            f"{levels[len(levels) // 2]:g})"
+                        )
+                    level_index = 0
+                else:
+                    hit = np.flatnonzero(np.abs(levels - spec.level_hpa) < 1e-3)
+                    if hit.size == 0:
+                        raise InputError(
+                            f"{path}: level {spec.level_hpa:g} hPa of {spec.name} not available; "
+                            f"levels are {[f'{x:g}' for x in levels]} hPa"
+                        )
+                    level_index = int(hit[0])
+            elif spec.level_hpa is not None:
+                _check_single_level(ds, name, spec, path)
+            other = [d for d in dims if d not in (tname, la, lo, lname)]
+            expver = None
+            for d in other:
+                if d.lower() == "expver":
+                    expver = d
+                else:
+                    raise InputError(
+                        f"{path}: {name!r} has an unexpected dimension {d!r} (dims {dims})"
+                    )
+            pieces.append(_FilePiece(path, name, dims, secs, tname, lname, level_index, expver))
+    if not pieces:
+        raise InputError(
+            f"variable {spec.name} ({spec.standard_name}) not found in {len(files)} file(s): "
+            f"looked for {list(spec.all_names)}; the files contain {sorted(seen)}"
+        )
+    assert lat is not None and lon is not None and calendar is not None
+    return pieces, lat, lon, calendar, units, sorted(seen)
+
+
+def _check_single_level(ds: Any, name: str, spec: VariableSpec, path: Path) -> None:
+    """Check a level recorded on a 2-D file of a level variable against the spec."""
+    v = ds.variables[name]
+    recorded: list[Any] = []
+    for holder in (v, ds):
+        for key in ("level_hPa", "level_hpa", "plev", "level"):
+            if key in holder.ncattrs():
+                recorded.append((key, holder.getncattr(key)))
+    for key, val in recorded:
+        try:
+            lev = float(val)
+        except (TypeError, ValueError):
+            continue
+        lev_hpa = lev / 100.0 if key == "plev" or lev > 2000 else lev
+        if abs(lev_hpa - float(spec.level_hpa or 0)) > 1e-3:
+            raise InputError(
+                f"{path}: {name!r} is recorded at {lev_hpa:g} hPa ({key}={val}) but "
+                f"{spec.name} needs {spec.level_hpa:g} hPa"
+            )
+
+
+# ---------------------------------------------------------------------------
+# The lazy array
+# ---------------------------------------------------------------------------
+
+
+def _make_backend_array() -> type:
+    import_xarray()
+    from xarray.backends import BackendArray
+    from xarray.core import indexing
+
+    class _PredictorArray(BackendArray):
+        """Reads, aggregates, converts and regrids on demand (outer indexing)."""
+
+        def __init__(
+            self,
+            cache: _HandleCache,
+            pieces: list[_FilePiece],
+            groups: list[np.ndarray],
+            flip_lat: bool,
+            native_shape: tuple[int, int],
+            convert: Callable[[np.ndarray], np.ndarray],
+            regridder: Regridder | None,
+        ) -> None:
+            self.cache = cache
+            self.pieces = pieces
+            self.groups = groups  # per output time: indices into the concatenated source axis
+            self.flip_lat = flip_lat
+            self.convert = convert
+            self.regridder = regridder
+            ny, nx = regridder.dst_shape if regridder is not None else native_shape
+            self.shape = (len(groups), int(ny), int(nx))
+            self.dtype = np.dtype(np.float32)
+            offsets = np.cumsum([0] + [p.seconds.size for p in pieces])
+            self._offsets = offsets
+
+        def __getitem__(self, key: Any) -> Any:
+            return indexing.explicit_indexing_adapter(
+                key, self.shape, indexing.IndexingSupport.OUTER, self._raw
+            )
+
+        def _read_source(self, src_idx: np.ndarray) -> np.ndarray:
+            """Native fields for sorted unique source indices: (n, nlat, nlon) float64."""
+            out = []
+            for k, piece in enumerate(self.pieces):
+                lo, hi = self._offsets[k], self._offsets[k + 1]
+                sel = src_idx[(src_idx >= lo) & (src_idx < hi)] - lo
+                if sel.size == 0:
+                    continue
+                key: list[Any] = []
+                for d in piece.dims:
+                    if d == piece.time_dim:
+                        key.append(sel if sel.size > 1 else slice(int(sel[0]), int(sel[0]) + 1))
+                    elif d == piece.level_dim:
+                        key.append(piece.level_index)
+                    else:
+                        key.append(slice(None))
+                data = self.cache.read(piece.path, piece.var, tuple(key))
+                if piece.expver_dim is not None:
+                    # ERA5/ERA5T: one of the expver entries is filled at each time.
+                    ax = [d for d in piece.dims if d != piece.level_dim].index(piece.expver_dim)
+                    with np.errstate(invalid="ignore"):
+                        data = np.fmax.reduce(data, axis=ax)
+                out.append(data)
+            return np.concatenate(out, axis=0)
+
+        def _raw(self, key: tuple[Any, ...]) -> np.ndarray:
+            nt, ny, nx = self.shape
+            idx = [np.arange(n)[k] for n, k in zip((nt, ny, nx), key, strict=True)]
+            scalar = [np.ndim(i) == 0 for i in idx]
+            tsel = np.atleast_1d(idx[0])
+            if tsel.size == 0:
+                res = np.zeros((0, *[np.atleast_1d(i).size for i in idx[1:]]), np.float32)
+            else:
+                wanted = [self.groups[int(t)] for t in tsel]
+                src = np.unique(np.concatenate(wanted))
+                native = self._read_source(src)
+                pos = {int(s): i for i, s in enumerate(src)}
+                fields = np.stack(
+                    [
+                        native[[pos[int(s)] for s in g]].mean(axis=0)
+                        if len(g) > 1
+                        else native[pos[int(g[0])]]
+                        for g in wanted
+                    ]
+                )
+                if self.flip_lat:
+                    fields = fields[:, ::-1, :]
+                fields = self.convert(fields)
+                if self.regridder is not None:
+                    fields = self.regridder(fields)
+                res = fields[:, np.atleast_1d(idx[1])][:, :, np.atleast_1d(idx[2])]
+            res = np.asarray(res, dtype=np.float32)
+            drop = tuple(ax for ax, s in enumerate(scalar) if s)
+            return res.reshape([n for ax, n in enumerate(res.shape) if ax not in drop])
+
+    return _PredictorArray
+
+
+_ARRAY_CLASS: type | None = None
+
+
+def _array_class() -> type:
+    global _ARRAY_CLASS
+    if _ARRAY_CLASS is None:
+        _ARRAY_CLASS = _make_backend_array()
+    return _ARRAY_CLASS
+
+
+# ---------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------
+
+
+def _decode_times(seconds: np.ndarray, calendar: str) -> np.ndarray:
+    import cftime
+
+    dates = cftime.num2date(
+        seconds, _COMMON_TIME_UNITS, calendar=calendar, only_use_cftime_datetimes=False
+    )
+    dates = np.asarray(dates)
+    if calendar in ("standard", "proleptic_gregorian") and not isinstance(
+        dates.flat[0] if dates.size else None, cftime.datetime
+    ):
+        return np.asarray(dates, dtype="datetime64[ns]")
+    return dates
+
+
+def _accumulation_hours(
+    spec: VariableSpec,
+    units: str | None,
+    seconds: np.ndarray,
+    given: float | Mapping[str, float] | None,
+) -> float | None:
+    if units is None or normalise_units(units) not in ("m", "mm"):
+        return None
+    if isinstance(given, Mapping):
+        val = given.get(spec.name)
+        if val is None:
+            val = next((given[a] for a in spec.all_names if a in given), None)
+    else:
+        val = given
+    if val is not None:
+        return float(val)
+    steps = np.unique(np.round(np.diff(seconds)))
+    if steps.size == 1 and 0 < steps[0] <= _SECONDS_PER_DAY:
+        return float(steps[0] / 3600.0)
+    raise InputError(
+        f"{spec.name}: units {units!r} are an accumulated amount and the time step is "
+        f"irregular or longer than a day ({np.unique(np.diff(seconds) / 3600).tolist()[:5]} h), "
+        "so the accumulation period cannot be inferred: pass accumulation_hours "
+        "(ERA5 hourly tp: 1; ERA5 monthly-mean tp: 24)"
+    )
+
+
+def open_predictors(
+    files: str | Path | Iterable[str | Path],
+    specs: Sequence[SpecLike],
+    *,
+    daily: bool | str = "auto",
+    grid: LatLonGrid | None = None,
+    regrid_method: RegridMethod = "bilinear",
+    accumulation_hours: float | Mapping[str, float] | None = None,
+    join: str = "inner",
+) -> Any:
+    """Open predictor (or precipitation) variables lazily with canonical names and units.
+
+    Parameters
+    ----------
+    files : path, glob pattern, or iterable of them
+        netCDF files; variables may be spread over different files and time over
+        many (e.g. yearly) files.
+    specs : sequence of VariableSpec, str or dict
+        Wanted variables, e.g. ``["hus850", "psl"]`` or ``VariableSpec`` objects.
+    daily : bool or "auto"
+        Average sub-daily data to daily means (``"auto"``: when the median time
+        step is shorter than a day).
+    grid : LatLonGrid, optional
+        Regrid every variable onto this grid (needed when variables come on
+        different grids). Default: keep the native grid, latitude ascending.
+    regrid_method : {"bilinear", "conservative"}
+        Method used with ``grid`` (NaN-aware).
+    accumulation_hours : float or mapping, optional
+        Accumulation period of variables stored as amounts (``m``/``mm``), per
+        variable name or for all; inferred from a regular time step of at most
+        one day when omitted.
+    join : {"inner", "exact"}
+        How to combine different time axes of different variables.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``(time, lat, lon)`` float32 variables named by ``spec.name``, with
+        ``units``/``standard_name``/``level_hpa``/``source_files`` attributes.
+        Nothing is read until values are accessed; call ``.close()`` when done.
+
+    Raises
+    ------
+    InputError
+        Missing files, a missing variable (listing what the files contain), a
+        missing level (listing available levels), different grids without
+        ``grid``, disjoint time axes.
+    """
+    xr = import_xarray()
+    nc4 = import_netcdf4()
+    paths = _expand_files(files)
+    spec_list = [_as_spec(s) for s in specs]
+    if not spec_list:
+        raise InputError("no variables requested")
+    if regrid_method not in ("bilinear", "conservative"):
+        raise InputError(
+            f"regrid_method must be 'bilinear' or 'conservative', got {regrid_method!r}"
+        )
+    if join not in ("inner", "exact"):
+        raise InputError(f"join must be 'inner' or 'exact', got {join!r}")
+    cache = _HandleCache()
+    arrays: dict[str, Any] = {}
+    time_axes: dict[str, np.ndarray] = {}
+    native_grids: dict[str, LatLonGrid] = {}
+    calendars: set[str] = set()
+    Array = _array_class()
+    from xarray.core import indexing
+
+    per_var: dict[str, tuple[Any, ...]] = {}
+    for spec in spec_list:
+        pieces, lat, lon, cal, units, _ = _scan_variable(spec, paths, nc4)
+        pieces.sort(key=lambda p: float(p.seconds[0]) if p.seconds.size else 0.0)
+        secs = np.concatenate([p.seconds for p in pieces])
+        if np.any(np.diff(secs) <= 0):
+            dup = secs[1:][np.diff(secs) <= 0][0]
+            raise InputError(
+                f"{spec.name}: time stamps overlap or are unsorted across files "
+                f"{[str(p.path) for p in pieces]} (at {_decode_times(np.array([dup]), cal)[0]})"
+            )
+        calendars.add(cal)
+        flip = bool(lat.size > 1 and lat[0] > lat[-1])
+        native = LatLonGrid(lat[::-1] if flip else lat, lon)
+        native_grids[spec.name] = native
+        per_var[spec.name] = (spec, pieces, secs, flip, native, units, cal)
+    if len(calendars) > 1:
+        raise InputError(f"variables use different calendars {sorted(calendars)}")
+    if grid is None:
+        first = next(iter(native_grids.values()))
+        for name, g in native_grids.items():
+            if not g.allclose(first):
+                raise InputError(
+                    f"variables are on different grids: {spec_list[0].name} on {first!r}, "
+                    f"{name} on {g!r}; pass grid= to regrid them onto one grid"
+                )
+    for name, (spec, pieces, secs, flip, native, units, _cal) in per_var.items():
+        if daily == "auto":
+            do_daily = secs.size > 1 and float(np.median(np.diff(secs))) < _SECONDS_PER_DAY
+        else:
+            do_daily = bool(daily)
+        if do_daily:
+            day = np.floor(secs / _SECONDS_PER_DAY).astype(np.int64)
+            uniq, start = np.unique(day, return_index=True)
+            groups = np.split(np.arange(secs.size), start[1:])
+            out_secs = uniq.astype(np.float64) * _SECONDS_PER_DAY
+        else:
+            groups = [np.array([i]) for i in range(secs.size)]
+            out_secs = secs
+        acc = _accumulation_hours(spec, units, secs, accumulation_hours)
+
+        def convert(
+            x: np.ndarray, spec: VariableSpec = spec, units: str | None = units, acc: Any = acc
+        ) -> np.ndarray:
+            return to_canonical(spec, x, units, accumulation_hours=acc)
+
+        regridder = None
+        if grid is not None and not native.allclose(grid):
+            regridder = Regridder(native, grid, regrid_method, skipna=True)
+        arr = Array(cache, pieces, groups, flip, native.shape, convert, regridder)
+        arrays[name] = (arr, out_secs, regridder)
+        time_axes[name] = out_secs
+    # Combine time axes.
+    names = list(arrays)
+    common = time_axes[names[0]]
+    for n in names[1:]:
+        if join == "exact" and not np.array_equal(common, time_axes[n]):
+            raise InputError(
+                f"time axes differ: {names[0]} has {common.size} steps, {n} has "
+                f"{time_axes[n].size}; use join='inner' to keep the common times"
+            )
+        common = np.intersect1d(common, time_axes[n])
+    if common.size == 0:
+        raise InputError(f"variables {names} have no time step in common")
+    cal = calendars.pop()
+    out_grid = grid if grid is not None else next(iter(native_grids.values()))
+    data_vars = {}
+    for n in names:
+        arr, secs, regridder = arrays[n]
+        spec = per_var[n][0]
+        pieces = per_var[n][1]
+        var = xr.Variable(("time", "lat", "lon"), indexing.LazilyIndexedArray(arr))
+        if not np.array_equal(secs, common):
+            var = var.isel(time=np.flatnonzero(np.isin(secs, common)))
+        var.attrs = {
+            "units": spec.units,
+            "standard_name": spec.standard_name,
+            "source_variable": pieces[0].var,
+            "source_files": ", ".join(str(p.path) for p in pieces),
+        }
+        if spec.level_hpa is not None:
+            var.attrs["level_hpa"] = spec.level_hpa
+        data_vars[n] = var
+    ds = xr.Dataset(
+        data_vars,
+        coords={
+            "time": ("time", _decode_times(common, cal)),
+            "lat": ("lat", out_grid.lat, {"units": "degrees_north", "standard_name": "latitude"}),
+            "lon": ("lon", out_grid.lon, {"units": "degrees_east", "standard_name": "longitude"}),
+        },
+        attrs={"calendar": cal, "daily_means": str(daily)},
+    )
+    ds["time"].encoding.update({"units": _COMMON_TIME_UNITS, "calendar": cal})
+    ds.set_close(cache.close)
+    return ds
+
+
+def dataset_to_predictors(
+    ds: Any, variables: Sequence[SpecLike]
+) -> tuple[dict[str, np.ndarray], LatLonGrid]:
+    """Load the wanted variables of an xarray Dataset as canonical float32 arrays.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        E.g. from :func:`open_predictors`, or any data set with ``lat``/``lon``
+        (or ``latitude``/``longitude``) coordinates and a time dimension.
+    variables : sequence of VariableSpec, str or dict
+        The model's predictors (e.g. the manifest's ``variables``).
+
+    Returns
+    -------
+    tuple
+        ``({spec.name: array (time, lat, lon) float32}, grid)``; latitude as in
+        the data set, units converted from the variables' ``units`` attributes.
+    """
+    coords = list(ds.coords) + list(ds.dims)
+    la, lo = _find(LAT_NAMES, coords), _find(LON_NAMES, coords)
+    if la is None or lo is None:
+        raise InputError(f"data set has no lat/lon coordinates (has {sorted(set(coords))})")
+    grid = LatLonGrid(np.asarray(ds[la].values), np.asarray(ds[lo].values))
+    out: dict[str, np.ndarray] = {}
+    for s in variables:
+        spec = _as_spec(s)
+        name = resolve_variable(ds.data_vars, spec)
+        da = ds[name]
+        lev = _find(LEVEL_NAMES, da.dims)
+        if lev is not None:
+            levels = np.asarray(ds[lev].values, dtype=np.float64)
+            lunits = normalise_units(str(ds[lev].attrs.get("units", "")))
+            hpa = levels / 100.0 if lunits == "Pa" or levels.max() > 2000 else levels
+            if spec.level_hpa is None:
+                if hpa.size != 1:
+                    raise InputError(
+                        f"{name!r} has levels {hpa.tolist()} hPa; {spec.name} needs one level"
+                    )
+                da = da.isel({lev: 0})
+            else:
+                hit = np.flatnonzero(np.abs(hpa - spec.level_hpa) < 1e-3)
+                if hit.size == 0:
+                    raise InputError(
+                        f"level {spec.level_hpa:g} hPa of {spec.name} not available in "
+                        f"{name!r}; levels are {[f'{x:g}' for x in hpa]} hPa"
+                    )
+                da = da.isel({lev: int(hit[0])})
+        tdim = [d for d in da.dims if d not in (la, lo)]
+        if len(tdim) > 1:
+            raise InputError(f"{name!r} has extra dimensions {tdim}; expected (time, lat, lon)")
+        da = da.transpose(*tdim, la, lo)
+        units = da.attrs.get("units")
+        vals = to_canonical(spec, np.asarray(da.values, dtype=np.float64), units)
+        out[spec.name] = np.ascontiguousarray(vals, dtype=np.float32)
+    return out, grid

@@ -1,0 +1,295 @@
+/*
+ * precipdiff_capi.c -- the C ABI of libprecipdiff (see include/precipdiff.h).
+ *
+ * Responsibilities of this layer (and nothing else):
+ *   - start the embedded interpreter from C with PyConfig, pointing at the
+ *     configured Python ($PRECIPDIFF_PYTHON or the compile-time default), so
+ *     it works in a clean environment and under mpirun; then release the GIL;
+ *   - refuse to treat cffi's "init failed, return 0" as success: the Python
+ *     side must answer pdpy_ready() with the ready magic first;
+ *   - mask the host's floating-point traps around every call into Python and
+ *     restore the host's floating-point environment afterwards;
+ *   - keep the last error message; never call exit() or abort().
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <fenv.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "precipdiff.h"
+#include "pd_embed_api.h"
+
+#ifndef PRECIPDIFF_DEFAULT_PYTHON
+#error "PRECIPDIFF_DEFAULT_PYTHON must be defined at compile time (CMake does)"
+#endif
+
+#define PDPY_READY_MAGIC 0x50445259 /* "PDRY", precipdiff.server.capi.READY_MAGIC */
+#define PD_ERRBUF 4096
+
+static char g_err[PD_ERRBUF];      /* last error of any call */
+static char g_init_err[PD_ERRBUF]; /* why start-up failed (sticky) */
+static int g_state = 0;            /* 0 not tried, 1 ready, -1 failed */
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int set_error(int status, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(g_err, sizeof g_err, fmt, ap);
+  va_end(ap);
+  return status;
+}
+
+static const char *python_executable(const char **source) {
+  const char *env = getenv("PRECIPDIFF_PYTHON");
+  if (env != NULL && env[0] != '\0') {
+    if (source) *source = "environment variable PRECIPDIFF_PYTHON";
+    return env;
+  }
+  if (source) *source = "compile-time default (-DPRECIPDIFF_PYTHON)";
+  return PRECIPDIFF_DEFAULT_PYTHON;
+}
+
+/* Start the interpreter (once). Must run with FP traps masked. */
+static int start_python(void) {
+  const char *source = NULL;
+  const char *exe = python_executable(&source);
+  PyStatus st;
+  PyConfig config;
+
+  if (Py_IsInitialized()) return PD_OK; /* host already runs Python: use it */
+  if (access(exe, X_OK) != 0) {
+    return set_error(PD_ERR_PYTHON_INIT,
+                     "Python executable '%s' (from the %s) does not exist or is not "
+                     "executable; set PRECIPDIFF_PYTHON to the python of the environment "
+                     "where precipdiff is installed",
+                     exe, source);
+  }
+  PyConfig_InitPythonConfig(&config);
+  config.install_signal_handlers = 0; /* the ESM owns SIGINT etc. */
+  config.parse_argv = 0;
+  st = PyConfig_SetBytesString(&config, &config.program_name, exe);
+  if (!PyStatus_Exception(st))
+    st = PyConfig_SetBytesString(&config, &config.executable, exe);
+  if (!PyStatus_Exception(st)) st = Py_InitializeFromConfig(&config);
+  PyConfig_Clear(&config);
+  if (PyStatus_Exception(st)) {
+    /* Never Py_ExitStatusException: that would exit the host. */
+    return set_error(PD_ERR_PYTHON_INIT,
+                     "cannot start the embedded Python from '%s' (from the %s): %s%s%s",
+                     exe, source, st.func ? st.func : "", st.func ? ": " : "",
+                     st.err_msg ? st.err_msg : "unknown error");
+  }
+  PyEval_SaveThread(); /* release the GIL between calls */
+  return PD_OK;
+}
+
+/* Make sure the interpreter runs and the Python side is installed. */
+static int ensure_ready(void) {
+  int status = PD_OK;
+  fenv_t env;
+  if (g_state == 1) return PD_OK;
+  pthread_mutex_lock(&g_lock);
+  if (g_state == 0) {
+    feholdexcept(&env);
+    status = start_python();
+    if (status == PD_OK) {
+      int magic = pdpy_ready();
+      if (magic != PDPY_READY_MAGIC) {
+        char buf[PD_ERRBUF];
+        int n = pdpy_import_error(buf, (int)sizeof buf);
+        if (n > 0) {
+          status = set_error(PD_ERR_PYTHON_INIT, "%s", buf);
+        } else {
+          status = set_error(PD_ERR_PYTHON_INIT,
+                             "the embedded Python started from '%s' but the precipdiff "
+                             "server did not initialise (cffi init code failed; its "
+                             "traceback is on stderr)",
+                             python_executable(NULL));
+        }
+      }
+    }
+    fesetenv(&env);
+    if (status == PD_OK) {
+      g_state = 1;
+    } else {
+      g_state = -1;
+      memcpy(g_init_err, g_err, sizeof g_err);
+    }
+  }
+  if (g_state == -1) {
+    memcpy(g_err, g_init_err, sizeof g_err);
+    status = PD_ERR_PYTHON_INIT;
+  }
+  pthread_mutex_unlock(&g_lock);
+  return status;
+}
+
+/* After a failing pdpy_* call, fetch its message from the Python side. */
+static int python_failed(int status, const char *where) {
+  char buf[PD_ERRBUF];
+  int n = pdpy_last_error(buf, (int)sizeof buf);
+  if (n > 0)
+    return set_error(status, "%s", buf);
+  return set_error(status, "%s failed with status %d (no message from Python)", where,
+                   status);
+}
+
+/* Call into Python with traps masked; map failures to the last error. */
+#define PD_CALL(where, expr)                                \
+  do {                                                      \
+    int pd_st_ = ensure_ready();                            \
+    fenv_t pd_env_;                                         \
+    if (pd_st_ != PD_OK) return pd_st_;                     \
+    feholdexcept(&pd_env_);                                 \
+    pd_st_ = (expr);                                        \
+    if (pd_st_ != PD_OK) pd_st_ = python_failed(pd_st_, where); \
+    fesetenv(&pd_env_);                                     \
+    return pd_st_;                                          \
+  } while (0)
+
+#define PD_NEED_HANDLE(where, handle)                                                    \
+  do {                                                                                   \
+    if ((handle) == PD_NO_HANDLE)                                                        \
+      return set_error(PD_ERR_NOT_INITIALISED,                                           \
+                       "%s: handle is PD_NO_HANDLE (0): call precipdiff_init before " \
+                       "using it",                                                       \
+                       where);                                                           \
+  } while (0)
+
+int pd_version(int *major, int *minor, int *patch) {
+  if (major) *major = PD_VERSION_MAJOR;
+  if (minor) *minor = PD_VERSION_MINOR;
+  if (patch) *patch = PD_VERSION_PATCH;
+  return PD_OK;
+}
+
+int pd_ready(void) { return ensure_ready(); }
+
+int pd_last_error(char *buf, int buflen, int *len) {
+  size_t n = strlen(g_err);
+  if (len) *len = (int)n;
+  if (buf == NULL || buflen < 1) return PD_ERR_INVALID_ARGUMENT;
+  if (n > (size_t)(buflen - 1)) n = (size_t)(buflen - 1);
+  memcpy(buf, g_err, n);
+  buf[n] = '\0';
+  return PD_OK;
+}
+
+int pd_python_executable(char *buf, int buflen) {
+  const char *exe = python_executable(NULL);
+  size_t n = strlen(exe);
+  if (buf == NULL || buflen < 1) return PD_ERR_INVALID_ARGUMENT;
+  if (n > (size_t)(buflen - 1))
+    return set_error(PD_ERR_INVALID_ARGUMENT,
+                     "pd_python_executable: buffer of %d bytes too small for %zu",
+                     buflen, n + 1);
+  memcpy(buf, exe, n + 1);
+  return PD_OK;
+}
+
+int pd_plugin_create(const char *nml_path, const double *lon, int nlon, const double *lat,
+                     int nlat, int has_comm, int comm_f, int start_lon, int start_lat,
+                     int nlon_global, int nlat_global, int *handle) {
+  if (handle == NULL)
+    return set_error(PD_ERR_INVALID_ARGUMENT, "precipdiff_init: handle is NULL");
+  *handle = PD_NO_HANDLE;
+  if (nml_path == NULL || lon == NULL || lat == NULL)
+    return set_error(PD_ERR_INVALID_ARGUMENT,
+                     "precipdiff_init: nml_file, lon or lat is NULL");
+  if (nlon < 1 || nlat < 1)
+    return set_error(PD_ERR_INVALID_ARGUMENT,
+                     "precipdiff_init: empty grid (nlon=%d, nlat=%d)", nlon, nlat);
+  PD_CALL("precipdiff_init",
+          pdpy_create(nml_path, lon, nlon, lat, nlat, has_comm, comm_f, start_lon,
+                      start_lat, nlon_global, nlat_global, handle));
+}
+
+static int set_field(int handle, const char *name, int itemsize, const void *values,
+                     int nlon, int nlat, int nlev, const void *pressure) {
+  PD_NEED_HANDLE("precipdiff_set_field", handle);
+  if (name == NULL || values == NULL)
+    return set_error(PD_ERR_INVALID_ARGUMENT, "precipdiff_set_field: name or values is NULL");
+  if (nlon < 0 || nlat < 0 || nlev < 0)
+    return set_error(PD_ERR_INVALID_ARGUMENT,
+                     "precipdiff_set_field: negative extent (nlon=%d, nlat=%d, nlev=%d) for "
+                     "field '%s'",
+                     nlon, nlat, nlev, name);
+  if (nlev > 0 && pressure == NULL)
+    return set_error(PD_ERR_INVALID_ARGUMENT,
+                     "precipdiff_set_field: 3-D field '%s' needs its pressure (Pa)", name);
+  PD_CALL("precipdiff_set_field",
+          pdpy_set_field(handle, name, itemsize, values, nlon, nlat, nlev, pressure));
+}
+
+int pd_plugin_set_field_f32(int handle, const char *name, const float *values, int nlon,
+                            int nlat, int nlev, const float *pressure) {
+  return set_field(handle, name, 4, values, nlon, nlat, nlev, pressure);
+}
+
+int pd_plugin_set_field_f64(int handle, const char *name, const double *values, int nlon,
+                            int nlat, int nlev, const double *pressure) {
+  return set_field(handle, name, 8, values, nlon, nlat, nlev, pressure);
+}
+
+int pd_plugin_step(int handle, double model_time_s, double dt_s, int *ready) {
+  if (ready == NULL) return set_error(PD_ERR_INVALID_ARGUMENT, "precipdiff_run: ready is NULL");
+  *ready = 0;
+  PD_NEED_HANDLE("precipdiff_run", handle);
+  PD_CALL("precipdiff_run", pdpy_step(handle, model_time_s, dt_s, ready));
+}
+
+int pd_plugin_get_output(int handle, double *pr_fine, int nlon_fine, int nlat_fine,
+                         double *pr_model, int nlon, int nlat) {
+  PD_NEED_HANDLE("precipdiff_get_output", handle);
+  PD_CALL("precipdiff_get_output",
+          pdpy_get_output(handle, pr_fine, nlon_fine, nlat_fine, pr_model, nlon, nlat));
+}
+
+int pd_plugin_shapes(int handle, int *nlon, int *nlat, int *nlon_fine, int *nlat_fine) {
+  if (!nlon || !nlat || !nlon_fine || !nlat_fine)
+    return set_error(PD_ERR_INVALID_ARGUMENT, "precipdiff_shapes: NULL output argument");
+  *nlon = *nlat = *nlon_fine = *nlat_fine = 0;
+  PD_NEED_HANDLE("precipdiff_shapes", handle);
+  PD_CALL("precipdiff_shapes", pdpy_shapes(handle, nlon, nlat, nlon_fine, nlat_fine));
+}
+
+int pd_plugin_fine_coords(int handle, double *lon_fine, int nlon_fine, double *lat_fine,
+                          int nlat_fine) {
+  PD_NEED_HANDLE("precipdiff_fine_coords", handle);
+  PD_CALL("precipdiff_fine_coords",
+          pdpy_fine_coords(handle, lon_fine, nlon_fine, lat_fine, nlat_fine));
+}
+
+int pd_plugin_required_fields(int handle, char *buf, int buflen, int *count) {
+  if (count) *count = 0;
+  PD_NEED_HANDLE("precipdiff_required_fields", handle);
+  PD_CALL("precipdiff_required_fields", pdpy_required_fields(handle, buf, buflen, count));
+}
+
+int pd_plugin_write_restart(int handle, const char *path) {
+  PD_NEED_HANDLE("precipdiff_write_restart", handle);
+  PD_CALL("precipdiff_write_restart", pdpy_write_restart(handle, path));
+}
+
+int pd_plugin_read_restart(int handle, const char *path) {
+  PD_NEED_HANDLE("precipdiff_read_restart", handle);
+  PD_CALL("precipdiff_read_restart", pdpy_read_restart(handle, path));
+}
+
+int pd_plugin_destroy(int handle) {
+  if (handle == PD_NO_HANDLE) return PD_OK; /* finalize is idempotent */
+  PD_CALL("precipdiff_finalize", pdpy_destroy(handle));
+}
+
+int pd_plugin_count(int *count) {
+  if (count == NULL) return set_error(PD_ERR_INVALID_ARGUMENT, "pd_plugin_count: count is NULL");
+  *count = 0;
+  if (g_state != 1) return PD_OK; /* no interpreter, no plugins */
+  PD_CALL("pd_plugin_count", pdpy_count(count));
+}

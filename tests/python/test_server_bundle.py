@@ -48,7 +48,7 @@ def drive(plugin: Plugin, steps: range) -> list[tuple[int, np.ndarray]]:
     for s in steps:
         for name, val in fields_at(s).items():
             plugin.set_field(name, val)
-        if plugin.step(s * DT, DT):
+        if plugin.step((s + 1) * DT, DT):
             out.append((plugin.ready_window, plugin.output_members()))
     return out
 

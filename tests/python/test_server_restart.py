@@ -20,7 +20,7 @@ def drive(plugin: Plugin, steps: range) -> list[tuple[int, np.ndarray, np.ndarra
     for s in steps:
         for name, val in fields_at(s).items():
             plugin.set_field(name, val)
-        if plugin.step(s * DT, DT):
+        if plugin.step((s + 1) * DT, DT):
             out.append(
                 (plugin.ready_window, np.array(plugin.output_fine()), plugin.output_members())
             )
@@ -81,8 +81,8 @@ def test_restart_continues_time_check(tmp_path: Path) -> None:
     plugin.write_restart(str(rst))
     again, _ = make_plugin(tmp_path)
     again.read_restart(str(rst))
-    with pytest.raises(InputError, match=r"expected model_time_s = 64800"):
-        again.step(0.0, DT)
+    with pytest.raises(InputError, match=r"expected model_time_s = 86400"):
+        again.step(DT, DT)
 
 
 def read_stream(path: Path) -> dict[str, object]:

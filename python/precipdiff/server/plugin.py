@@ -10,18 +10,23 @@ conservatively remapped to the ESM grid.
 
 Time convention
 ---------------
-``model_time_s`` is the time (seconds since the run's reference, >= 0) at which
-the fields passed since the previous :meth:`Plugin.step` are valid, and ``dt_s``
-the step length. Window ``n`` covers ``[n * window_s, (n + 1) * window_s)``; a
-step whose end ``model_time_s + dt_s`` reaches a window boundary closes the
-window. Consecutive calls must continue in time (``model_time_s`` equal to the
-previous call's ``model_time_s + dt_s``).
+``model_time_s`` is the model time at the END of the step just computed
+(seconds since the run's reference): the fields passed since the previous
+:meth:`Plugin.step` are the state at that time, and ``dt_s`` is the step
+length. A step covers ``(model_time_s - dt_s, model_time_s]``; window ``n``
+covers ``(n * window_s, (n + 1) * window_s]`` and closes at the step whose
+``model_time_s`` is ``(n + 1) * window_s``. With daily windows the mean of
+day ``n`` averages the states at ``dt, 2 dt, ..., 86400 s`` of that day, as a
+daily mean of an ESM's instantaneous output. Consecutive calls must continue
+in time (``model_time_s`` equal to the previous one plus ``dt_s``).
 
 Determinism
 -----------
-Window ``n`` draws its noise from a seed derived from ``(seed, n)`` with
-:class:`numpy.random.SeedSequence`, so results depend neither on where the run
-started, nor on restarts, nor on the inference mode (``sync`` or ``lagged``).
+Member ``k`` of window ``n`` draws its noise from
+``numpy.random.SeedSequence([seed, n, k])`` (the generator's rule with the window
+index as time index), so results depend neither on where the run started, nor on
+restarts, nor on the inference mode (``sync`` or ``lagged``), and offline
+generation from the same window means reproduces them.
 """
 
 from __future__ import annotations
@@ -400,7 +405,9 @@ class Plugin:
         Parameters
         ----------
         model_time_s : float
-            Time of the fields just set, seconds since the run's reference.
+            Model time at the END of this step (the time the fields just set are
+            valid at), seconds since the run's reference; the first step of a run
+            from the reference has ``model_time_s = dt_s``.
         dt_s : float
             Timestep length in seconds; must divide ``window_s``.
 
@@ -420,38 +427,43 @@ class Plugin:
             Inference failures (``DeviceError`` for GPU out-of-memory).
         """
         self._check_open()
-        t = float(model_time_s)
+        t_end = float(model_time_s)
         dt = float(dt_s)
         w = self.config.window_s
-        if not (math.isfinite(t) and t >= 0.0):
-            raise InputError(f"model_time_s = {model_time_s} must be a finite time >= 0 s")
         if not (math.isfinite(dt) and dt > 0.0):
             raise InputError(f"dt_s = {dt_s} must be a positive number of seconds")
+        tol = _TIME_TOL * max(1.0, dt)
+        if not (math.isfinite(t_end) and t_end >= dt - tol):
+            raise InputError(
+                f"model_time_s = {model_time_s} is the time at the END of the step (seconds "
+                f"since the run's reference) and must be >= dt_s = {dt:g}"
+            )
         ratio = w / dt
         if abs(ratio - round(ratio)) > 1e-9 * max(1.0, ratio):
             raise InputError(
                 f"timestep dt_s = {dt:g} s does not divide the averaging window window_s = {w:g} s"
             )
-        tol = _TIME_TOL * max(1.0, dt)
+        t = t_end - dt  # start of the step
         if self._next_time is not None and abs(t - self._next_time) > tol:
+            expected = self._next_time + dt
             verb = "went backwards" if t < self._next_time else "skipped ahead"
             raise InputError(
-                f"model time {verb}: expected model_time_s = {self._next_time:.6f} s "
-                f"(previous time + dt), got {t:.6f} s"
+                f"model time {verb}: expected model_time_s = {expected:.6f} s (previous "
+                f"model_time_s + dt_s), got {t_end:.6f} s"
             )
         n = math.floor(t / w + 1e-9)
-        end = (t + dt) / w
+        end = t_end / w
         closes = abs(end - round(end)) <= 1e-9 * max(1.0, end)
         if not closes and math.floor(end - 1e-9) != n:
             raise InputError(
-                f"step from {t:g} s to {t + dt:g} s straddles the window boundary at "
+                f"step from {t:g} s to {t_end:g} s straddles the window boundary at "
                 f"{(n + 1) * w:g} s; model times must be multiples of dt_s = {dt:g} s"
             )
         if self._window is None:
             self._window = n
         self._set_this_step.clear()
         self._steps_in_window += 1
-        self._next_time = t + dt
+        self._next_time = t_end
         if not closes:
             return False
         return self._close_window(self._window)

@@ -33,7 +33,10 @@ class VariableSource:
     Parameters
     ----------
     name
-        Canonical name used inside precipdiff and in the bundle (e.g. ``hus850``).
+        Canonical name used inside precipdiff and in the bundle (a predictor must
+        be known to :func:`precipdiff.variables.get_variable`, e.g. ``hus850``,
+        ``psl``, ``uas``); values must be in that variable's canonical units
+        (use ``scale`` otherwise).
     path
         File path or glob (many yearly files), relative to ``DataConfig.data_root``.
     variable
@@ -157,6 +160,14 @@ class DataConfig:
             )
         if self.time_match not in ("day", "exact"):
             raise ConfigError(f"data.time_match must be 'day' or 'exact', got {self.time_match!r}")
+        from precipdiff.variables import get_variable
+
+        for p in self.predictors:
+            spec = get_variable(p.name)  # raises ConfigError naming an unknown variable
+            if spec.name != p.name:
+                raise ConfigError(
+                    f"data.predictors: use the canonical name {spec.name!r} instead of {p.name!r}"
+                )
         names = [p.name for p in self.predictors]
         if len(set(names)) != len(names):
             raise ConfigError(f"data.predictors: duplicate names in {names}")
@@ -376,12 +387,44 @@ class BundleSection:
     sampler
         Default sampler settings (keyword arguments of
         :class:`precipdiff.diffusion.samplers.SamplerConfig`).
+    fine_grid
+        Keyword arguments of :meth:`precipdiff.grids.LatLonGrid.regular` for the
+        bundle's fine grid; ``None`` uses the diffusion stage's (cropped) grid.
+        The denoiser is fully convolutional, so patch-trained weights serve a
+        larger grid (e.g. global 0.25 deg).
+    denoiser_periodic_lon
+        Override ``periodic_lon`` of the shipped denoiser (``True`` for a global
+        fine grid when training used non-periodic patches; the weights are the same).
+    evaluate
+        Score the bundle on the validation splits and write figures.
+    members
+        Ensemble size of the evaluation.
+    max_eval_samples
+        Cap on validation samples scored (0: all).
+    notes
+        Free text recorded in the manifest's provenance (e.g. "shape and
+        performance model, not skilful").
     """
 
     out: str
     name: str
     description: str = ""
     sampler: dict[str, Any] = field(default_factory=dict)
+    fine_grid: dict[str, Any] | None = None
+    denoiser_periodic_lon: bool | None = None
+    evaluate: bool = True
+    members: int = 8
+    max_eval_samples: int = 0
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        from precipdiff.diffusion.samplers import SamplerConfig
+
+        SamplerConfig.from_dict(self.sampler)  # validates, rejects unknown keys
+        if self.members < 1:
+            raise ConfigError(f"bundle.members must be >= 1, got {self.members}")
+        if self.max_eval_samples < 0:
+            raise ConfigError("bundle.max_eval_samples must be >= 0")
 
 
 @dataclass

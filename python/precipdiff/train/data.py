@@ -376,6 +376,8 @@ class StageData:
             )
         self.fine_grid = LatLonGrid(fine_lat, fine_lon)
         self.coarse_grid = coarsen_grid(self.fine_grid, f)
+        # The runtime's coarse -> fine upsampling (PrecipGenerator uses the same).
+        self.upsampler = Regridder(self.coarse_grid, self.fine_grid, "bilinear")
         self.regridders = [
             Regridder(LatLonGrid(p.lat, p.lon), self.coarse_grid, method=cfg.predictor_regrid)
             for p in self.predictors
@@ -576,19 +578,22 @@ class DiffusionDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         Returns
         -------
         dict
-            ``y`` and ``mask`` ``(n, 1, Hf, Wf)``, ``coarse`` ``(n, 1, Hc, Wc)``
-            (normalised; cells with too few valid fine cells are filled with the
-            field's valid mean so the condition stays finite).
+            ``y``, ``mask`` and ``cond`` ``(n, 1, Hf, Wf)``: ``cond`` is the
+            normalised block mean upsampled bilinearly to the fine grid exactly as
+            :class:`precipdiff.generator.PrecipGenerator` upsamples the regression
+            output (coarse cells with too few valid fine cells are set to 0, the
+            training mean, so the condition stays finite).
         """
         raw = self.data.read(self.positions[np.asarray(items, np.int64)])
         y, m = self.data.normalise_target(raw["fine"])
         c, cm = self.data.normalise_target(raw["coarse"])
         # Missing coarse cells (sea) get 0 = the training mean in normalised space.
         c = np.where(cm > 0, c, 0.0).astype(np.float32)
+        up = np.asarray(self.data.upsampler(c), np.float32)
         return {
             "y": torch.from_numpy(y[:, None]),
             "mask": torch.from_numpy(m[:, None]),
-            "coarse": torch.from_numpy(c[:, None]),
+            "cond": torch.from_numpy(up[:, None]),
         }
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:

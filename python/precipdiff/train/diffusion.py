@@ -12,12 +12,12 @@ sample's loss does not depend on the batch split across processes.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from precipdiff.diffusion.edm import EDMPrecond
@@ -33,29 +33,6 @@ from precipdiff.transforms import PrecipTransform
 #: Quantiles of the log-normal noise-level distribution used for validation,
 #: a fixed set so validation losses are comparable across steps.
 VALIDATION_SIGMA_QUANTILES = (-1.5, -0.5, 0.5, 1.5)
-
-
-def upsample_condition(coarse: torch.Tensor, factor: int) -> torch.Tensor:
-    """Upsample a block-mean field back to the fine grid (bilinear).
-
-    With ``align_corners=False`` a coarse cell centre sits at the centre of its
-    ``factor x factor`` block, which is exactly the geometry of a block mean.
-
-    Parameters
-    ----------
-    coarse
-        ``(n, C, Hc, Wc)``.
-    factor
-        Refinement factor.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(n, C, Hc * factor, Wc * factor)``.
-    """
-    if factor == 1:
-        return coarse
-    return F.interpolate(coarse, scale_factor=factor, mode="bilinear", align_corners=False)
 
 
 def build_denoiser(cfg: DiffusionStageConfig) -> EDMPrecond:
@@ -103,8 +80,7 @@ class DiffusionStage:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Clean target, noised condition and mask, cropped to per-sample patches."""
         f = self.cfg.data.coarsen_factor
-        y, mask, coarse = batch["y"], batch["mask"], batch["coarse"]
-        up = upsample_condition(coarse, f)
+        y, mask, up = batch["y"], batch["mask"], batch["cond"]
         # Missing fine cells take the smooth condition, so the network never sees an
         # artificial edge; they are masked out of the loss anyway.
         y = torch.where(mask > 0, y, up)
@@ -153,7 +129,7 @@ class DiffusionStage:
         model
             The (possibly DDP-wrapped) denoiser.
         batch
-            ``y``, ``mask``, ``coarse``.
+            ``y``, ``mask``, ``cond``.
         seeds
             Per-sample seeds.
 
@@ -179,7 +155,7 @@ class DiffusionStage:
         model
             The denoiser (EMA weights).
         batch
-            ``y``, ``mask``, ``coarse``.
+            ``y``, ``mask``, ``cond``.
         seeds
             Per-sample seeds (the same at every validation).
 
@@ -198,6 +174,33 @@ class DiffusionStage:
             noise = torch.stack([torch.randn(y.shape[1:], generator=g) for g in gens]).to(y.device)
             total += self._weighted(model, y, cond, mask, sigma, noise)
         return total / len(VALIDATION_SIGMA_QUANTILES)
+
+
+def regression_stats(cfg: TrainConfig) -> Stats:
+    """Return the precipitation normalisation shared by both stages.
+
+    The runtime has one precipitation normalisation: the regression's output is
+    de-normalised with it and the diffusion condition is built in the same
+    space. The diffusion stage therefore uses the regression's statistics (from
+    ``run_dir/regression/stats.json`` when that stage has run, otherwise from
+    the regression's training split).
+
+    Parameters
+    ----------
+    cfg
+        The experiment configuration (with a ``regression`` section).
+
+    Returns
+    -------
+    Stats
+        The regression's statistics.
+    """
+    path = stage_dir(cfg, "regression") / "stats.json"
+    if path.exists():
+        return Stats.from_dict(json.loads(path.read_text())["stats"])
+    from precipdiff.train.regression import prepare_regression
+
+    return prepare_regression(cfg)[1].stats
 
 
 def prepare_diffusion(
@@ -220,6 +223,8 @@ def prepare_diffusion(
     if cfg.diffusion is None:
         raise ConfigError("the config has no 'diffusion' section")
     transform = PrecipTransform.from_dict(cfg.transform)
+    if stats is None and cfg.regression is not None:
+        stats = regression_stats(cfg)
     data = StageData(cfg.diffusion.data, transform, base=cfg.source_dir, stats=stats)
     torch.manual_seed(cfg.seed)
     stage = DiffusionStage(

@@ -40,7 +40,9 @@ def tiny_bundle(path: Path) -> Path:
 
     coarse = LatLonGrid(lat=np.linspace(90.0, -90.0, 46), lon=np.arange(0.0, 360.0, 4.0))
     fine = LatLonGrid(lat=np.linspace(90.0, -90.0, 181), lon=np.arange(0.0, 360.0, 1.0))
-    make_tiny_bundle(path, coarse_grid=coarse, fine_grid=fine, variables=["u10", "v10", "msl"])
+    make_tiny_bundle(
+        path, coarse_grid=coarse, fine_grid=fine, variables=["u10", "v10", "msl"], overwrite=True
+    )
     return path
 
 

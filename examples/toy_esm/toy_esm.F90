@@ -165,6 +165,7 @@ program toy_esm
   write (*, '(a)') 'toy_esm:       kg m-2  kg m-2  kg m-2  kg m-2       kg m-2  kg m-2  kg m-2'
 
   ! ---- time loop ----------------------------------------------------------------------
+  call prescribed_atmosphere(grid, params, 0.0_dp, msl, u10, v10)
   do day = 1, ndays
     call system_clock(clock_day)
     budget = toy_budget_t()
@@ -179,12 +180,8 @@ program toy_esm
     do step = 1, nsteps
       t = ((day - 1) * nsteps + (step - 1)) * dt
       t_end = t + dt
-      call prescribed_atmosphere(grid, params, t, msl, u10, v10)
-      msl_day = msl_day + msl / nsteps
-      u10_day = u10_day + u10 / nsteps
-      v10_day = v10_day + v10 / nsteps
 
-      ! Dynamics: transport by the winds of this step.
+      ! Dynamics: transport by the winds at the start of the step (forward in time).
       call advect_upwind(grid, water, u10, v10, dt, nsub)
       cour = courant_max(grid, u10, v10, dt) / nsub
       budget%courant = max(budget%courant, cour)
@@ -203,7 +200,14 @@ program toy_esm
       budget%precip_requested = budget%precip_requested + grid_global_mean(grid, pr_rate) * dt
       budget%limited = budget%limited + grid_global_mean(grid, lim)
 
-      ! Coupling: hand the plugin this step's state; collect the day's precipitation.
+      ! The prescribed atmosphere at the end of the step: the state handed to the
+      ! plugin now and the winds of the next step.
+      call prescribed_atmosphere(grid, params, t_end, msl, u10, v10)
+      msl_day = msl_day + msl / nsteps
+      u10_day = u10_day + u10 / nsteps
+      v10_day = v10_day + v10 / nsteps
+
+      ! Coupling: hand the plugin the state at t_end; collect the day's precipitation.
       if (use_plugin) then
         call system_clock(c0)
         do k = 1, nreq
@@ -217,10 +221,17 @@ program toy_esm
           end select
           call check_plugin('precipdiff_set_field(' // trim(required(k)) // ')')
         end do
+        ! model_time is the END of the step, the time the fields just set are valid at.
         call precipdiff_run(handle, t_end, dt, pr_fine, pr_model, ready, errmsg, errflg)
         call check_plugin('precipdiff_run')
         call system_clock(c1)
         clock_plugin = clock_plugin + (c1 - c0)
+        if (ready .and. step /= nsteps) then
+          write (errmsg, '(a,i0,a,i0,a,i0,a)') 'the plugin closed its window at step ', step, ' of ', &
+               nsteps, ' on day ', day, ', not at the end of the day: window_s in &precipdiff_nml ' // &
+               'must be 86400 and model_time must follow the plugin''s convention'
+          call fail(trim(errmsg))
+        end if
         if (ready) then
           got_output = .true.
           nan_out = nan_out + count(.not. ieee_is_finite(pr_model)) + count(.not. ieee_is_finite(pr_fine))

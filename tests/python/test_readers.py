@@ -132,7 +132,7 @@ def test_reads_are_lazy(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> N
 def test_different_grids_need_target_grid(shared_data: Path) -> None:
     d = shared_data / C4R
     files = [d / "NCEP_Iberia_hus850.nc", d / "NCEP_Iberia_pr.nc"]
-    with pytest.raises(InputError, match="different grids.*pass grid="):
+    with pytest.raises(InputError, match=r"different grids.*pass grid="):
         open_predictors(files, ["hus850", "pr"])
     target = LatLonGrid.regular(2.5, lat_min=37.5, lat_max=42.5, lon_min=-7.5, lon_max=2.5)
     ds = open_predictors(files, ["hus850", "pr"], grid=target)

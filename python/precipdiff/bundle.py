@@ -379,6 +379,7 @@ def _migrate_v1(d: dict[str, Any], source: str) -> dict[str, Any]:
         eps = d.pop("eps")
         nets = d.pop("networks")
         sha = d.pop("sha256")
+        d.pop("format_version")
     except KeyError as exc:
         raise BundleError(f"{source}: version-1 manifest lacks key {exc}") from exc
     if not len(names) == len(levels) == len(units):

@@ -101,7 +101,7 @@ class PrecipTransform:
         if isinstance(z, torch.Tensor):
             zc = torch.clamp(z, max=z_max)
             p = self.eps * torch.expm1(zc) if self.kind == "log1p" else zc
-            return torch.clamp(p, min=0.0)
+            return torch.clamp(p, min=0.0, max=self.max_rate)
         zc_np = np.minimum(np.asarray(z), z_max)
         p_np = self.eps * np.expm1(zc_np) if self.kind == "log1p" else zc_np
         return np.clip(p_np, 0.0, self.max_rate).astype(np.asarray(z).dtype, copy=False)

@@ -85,7 +85,7 @@ def test_flipped_byte_detected(bundle_dir, tmp_path):
 def test_missing_weight_file(bundle_dir, tmp_path):
     d = _copy(bundle_dir, tmp_path)
     (d / "regression.safetensors").unlink()
-    with pytest.raises(BundleError, match="missing regression.safetensors"):
+    with pytest.raises(BundleError, match=r"missing regression\.safetensors"):
         load_bundle(d)
 
 
@@ -138,7 +138,7 @@ def test_missing_normalisation_named(bundle_dir, tmp_path):
 def test_not_a_bundle(tmp_path):
     with pytest.raises(BundleError, match="does not exist"):
         read_manifest(tmp_path / "nope")
-    with pytest.raises(BundleError, match="manifest.json not found"):
+    with pytest.raises(BundleError, match=r"manifest\.json not found"):
         read_manifest(tmp_path)
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(BundleError, match="cannot parse"):

@@ -1,0 +1,310 @@
+#!/usr/bin/env python3
+"""Run the offline replay on the real CNRM-CM5 data and check its output (ctest driver).
+
+1. Finds ``climate4r_iberia`` in the shared data (``$PRECIPDIFF_SHARED_DATA`` or
+   ``../shared/data``); when absent, prints why and exits 77 (ctest: skipped).
+2. Picks the bundle: ``--bundle PATH``, else a shipped bundle in ``models/`` whose
+   predictors all exist as CNRM-CM5 files (the Iberia demo bundle), else a tiny
+   random-weight bundle made now on the demo grids (hus850, psl, ta850; 2° coarse
+   grid over Iberia, 0.5° fine grid on E-OBS points).
+3. Chooses the window of the ESM grid handed to the plugin (see :func:`esm_window`)
+   and writes the namelist.
+4. Runs the Fortran program, then checks the CF output: record count and time axis,
+   no NaN, non-negative generated precipitation, ``pr_esm`` equal to the input
+   file, and ``pr`` equal to the conservative average of ``pr_fine`` onto the ESM
+   window. ``--plot`` also runs plot_offline_replay.py and checks the PNG.
+
+Exit status: 0 pass, 1 fail, 77 skipped (no data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+SKIP = 77
+PREFIX = "CMIP5_Iberia_"
+
+
+def data_dir() -> Path | None:
+    """The climate4r_iberia directory, or None when the shared data are absent."""
+    from precipdiff.testing import shared_data_dir
+
+    root = shared_data_dir()
+    if root is None or not (root / "climate4r_iberia" / f"{PREFIX}pr.nc").is_file():
+        return None
+    return root / "climate4r_iberia"
+
+
+def bundle_predictors(bundle: Path) -> list[str]:
+    """Predictor names of a bundle, from its manifest (no weights loaded)."""
+    from precipdiff.bundle import read_manifest
+
+    return [str(v["name"]) for v in read_manifest(bundle).variables]
+
+
+def shipped_bundle(data: Path) -> Path | None:
+    """A bundle in models/ whose predictors all exist as CNRM-CM5 files."""
+    models = REPO / "models"
+    if not models.is_dir():
+        return None
+    for manifest in sorted(models.glob("*/manifest.json")):
+        try:
+            names = bundle_predictors(manifest.parent)
+        except Exception as exc:  # a broken bundle is reported, not used
+            print(f"note: skipping {manifest.parent}: {exc}")
+            continue
+        if names and all((data / f"{PREFIX}{n}.nc").is_file() for n in names):
+            return manifest.parent
+    return None
+
+
+def tiny_bundle(path: Path) -> Path:
+    """Tiny bundle on the demo grids: 2° coarse (4×7) and 0.5° fine (16×28) over Iberia."""
+    from precipdiff.grids import LatLonGrid
+    from precipdiff.testing_models import make_tiny_bundle
+
+    coarse = LatLonGrid(lat=np.arange(36.0, 42.1, 2.0), lon=np.arange(-9.0, 3.1, 2.0))
+    fine = LatLonGrid(lat=np.arange(35.25, 42.8, 0.5), lon=np.arange(-9.75, 3.8, 0.5))
+    make_tiny_bundle(
+        path,
+        coarse_grid=coarse,
+        fine_grid=fine,
+        variables=["hus850", "psl", "ta850"],
+        overwrite=True,
+    )
+    return path
+
+
+def esm_window(
+    esm_lat: np.ndarray, esm_lon: np.ndarray, bundle: Path
+) -> tuple[tuple[int, int, int, int], str]:
+    """Largest window of the ESM grid the plugin can remap both ways, and the method.
+
+    The plugin remaps the ESM grid to the bundle's coarse grid (the ESM cells must
+    cover the coarse grid: its cell edges for 'conservative', its centres for
+    'bilinear') and the fine output back to the ESM grid conservatively (the fine
+    grid must cover every ESM cell handed to it). A regional ESM grid larger than
+    the bundle's domain is therefore handed over as the window of cells that lie
+    inside the fine grid.
+
+    Returns
+    -------
+    (i_first, i_last, j_first, j_last), remap_method
+        1-based inclusive Fortran indices (longitude i, latitude j).
+    """
+    from precipdiff.bundle import read_manifest
+    from precipdiff.grids import LatLonGrid
+
+    m = read_manifest(bundle)
+    coarse = LatLonGrid.from_dict(m.coarse_grid)
+    fine = LatLonGrid.from_dict(m.fine_grid)
+    esm = LatLonGrid(lat=esm_lat, lon=esm_lon)
+    tol = 1e-3
+    flat = fine.lat_bounds
+    flon = fine.lon_bounds
+    f_lat = (float(flat.min()) - tol, float(flat.max()) + tol)
+    f_lon = (float(flon.min()) - tol, float(flon.max()) + tol)
+    lat_b, lon_b = esm.lat_bounds, esm.lon_bounds
+    j_in = np.nonzero((lat_b.min(axis=1) >= f_lat[0]) & (lat_b.max(axis=1) <= f_lat[1]))[0]
+    i_in = np.nonzero((lon_b.min(axis=1) >= f_lon[0]) & (lon_b.max(axis=1) <= f_lon[1]))[0]
+    if j_in.size == 0 or i_in.size == 0:
+        raise SystemExit(f"no ESM cell lies inside the bundle's fine grid {fine!r}")
+    j0, j1, i0, i1 = int(j_in.min()), int(j_in.max()), int(i_in.min()), int(i_in.max())
+    w_lat = (float(lat_b[j0 : j1 + 1].min()) - tol, float(lat_b[j0 : j1 + 1].max()) + tol)
+    w_lon = (float(lon_b[i0 : i1 + 1].min()) - tol, float(lon_b[i0 : i1 + 1].max()) + tol)
+
+    def inside(lat: np.ndarray, lon: np.ndarray) -> bool:
+        return bool(
+            lat.min() >= w_lat[0]
+            and lat.max() <= w_lat[1]
+            and lon.min() >= w_lon[0]
+            and lon.max() <= w_lon[1]
+        )
+
+    if inside(coarse.lat_bounds, coarse.lon_bounds):
+        method = "conservative"
+    elif inside(coarse.lat, coarse.lon):
+        method = "bilinear"
+    else:
+        raise SystemExit(
+            f"the ESM cells inside the fine grid (lat {w_lat}, lon {w_lon}) do not span the "
+            f"bundle's coarse grid {coarse!r}: this ESM grid cannot drive this bundle"
+        )
+    return (i0 + 1, i1 + 1, j0 + 1, j1 + 1), method
+
+
+def fortran_value(value: Any) -> str:
+    """Format a Python value as a Fortran namelist value."""
+    if isinstance(value, bool):
+        return ".true." if value else ".false."
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def write_namelist(path: Path, groups: dict[str, dict[str, Any]]) -> None:
+    """Write namelist groups to one file."""
+    lines: list[str] = []
+    for name, values in groups.items():
+        lines.append(f"&{name}")
+        lines += [f"  {k} = {fortran_value(v)}" for k, v in values.items()]
+        lines.append("/")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def check_output(
+    path: Path, data: Path, start: int, days: int, window: tuple[int, int, int, int]
+) -> list[str]:
+    """Check the replay output against its inputs; return the failed checks."""
+    import netCDF4
+
+    from precipdiff.grids import LatLonGrid, Regridder
+
+    failures: list[str] = []
+
+    def expect(cond: bool, message: str) -> None:
+        if not cond:
+            failures.append(message)
+
+    i0, i1, j0, j1 = window
+    with netCDF4.Dataset(path) as ds, netCDF4.Dataset(data / f"{PREFIX}pr.nc") as src:
+        ds.set_auto_mask(False)
+        src.set_auto_mask(False)
+        nt = ds.dimensions["time"].size
+        expect(nt == days, f"{nt} records, expected {days}")
+        if nt == 0:
+            return failures
+        pr = ds.variables["pr"][:].astype(np.float64)
+        pf = ds.variables["pr_fine"][:].astype(np.float64)
+        pe = ds.variables["pr_esm"][:]
+        for name, arr in (("pr", pr), ("pr_fine", pf), ("pr_esm", pe)):
+            nbad = int(np.count_nonzero(~np.isfinite(arr)))
+            expect(nbad == 0, f"{name}: {nbad} non-finite values")
+        expect(bool(np.all(pr >= 0)) and bool(np.all(pf >= 0)), "negative generated precipitation")
+        expect(bool(np.any(pf > 0)), "generated precipitation is zero everywhere")
+        ref = src.variables["pr"][start - 1 : start - 1 + nt, j0 - 1 : j1, i0 - 1 : i1]
+        expect(bool(np.array_equal(pe, ref)), "pr_esm differs from CMIP5_Iberia_pr.nc")
+        t_src = src.variables["time"][start - 1 : start - 1 + nt]
+        t_out = ds.variables["time"][:]
+        expect(
+            bool(np.allclose(t_out, np.floor(t_src) + 0.5)),
+            f"time axis {t_out} does not match the replayed records' days {t_src}",
+        )
+        esm = LatLonGrid(lat=ds.variables["lat"][:], lon=ds.variables["lon"][:])
+        fine = LatLonGrid(lat=ds.variables["lat_fine"][:], lon=ds.variables["lon_fine"][:])
+        back = Regridder(fine, esm, method="conservative")(pf)
+        expect(
+            bool(np.allclose(back, pr, rtol=1e-4, atol=1e-9)),
+            "pr is not the conservative average of pr_fine onto the ESM grid "
+            f"(max difference {np.max(np.abs(back - pr)):.3g} kg m-2 s-1)",
+        )
+    return failures
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--exe", required=True, type=Path, help="offline_replay executable")
+    p.add_argument("--workdir", required=True, type=Path)
+    p.add_argument("--days", type=int, default=3)
+    p.add_argument("--start-record", type=int, default=1)
+    p.add_argument("--dt", type=float, default=21600.0)
+    p.add_argument("--bundle", type=Path, help="bundle to use (default: shipped or tiny)")
+    p.add_argument("--tiny-bundle", action="store_true", help="always use a tiny bundle")
+    p.add_argument("--members", type=int, default=1)
+    p.add_argument("--steps", type=int, default=0, help="sampler steps (0: bundle default)")
+    p.add_argument("--plot", action="store_true", help="also run plot_offline_replay.py")
+    args = p.parse_args(argv)
+
+    data = data_dir()
+    if data is None:
+        print("SKIP: ../shared/data/climate4r_iberia not found (set PRECIPDIFF_SHARED_DATA)")
+        return SKIP
+    work = args.workdir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    if args.bundle is not None:
+        bundle = args.bundle.resolve()
+    else:
+        found = None if args.tiny_bundle else shipped_bundle(data)
+        bundle = found if found is not None else tiny_bundle(work / "tiny_bundle")
+    print(f"bundle: {bundle} (predictors {', '.join(bundle_predictors(bundle))})")
+
+    import netCDF4
+
+    with netCDF4.Dataset(data / f"{PREFIX}pr.nc") as ds:
+        lat, lon = np.asarray(ds.variables["lat"][:]), np.asarray(ds.variables["lon"][:])
+        tunits = str(ds.variables["time"].units)
+    window, method = esm_window(lat, lon, bundle)
+    print(f"ESM window i={window[0]}..{window[1]}, j={window[2]}..{window[3]}, remap {method}")
+    ref_date = tunits.split("since", 1)[1].strip()[:10]
+    out = work / "offline_replay_out.nc"
+    out.unlink(missing_ok=True)
+    nml = work / "offline_replay.nml"
+    write_namelist(
+        nml,
+        {
+            "offline_replay_nml": {
+                "data_dir": str(data),
+                "file_prefix": PREFIX,
+                "start_record": args.start_record,
+                "ndays": args.days,
+                "dt": args.dt,
+                "i_first": window[0],
+                "i_last": window[1],
+                "j_first": window[2],
+                "j_last": window[3],
+                "output_file": str(out),
+            },
+            "precipdiff_nml": {
+                "bundle_path": str(bundle),
+                "device": "cpu",
+                "members": args.members,
+                "sampler_steps": args.steps,
+                "seed": 1,
+                "remap_method": method,
+                "output_units": "kg m-2 s-1",
+                "reference_time": f"{ref_date} 00:00:00",
+                "torch_threads": 1,
+            },
+        },
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [str(args.exe), str(nml)], cwd=work, env=env, capture_output=True, text=True
+    )
+    wall = time.perf_counter() - t0
+    sys.stdout.write(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        print(f"FAIL: offline_replay exited with status {proc.returncode}")
+        return 1
+    failures = check_output(out, data, args.start_record, args.days, window)
+    if args.plot and not failures:
+        png = work / "offline_replay.png"
+        png.unlink(missing_ok=True)
+        cmd = [sys.executable, str(HERE / "plot_offline_replay.py"), str(out), "--data-dir"]
+        cmd += [str(data), "--output", str(png)]
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        sys.stdout.write(r.stdout + r.stderr)
+        if r.returncode != 0 or not png.is_file() or png.stat().st_size < 10_000:
+            failures.append(f"plot_offline_replay.py failed (status {r.returncode}) or no PNG")
+    for f in failures:
+        print(f"FAIL: {f}")
+    if failures:
+        return 1
+    print(json.dumps({"pass": True, "days": args.days, "wall_s": round(wall, 2), "out": str(out)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

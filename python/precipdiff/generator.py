@@ -212,6 +212,11 @@ class PrecipGenerator:
         self, predictors: Any, grid: LatLonGrid | None
     ) -> tuple[np.ndarray, LatLonGrid]:
         """Stack the manifest's predictors as ``(time, nvar, nlat, nlon)`` float32."""
+        if hasattr(predictors, "data_vars"):  # an xarray Dataset (e.g. io.open_predictors)
+            from precipdiff.io.readers import dataset_to_predictors
+
+            predictors, ds_grid = dataset_to_predictors(predictors, self.manifest.variables)
+            grid = ds_grid if grid is None else grid
         if not isinstance(predictors, Mapping):
             raise InputError(
                 f"predictors must be a mapping name -> array, got {type(predictors).__name__}"

@@ -21,7 +21,7 @@ from typing import Any
 
 
 def _command_line(args: argparse.Namespace) -> str:
-    """The equivalent command line (recorded in the output's history)."""
+    """Rebuild the equivalent command line (recorded in the output history)."""
     parts = ["precipdiff generate", str(args.bundle), "--input", *map(str, args.input)]
     parts += ["--out", str(args.out), "--members", str(args.members), "--seed", str(args.seed)]
     if args.steps is not None:

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from bridge_helpers import driver_path, run_driver
+
 from precipdiff.grids import LatLonGrid
 from precipdiff.server import Plugin
 from precipdiff.testing_models import make_tiny_bundle
@@ -87,7 +87,8 @@ def test_fortran_and_python_paths_are_bit_identical(
                 plugin.set_field(name, val.astype(dtype))
             if plugin.step(s * DT, DT):
                 # Copies: the plugin reuses its output buffers.
-                python_windows.append((s, plugin.output_fine().copy(), plugin.output_model().copy()))
+                fine, model = plugin.output_fine().copy(), plugin.output_model().copy()
+                python_windows.append((s, fine, model))
     finally:
         plugin.close()
     assert [w[0] for w in python_windows] == [4, 8]
@@ -110,9 +111,7 @@ def test_gpu_requested_strict_is_an_error(tmp_path: Path, bundle: Path, driver: 
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
-def test_gpu_requested_falls_back_with_warning(
-    tmp_path: Path, bundle: Path, driver: Path
-) -> None:
+def test_gpu_requested_falls_back_with_warning(tmp_path: Path, bundle: Path, driver: Path) -> None:
     nml = write_nml(tmp_path, bundle, "device = 'cuda'")
     steps = [fields_at(s) for s in range(4)]
     res = run_driver(driver, nml, tmp_path, MODEL.lon, MODEL.lat, steps, DT, FINE.shape)

@@ -166,6 +166,30 @@ def check_output(path: Path, days: int, coupled: bool) -> list[str]:
     return failures
 
 
+def check_stream(stream_dir: Path, out: Path, days: int) -> list[str]:
+    """The plugin's own output stream (written by Python's netCDF4 in the same process
+    as the Fortran netCDF library) must hold the same fine field the model received."""
+    import netCDF4
+
+    files = sorted(stream_dir.glob("*.nc"))
+    if not files:
+        return [f"the plugin wrote no output stream file in {stream_dir}"]
+    with netCDF4.Dataset(files[0]) as st, netCDF4.Dataset(out) as ds:
+        pr = np.asarray(st.variables["pr"][:], dtype=np.float64)
+        if st.variables["pr"].units in ("mm/day", "mm day-1"):
+            pr = pr / 86400.0
+        fine = np.asarray(ds.variables["pr_fine"][:], dtype=np.float64)
+        lat_stream = np.asarray(st.variables["lat"][:])
+        lat_out = np.asarray(ds.variables["lat_fine"][:])
+    if pr.shape[0] != days or pr.shape[2:] != fine.shape[1:]:
+        return [f"output stream shape {pr.shape} does not match {days} days of {fine.shape[1:]}"]
+    if not np.array_equal(lat_stream, lat_out):
+        return ["output stream latitudes differ from the fine grid handed to the model"]
+    if not np.allclose(pr[:, 0], fine, rtol=1e-6, atol=1e-12):
+        return ["the output stream's member 1 differs from the pr_fine the model received"]
+    return []
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--exe", required=True, type=Path, help="toy_esm executable")
@@ -178,12 +202,15 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--tiny-bundle", action="store_true", help="make a tiny bundle at test time")
     g.add_argument("--bundle", type=Path, help="an existing bundle (u10, v10, msl)")
     p.add_argument("--steps", type=int, default=2, help="sampler steps (0: bundle default)")
+    p.add_argument("--plot", action="store_true", help="also run plot_toy_esm.py")
     args = p.parse_args(argv)
 
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     out = work / "toy_esm_out.nc"
     out.unlink(missing_ok=True)
+    for old_stream in (work / "stream").glob("*.nc"):
+        old_stream.unlink()
     toy = {
         "ndays": args.days,
         "nlon": args.nlon,
@@ -205,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
             "output_units": "kg m-2 s-1",
             "reference_time": "2000-01-01 00:00:00",
             "torch_threads": 1,
+            # The plugin's own fine-grid output stream: Python writes netCDF (netCDF4
+            # wheel) inside the process that links Debian's netCDF-Fortran.
+            "output_dir": str(work / "stream"),
         }
     nml = work / "toy_esm.nml"
     write_namelist(nml, toy, plugin)
@@ -221,6 +251,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAIL: toy_esm exited with status {proc.returncode}")
         return 1
     failures = check_output(out, args.days, coupled=not args.no_plugin)
+    if plugin is not None and not failures:
+        failures += check_stream(work / "stream", out, args.days)
+    if args.plot and not failures:
+        png = work / "toy_esm.png"
+        png.unlink(missing_ok=True)
+        plot = Path(__file__).resolve().parent / "plot_toy_esm.py"
+        r = subprocess.run(
+            [sys.executable, str(plot), str(out), "--output", str(png)],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        sys.stdout.write(r.stdout + r.stderr)
+        if r.returncode != 0 or not png.is_file() or png.stat().st_size < 10_000:
+            failures.append(f"plot_toy_esm.py failed (status {r.returncode}) or wrote no PNG")
     daily = [ln for ln in proc.stdout.splitlines() if ln.split()[1:2] and ln.split()[1].isdigit()]
     if len(daily) != args.days:
         failures.append(f"expected {args.days} daily budget lines on stdout, got {len(daily)}")

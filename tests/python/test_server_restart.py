@@ -127,7 +127,8 @@ def test_output_stream_monthly_files_all_members(tmp_path: Path) -> None:
     assert "precipdiff_nml" in attrs["namelist"] and attrs["Conventions"] == "CF-1.8"
     stream = np.concatenate([jan["pr"], feb["pr"]])  # type: ignore[list-item]
     members = np.stack([m for _, _, m in got])
-    np.testing.assert_array_equal(stream, members.astype(np.float32))
+    np.testing.assert_allclose(stream, members, rtol=1e-6)
+    assert attrs["bundle_hash"] == "numpy-engine-1"
 
 
 def test_output_stream_rank_and_restart_rewrite(tmp_path: Path) -> None:
@@ -144,10 +145,13 @@ def test_output_stream_rank_and_restart_rewrite(tmp_path: Path) -> None:
     from test_server_plugin import MODEL
 
     p1 = Plugin(cfg, MODEL.lon, MODEL.lat, NumpyEngine(), rank=1)
-    drive(p1, range(8))
+    first = drive(p1, range(8))
     p1.write_restart(str(tmp_path / "r.nc"))
     drive(p1, range(8, 12))
+    # Until the year ends or the plugin closes, only a hidden temporary file exists.
+    assert [p.name for p in out.iterdir() if not p.name.startswith(".")] == []
     p1.close()
+    assert [p.name for p in out.iterdir()] == ["precipdiff_2000.nc"]
     # A restarted run redoes window 2: no duplicate time in the yearly file.
     p2 = Plugin(cfg, MODEL.lon, MODEL.lat, NumpyEngine(), rank=1)
     p2.read_restart(str(tmp_path / "r.nc"))
@@ -155,6 +159,9 @@ def test_output_stream_rank_and_restart_rewrite(tmp_path: Path) -> None:
     p2.close()
     data = read_stream(out / "precipdiff_2000.nc")
     np.testing.assert_array_equal(data["bnds"][:, 0], np.arange(4) * 86400.0)  # type: ignore[index]
+    # The windows before the restart were carried over from the published file.
+    carried = data["pr"][:2]  # type: ignore[index]
+    np.testing.assert_allclose(carried, np.stack([m for _, _, m in first]), rtol=1e-6)
 
 
 def test_lagged_close_writes_pending_window(tmp_path: Path) -> None:

@@ -3,17 +3,20 @@
 One process (the namelist's ``output_rank``) writes one file per month or year,
 ``<output_dir>/<output_prefix>_<YYYY-MM>.nc`` or ``..._<YYYY>.nc``, with
 ``pr(time, member, lat, lon)`` for every window, the window bounds as
-``time_bnds`` and the run's metadata (bundle id, effective namelist, seed) as
+``time_bnds`` and the run's metadata (bundle hash, effective namelist, seed) as
 global attributes. The ESM's own diagnostics never see the fine grid.
 
-Each window is written and flushed when it is handed back; a restarted run
-re-opens the file of its month and overwrites windows it writes again (the
-time value identifies the window), so restart + rerun leaves no duplicates.
+Files are written with :class:`precipdiff.io.writers.PrecipStreamWriter`: a
+month (or year) is built in a hidden temporary file next to its final name,
+flushed after every window, and renamed onto the final name when the next
+month starts or the plugin is closed, so a reader never sees a half-written
+file. A run restarted in the middle of a month first copies the windows before
+its restart point from the published file of that month, then continues; a
+rerun after a restart therefore leaves no duplicates and no gaps.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +66,7 @@ class OutputStream:
         if len(ref) <= 10:
             ref += " 00:00:00"
         self.time_units = f"seconds since {ref}"
-        self._ds: Any = None
+        self._writer: Any = None
         self._path: Path | None = None
 
     def file_for(self, window: int) -> Path:
@@ -102,110 +105,98 @@ class OutputStream:
             ``(members, nlat_f, nlon_f)`` precipitation in mm/day.
         """
         path = self.file_for(window)
-        if path != self._path:
-            self._close_file()
-            self._open(path)
-        ds = self._ds
+        if path != self._path or self._writer is None:
+            self._finish()
+            self._start(path, window)
+        assert self._writer is not None
         w = self.config.window_s
         t0, t1 = window * w, (window + 1) * w
-        times = np.asarray(ds.variables["time_bnds"][:, 0], dtype=np.float64)
-        hit = np.flatnonzero(np.isclose(times, t0, rtol=0.0, atol=1e-3))
-        i = int(hit[0]) if hit.size else times.size
-        factor = MM_PER_DAY_TO_KG_M2_S if self.config.output_units == "kg m-2 s-1" else 1.0
-        ds.variables["time"][i] = 0.5 * (t0 + t1)
-        ds.variables["time_bnds"][i, :] = [t0, t1]
-        ds.variables["pr"][i] = (members_mm * factor).astype(np.float32)
-        ds.sync()
+        self._writer.append(members_mm, 0.5 * (t0 + t1), bounds=(t0, t1))
 
     def close(self) -> None:
-        """Close the open file (idempotent)."""
-        self._close_file()
+        """Publish the file being written (idempotent)."""
+        self._finish()
 
-    def _close_file(self) -> None:
-        if self._ds is not None:
-            self._ds.close()
-            self._ds = None
-            self._path = None
+    def _finish(self) -> None:
+        if self._writer is not None:
+            writer, self._writer, self._path = self._writer, None, None
+            writer.finalize()
 
-    def _open(self, path: Path) -> None:
-        from precipdiff import __version__
+    def _start(self, path: Path, window: int) -> None:
+        from precipdiff.io.writers import PrecipStreamWriter
+
+        cfg = self.config
+        carried = self._carry_over(path, window) if path.exists() else []
+        attrs = {
+            "title": "precipdiff fine-grid precipitation ensemble (online, embedded in an ESM)",
+            "bundle_id": self.bundle_id,
+            "seed": int(cfg.seed),
+            "members": int(cfg.members),
+            "window_s": float(cfg.window_s),
+            "return_mode": cfg.return_mode,
+            "inference": cfg.inference,
+            "bias_correction": "on" if cfg.bias_correction else "off",
+            "namelist": cfg.to_namelist_text(),
+        }
+        writer = PrecipStreamWriter(
+            path,
+            self.grid,
+            members=cfg.members,
+            units=cfg.output_units,
+            calendar=cfg.calendar,
+            time_units=self.time_units,
+            attrs=attrs,
+            bundle_hash=self.bundle_id,
+            command_line="precipdiff embedded server (&precipdiff_nml)",
+            time_bounds=True,
+            sync_every=1,
+        )
+        try:
+            for field, t, bounds in carried:
+                writer.append(field, t, bounds=bounds)
+        except BaseException:
+            writer.abort()
+            raise
+        self._writer, self._path = writer, path
+
+    def _carry_over(
+        self, path: Path, window: int
+    ) -> list[tuple[np.ndarray, float, tuple[float, float]]]:
+        """Windows before ``window`` already published in ``path`` (mm/day)."""
         from precipdiff.io import import_netcdf4
 
         nc4 = import_netcdf4()
         cfg = self.config
-        if path.exists():
-            try:
-                ds = nc4.Dataset(str(path), "a")
-            except OSError as exc:
-                raise InputError(f"output file {str(path)!r} cannot be reopened: {exc}") from exc
-            if "pr" not in ds.variables or len(ds.dimensions["member"]) != cfg.members:
-                ds.close()
+        start = window * cfg.window_s
+        factor = MM_PER_DAY_TO_KG_M2_S if cfg.output_units == "kg m-2 s-1" else 1.0
+        out: list[tuple[np.ndarray, float, tuple[float, float]]] = []
+        try:
+            ds = nc4.Dataset(str(path), "r")
+        except OSError as exc:
+            raise InputError(f"output file {str(path)!r} cannot be read back: {exc}") from exc
+        with ds:
+            ok = (
+                "pr" in ds.variables
+                and "time_bnds" in ds.variables
+                and "member" in ds.dimensions
+                and len(ds.dimensions["member"]) == cfg.members
+                and tuple(ds["pr"].shape[2:]) == self.grid.shape
+            )
+            if not ok:
                 raise InputError(
                     f"output file {str(path)!r} exists but was not written by a precipdiff run "
-                    f"with members = {cfg.members}; move it away or change output_dir"
+                    f"with members = {cfg.members} on this bundle's fine grid; move it away or "
+                    "change output_dir"
                 )
-            self._ds, self._path = ds, path
-            return
-        ds = nc4.Dataset(str(path), "w", format="NETCDF4")
-        nlat, nlon = self.grid.shape
-        ds.createDimension("time", None)
-        ds.createDimension("bnds", 2)
-        ds.createDimension("member", cfg.members)
-        ds.createDimension("lat", nlat)
-        ds.createDimension("lon", nlon)
-        t = ds.createVariable("time", "f8", ("time",))
-        t.standard_name = "time"
-        t.units = self.time_units
-        t.calendar = cfg.calendar
-        t.bounds = "time_bnds"
-        t.axis = "T"
-        tb = ds.createVariable("time_bnds", "f8", ("time", "bnds"))
-        tb.units = self.time_units
-        tb.calendar = cfg.calendar
-        m = ds.createVariable("member", "i4", ("member",))
-        m.long_name = "ensemble member (1-based)"
-        m[:] = np.arange(1, cfg.members + 1, dtype=np.int32)
-        for name, vals, bnds, std, units in (
-            ("lat", self.grid.lat, self.grid.lat_bounds, "latitude", "degrees_north"),
-            ("lon", self.grid.lon, self.grid.lon_bounds, "longitude", "degrees_east"),
-        ):
-            v = ds.createVariable(name, "f8", (name,))
-            v.standard_name = std
-            v.units = units
-            v.bounds = f"{name}_bnds"
-            v[:] = vals
-            b = ds.createVariable(f"{name}_bnds", "f8", (name, "bnds"))
-            b[:] = bnds
-        pr = ds.createVariable(
-            "pr",
-            "f4",
-            ("time", "member", "lat", "lon"),
-            zlib=True,
-            complevel=1,
-            chunksizes=(1, 1, nlat, nlon),
-        )
-        if cfg.output_units == "kg m-2 s-1":
-            pr.standard_name = "precipitation_flux"
-            pr.units = "kg m-2 s-1"
-        else:
-            pr.standard_name = "lwe_precipitation_rate"
-            pr.units = "mm day-1"
-        pr.long_name = "precipitation generated by precipdiff (window mean)"
-        pr.cell_methods = "time: mean"
-        ds.Conventions = "CF-1.8"
-        ds.title = "precipdiff fine-grid precipitation ensemble"
-        ds.source = f"precipdiff {__version__} (arXiv 2504.00307 method, online)"
-        ds.bundle_id = self.bundle_id
-        ds.seed = np.int64(cfg.seed)
-        ds.members = np.int64(cfg.members)
-        ds.window_s = np.float64(cfg.window_s)
-        ds.return_mode = cfg.return_mode
-        ds.inference = cfg.inference
-        ds.bias_correction = "on" if cfg.bias_correction else "off"
-        ds.namelist = cfg.to_namelist_text()
-        ds.history = (
-            f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')} "
-            "created by the precipdiff output stream"
-        )
-        ds.sync()
-        self._ds, self._path = ds, path
+            if ds["time"].units != self.time_units:
+                raise InputError(
+                    f"output file {str(path)!r} has time units {ds['time'].units!r}, this run "
+                    f"{self.time_units!r} (reference_time changed?)"
+                )
+            bnds = np.asarray(ds["time_bnds"][:], dtype=np.float64)
+            for i in range(bnds.shape[0]):
+                if bnds[i, 0] < start - 1e-3:
+                    pr = np.asarray(ds["pr"][i], dtype=np.float64) / factor
+                    t = float(np.asarray(ds["time"][i]))
+                    out.append((pr, t, (float(bnds[i, 0]), float(bnds[i, 1]))))
+        return out

@@ -404,12 +404,15 @@ def _bilinear_lat(src: LatLonGrid, dst: LatLonGrid, tol: float) -> sp.csr_matrix
 def _lon_relative(src: LatLonGrid, lon: np.ndarray) -> tuple[np.ndarray, float, float]:
     """Destination longitudes expressed in the source's continuous frame.
 
-    Returns ``(x, lo, hi)`` with ``x`` in ``[lo, lo + 360)`` where ``lo, hi`` are the
-    source's outer cell edges (continuous, relative to ``src.lon[0]``).
+    Returns ``(x, lo, hi)`` where ``lo, hi`` are the source's outer cell edges
+    (continuous, relative to ``src.lon[0]``). The 360° frame is cut in the middle
+    of the gap the source does not cover, so a destination point a hair west of
+    ``lo`` stays just below ``lo`` instead of wrapping to ``lo + 360``.
     """
     e = src._lon_edges() - src._lon_cont[0]
     lo, hi = float(e[0]), float(e[-1])
-    x = np.mod(np.asarray(lon, dtype=np.float64) - src._lon_cont[0] - lo, 360.0) + lo
+    start = lo - 0.5 * max(0.0, 360.0 - (hi - lo))
+    x = np.mod(np.asarray(lon, dtype=np.float64) - src._lon_cont[0] - start, 360.0) + start
     return x, lo, hi
 
 
@@ -426,8 +429,6 @@ def _bilinear_lon(src: LatLonGrid, dst: LatLonGrid, tol: float) -> sp.csr_matrix
         w1 = (xm - s_ext[i0]) / (s_ext[i0 + 1] - s_ext[i0])
         c0, c1 = i0, (i0 + 1) % n
     else:
-        # A point just west of the first edge wraps to ~360: bring it back.
-        x = np.where(x > hi + tol, x - 360.0, x)
         outside = (x < lo - tol) | (x > hi + tol)
         if np.any(outside):
             bad = dst.lon[outside]
@@ -577,7 +578,7 @@ class Regridder:
         w.sum_duplicates()
         w.sort_indices()
         self.weights: sp.csr_matrix = w
-        self._w32 = w.astype(np.float32)
+        self._w32 = w.astype(np.float32)  # float32 fields stay float32 (no upcast copy)
         self.src_shape = tuple(int(n) for n in src_shape)
         self.dst_shape = tuple(int(n) for n in dst_shape)
         self.method = method

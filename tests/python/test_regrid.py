@@ -220,3 +220,15 @@ def test_scrip_bad_files(tmp_path: Path) -> None:
 def test_from_weights_shape_check() -> None:
     with pytest.raises(GridError, match="weight matrix has shape"):
         Regridder.from_weights(sp.eye(4, format="csr"), (2, 3), (2, 2))
+
+
+@pytest.mark.parametrize("method", ["bilinear", "conservative"])
+def test_regional_edge_within_tolerance_west_of_source(method: str) -> None:
+    """A destination edge a hair west of the source's west edge must not wrap by 360."""
+    src = LatLonGrid.regular(0.5, lat_min=35.25, lat_max=38.75, lon_min=-9.75, lon_max=3.75)
+    dst = coarsen_grid(src, 4)
+    shifted = LatLonGrid(dst.lat, dst.lon - 1e-5)
+    x = np.random.default_rng(4).random(src.shape)
+    np.testing.assert_allclose(
+        Regridder(src, shifted, method)(x), Regridder(src, dst, method)(x), atol=1e-4
+    )

@@ -1,0 +1,85 @@
+"""Reader tests on small synthetic netCDF files written at test time (no shared data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from precipdiff.errors import InputError
+from precipdiff.io import import_netcdf4, import_xarray
+from precipdiff.io.readers import dataset_to_predictors, open_predictors
+
+
+def test_missing_file_and_pattern(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="does not exist"):
+        open_predictors(tmp_path / "nope.nc", ["psl"])
+    with pytest.raises(InputError, match="no file matches"):
+        open_predictors(str(tmp_path / "*.nc"), ["psl"])
+
+
+def _write_synthetic(path: Path, calendar: str, level_name: str, level_units: str) -> None:
+    nc4 = import_netcdf4()
+    with nc4.Dataset(path, "w") as ds:
+        ds.createDimension("time", None)
+        ds.createDimension(level_name, 3)
+        ds.createDimension("lat", 3)
+        ds.createDimension("lon", 4)
+        t = ds.createVariable("time", "f8", ("time",))
+        t.units, t.calendar = "hours since 2001-02-27 00:00", calendar
+        t[:] = np.arange(0, 72, 6.0)  # 12 steps of 6 h across 28 Feb -> 1 Mar (noleap)
+        lev = ds.createVariable(level_name, "f8", (level_name,))
+        lev.units = level_units
+        lev[:] = [100000.0, 85000.0, 50000.0] if level_units == "Pa" else [1000.0, 850.0, 500.0]
+        ds.createVariable("lat", "f8", ("lat",))[:] = [10.0, 0.0, -10.0]
+        ds.createVariable("lon", "f8", ("lon",))[:] = [0.0, 90.0, 180.0, 270.0]
+        ua = ds.createVariable("ua", "f4", ("time", level_name, "lat", "lon"))
+        ua.units = "m s-1"
+        ua[:] = np.arange(12 * 3 * 12, dtype=np.float32).reshape(12, 3, 3, 4) / 100.0
+
+
+@pytest.mark.parametrize("calendar", ["noleap", "360_day"])
+def test_cftime_calendars_and_cmip_plev(tmp_path: Path, calendar: str) -> None:
+    import cftime
+
+    path = tmp_path / "ua.nc"
+    _write_synthetic(path, calendar, "plev", "Pa")
+    ds = open_predictors(path, ["ua850"])
+    t = ds.time.values
+    assert isinstance(t[0], cftime.datetime) and t[0].calendar == calendar
+    assert [(x.month, x.day) for x in t] == (
+        [(2, 27), (2, 28), (3, 1)] if calendar == "noleap" else [(2, 27), (2, 28), (2, 29)]
+    )
+    raw = np.arange(12 * 3 * 12, dtype=np.float32).reshape(12, 3, 3, 4) / 100.0
+    np.testing.assert_allclose(ds.ua850.values[1], raw[4:8, 1].mean(0)[::-1], rtol=1e-6)
+    ds.close()
+
+
+def test_hpa_level_and_daily_false(tmp_path: Path) -> None:
+    path = tmp_path / "u.nc"
+    _write_synthetic(path, "standard", "level", "millibars")
+    ds = open_predictors(path, ["ua500"], daily=False)
+    assert ds.sizes["time"] == 12
+    ds.close()
+
+
+def test_dataset_to_predictors_selects_level_and_converts(tmp_path: Path) -> None:
+    path = tmp_path / "u.nc"
+    _write_synthetic(path, "standard", "plev", "Pa")
+    xr = import_xarray()
+    with xr.open_dataset(path) as ds:
+        arrays, grid = dataset_to_predictors(ds, ["ua850"])
+        assert grid.shape == (3, 4) and grid.lat[0] == 10.0  # order of the data set kept
+        raw = np.arange(12 * 3 * 12, dtype=np.float32).reshape(12, 3, 3, 4) / 100.0
+        np.testing.assert_allclose(arrays["ua850"], raw[:, 1], rtol=1e-6)
+        with pytest.raises(InputError, match=r"level 700 hPa of ua700 not available.*'850'"):
+            dataset_to_predictors(ds, ["ua700"])
+
+
+def test_duplicate_times_across_files(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.nc", tmp_path / "b.nc"
+    _write_synthetic(a, "standard", "level", "hPa")
+    _write_synthetic(b, "standard", "level", "hPa")
+    with pytest.raises(InputError, match="overlap"):
+        open_predictors([a, b], ["ua850"])

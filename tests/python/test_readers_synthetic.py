@@ -83,3 +83,14 @@ def test_duplicate_times_across_files(tmp_path: Path) -> None:
     _write_synthetic(b, "standard", "level", "hPa")
     with pytest.raises(InputError, match="overlap"):
         open_predictors([a, b], ["ua850"])
+
+
+@pytest.mark.parametrize(("daily", "nt"), [("no", 12), ("yes", 3), ("auto", 3), (False, 12)])
+def test_daily_option_strings(tmp_path: Path, daily: object, nt: int) -> None:
+    path = tmp_path / "u.nc"
+    _write_synthetic(path, "standard", "level", "hPa")
+    ds = open_predictors(path, ["ua850"], daily=daily)  # type: ignore[arg-type]
+    assert ds.sizes["time"] == nt
+    ds.close()
+    with pytest.raises(InputError, match="daily must be"):
+        open_predictors(path, ["ua850"], daily="sometimes")

@@ -136,6 +136,8 @@ def test_bad_inputs_named(tmp_path: Path) -> None:
         write_precip_netcdf(tmp_path / "x.nc", _data(), GRID, _times(2))
     with pytest.raises(InputError, match="output units"):
         write_precip_netcdf(tmp_path / "x.nc", _data(), GRID, _times(), units="mm")
+    p = write_precip_netcdf(tmp_path / "y.nc", _data(), GRID, _times(), units="mm day-1")
+    p.unlink()
     with pytest.raises(InputError, match="3 member ids given for 2"):
         write_precip_netcdf(tmp_path / "x.nc", _data(), GRID, _times(), members=[1, 2, 3])
     assert list(tmp_path.iterdir()) == []

@@ -446,6 +446,17 @@ def _accumulation_hours(
     )
 
 
+def _daily_mode(daily: bool | str) -> bool | None:
+    """``None`` for auto, else whether to average to days."""
+    if isinstance(daily, bool):
+        return daily
+    key = str(daily).strip().lower()
+    modes = {"auto": None, "yes": True, "true": True, "no": False, "false": False}
+    if key not in modes:
+        raise InputError(f"daily must be True, False, 'auto', 'yes' or 'no'; got {daily!r}")
+    return modes[key]
+
+
 def open_predictors(
     files: str | Path | Iterable[str | Path],
     specs: Sequence[SpecLike],
@@ -465,7 +476,7 @@ def open_predictors(
         many (e.g. yearly) files.
     specs : sequence of VariableSpec, str or dict
         Wanted variables, e.g. ``["hus850", "psl"]`` or ``VariableSpec`` objects.
-    daily : bool or "auto"
+    daily : bool or {"auto", "yes", "no"}
         Average sub-daily data to daily means (``"auto"``: when the median time
         step is shorter than a day).
     grid : LatLonGrid, optional
@@ -500,6 +511,7 @@ def open_predictors(
     spec_list = [_as_spec(s) for s in specs]
     if not spec_list:
         raise InputError("no variables requested")
+    daily_mode = _daily_mode(daily)
     if regrid_method not in ("bilinear", "conservative"):
         raise InputError(
             f"regrid_method must be 'bilinear' or 'conservative', got {regrid_method!r}"
@@ -541,10 +553,10 @@ def open_predictors(
                     f"{name} on {g!r}; pass grid= to regrid them onto one grid"
                 )
     for name, (spec, pieces, secs, flip, native, units, _cal) in per_var.items():
-        if daily == "auto":
+        if daily_mode is None:
             do_daily = secs.size > 1 and float(np.median(np.diff(secs))) < _SECONDS_PER_DAY
         else:
-            do_daily = bool(daily)
+            do_daily = daily_mode
         if do_daily:
             day = np.floor(secs / _SECONDS_PER_DAY).astype(np.int64)
             uniq, start = np.unique(day, return_index=True)
@@ -604,7 +616,7 @@ def open_predictors(
             "lat": ("lat", out_grid.lat, {"units": "degrees_north", "standard_name": "latitude"}),
             "lon": ("lon", out_grid.lon, {"units": "degrees_east", "standard_name": "longitude"}),
         },
-        attrs={"calendar": cal, "daily_means": str(daily)},
+        attrs={"calendar": cal},
     )
     ds["time"].encoding.update({"units": _COMMON_TIME_UNITS, "calendar": cal})
     ds.set_close(cache.close)

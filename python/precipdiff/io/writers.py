@@ -57,10 +57,22 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 MM_PER_DAY_PER_KG_M2_S = 86400.0
 _UNIT_OPTIONS = {
-    # requested units -> (units attribute, standard_name, factor applied to mm/day values)
-    "mm/day": ("mm day-1", "lwe_precipitation_rate", 1.0),
+    # normalised units -> (units attribute, standard_name, factor applied to mm/day values)
+    "mm day-1": ("mm day-1", "lwe_precipitation_rate", 1.0),
     "kg m-2 s-1": ("kg m-2 s-1", "precipitation_flux", 1.0 / MM_PER_DAY_PER_KG_M2_S),
 }
+
+
+def _unit_option(units: str) -> tuple[str, str, float]:
+    """Output units in any spelling (``mm/day``, ``mm day-1``, ``kg m-2 s-1``...)."""
+    from precipdiff.variables import normalise_units
+
+    key = normalise_units(units)
+    if key not in _UNIT_OPTIONS:
+        raise InputError(
+            f"output units must be 'mm/day' or 'kg m-2 s-1' (any usual spelling), got {units!r}"
+        )
+    return _UNIT_OPTIONS[key]
 
 
 @dataclass(frozen=True)
@@ -184,9 +196,7 @@ class _CFFile:
         with_time_bounds: bool,
         global_attrs: Mapping[str, Any],
     ) -> Any:
-        if units not in _UNIT_OPTIONS:
-            raise InputError(f"output units must be one of {sorted(_UNIT_OPTIONS)}, got {units!r}")
-        unit_attr, std, _ = _UNIT_OPTIONS[units]
+        unit_attr, std, _ = _unit_option(units)
         nlat, nlon = grid.shape
         ds.createDimension("time", None)
         ds.createDimension("bnds", 2)
@@ -325,9 +335,7 @@ def write_precip_netcdf(
         tb = _encode_times(time_bounds, time_units, calendar)
         if tb.shape != (x.shape[0], 2):
             raise InputError(f"time_bounds must have shape ({x.shape[0]}, 2), got {tb.shape}")
-    if units not in _UNIT_OPTIONS:
-        raise InputError(f"output units must be one of {sorted(_UNIT_OPTIONS)}, got {units!r}")
-    factor = _UNIT_OPTIONS[units][2]
+    factor = _unit_option(units)[2]
     gattrs = _provenance(attrs, bundle_hash, command_line)
     with atomic_path(path) as tmp, nc4.Dataset(tmp, "w", format="NETCDF4") as ds:
         pr = _CFFile.create(
@@ -404,14 +412,13 @@ class PrecipStreamWriter:
         from precipdiff.io import import_netcdf4
 
         nc4 = import_netcdf4()
-        if units not in _UNIT_OPTIONS:
-            raise InputError(f"output units must be one of {sorted(_UNIT_OPTIONS)}, got {units!r}")
+        _unit_option(units)
         self.path = Path(path)
         self.grid = grid
         self.calendar = calendar
         self.time_units = time_units
         self.sync_every = int(sync_every)
-        self._factor = _UNIT_OPTIONS[units][2]
+        self._factor = _unit_option(units)[2]
         if isinstance(members, int):
             self.members: list[int] | None = list(range(1, members + 1))
         else:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from precipdiff.errors import ConfigError, DeviceError, InputError
+from precipdiff.errors import ConfigError, DeviceError, InputError, PrecipDiffError
 from precipdiff.grids import LatLonGrid
 from precipdiff.server import (
     Plugin,
@@ -380,3 +380,45 @@ def test_from_namelist_with_engine(tmp_path: Path) -> None:
     plugin = Plugin.from_namelist(str(nml), MODEL.lon, MODEL.lat, engine=NumpyEngine())
     assert plugin.config.members == 2
     assert plugin.rank == 0
+
+
+class FailingEngine(NumpyEngine):
+    """Raises a chosen exception from generate()."""
+
+    def __init__(self, exc: Exception) -> None:
+        super().__init__()
+        self.exc = exc
+
+    def generate(self, *args: object, **kwargs: object) -> np.ndarray:
+        raise self.exc
+
+
+class OutOfMemoryError(RuntimeError):
+    """Same name as torch.cuda.OutOfMemoryError."""
+
+
+@pytest.mark.parametrize(
+    ("exc", "cls", "needle"),
+    [
+        (OutOfMemoryError("CUDA out of memory"), DeviceError, r"GPU out of memory.*window 0"),
+        (ValueError("boom"), PrecipDiffError, r"inference failed for window 0: ValueError: boom"),
+        (InputError("psl out of range"), InputError, "psl out of range"),
+    ],
+)
+def test_inference_failures_become_named_errors(
+    tmp_path: Path, exc: Exception, cls: type[Exception], needle: str
+) -> None:
+    plugin, _ = make_plugin(tmp_path, engine=FailingEngine(exc))
+    with pytest.raises(cls, match=needle):
+        run(plugin, 0, 4, 21600.0)
+
+
+def test_lagged_failure_surfaces_at_next_window_close(tmp_path: Path) -> None:
+    plugin, _ = make_plugin(tmp_path, engine=FailingEngine(ValueError("bad")), inference="lagged")
+    assert run(plugin, 0, 4, 21600.0) == []  # window 0 submitted, nothing ready yet
+    with pytest.raises(PrecipDiffError, match="window 0"):
+        run(plugin, 4, 4, 21600.0)
+    plugin2, _ = make_plugin(tmp_path, engine=FailingEngine(ValueError("bad")), inference="lagged")
+    run(plugin2, 0, 4, 21600.0)
+    with pytest.raises(PrecipDiffError, match="window 0"):
+        plugin2.close()  # a pending failure is reported, not swallowed

@@ -65,11 +65,18 @@ def test_bad_inputs_are_named() -> None:
     v = np.zeros_like(p)
     with pytest.raises(InputError, match="pressure shape"):
         interp_log_pressure("hus", v, p[:, :1], np.array([85000.0]))
+    # Levels 9 and 10 bracket 850 hPa (sigma 0.81 and 0.90).
     bad = p.copy()
-    bad[3, 1, 1] = bad[2, 1, 1]
-    with pytest.raises(InputError, match=r"not strictly monotonic.*in 1 columns"):
+    bad[9, 1, 1], bad[10, 1, 1] = 86000.0, 84000.0  # out of order around the target
+    with pytest.raises(InputError, match=r"monotonic.*around 850 hPa in 1 columns"):
         interp_log_pressure("hus", v, bad, np.array([85000.0]))
     neg = p.copy()
-    neg[0, 0, 0] = -1.0
+    neg[9, 0, 0] = -1.0
     with pytest.raises(InputError, match="positive"):
         interp_log_pressure("hus", v, neg, np.array([85000.0]))
+    nan = p.copy()
+    nan[10, 0, 1] = np.nan
+    with pytest.raises(InputError, match="in 1 columns"):
+        interp_log_pressure("hus", v, nan, np.array([85000.0]))
+    with pytest.raises(InputError, match="below_ground policy"):
+        interp_log_pressure("hus", v, p, np.array([85000.0]), "zero")  # type: ignore[arg-type]

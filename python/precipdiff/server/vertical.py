@@ -56,8 +56,9 @@ def interp_log_pressure(
         Field on model levels, shape ``(nlev, ...)``; the level order may be
         top-down or bottom-up but must be the same in every column.
     pressure : numpy.ndarray
-        Pressure of each value in Pa, same shape as ``values``; strictly
-        monotonic along the level axis in every column.
+        Pressure of each value in Pa, same shape as ``values``; positive and
+        strictly monotonic along the level axis (checked around each target
+        level, where it is used).
     targets_pa : numpy.ndarray
         Target pressure levels in Pa, shape ``(ntarget,)``.
     below_ground : {"constant", "extrapolate", "error"}
@@ -72,8 +73,9 @@ def interp_log_pressure(
     Raises
     ------
     InputError
-        When shapes disagree, pressures are not positive or not monotonic, or a
-        target lies below ground under ``below_ground="error"``.
+        When shapes disagree, pressures around a target level are not positive,
+        finite and monotonic, or a target lies below ground under
+        ``below_ground="error"``.
     """
     if below_ground not in BELOW_GROUND_POLICIES:
         raise InputError(
@@ -90,39 +92,48 @@ def interp_log_pressure(
             f"field {name!r}: a 3-D field needs at least 2 levels on its first axis, "
             f"got shape {values.shape}"
         )
-    v = np.asarray(values, dtype=np.float64)
-    p = np.asarray(pressure, dtype=np.float64)
-    if not np.all(p > 0.0):
-        raise InputError(
-            f"field {name!r}: layer pressures must be positive Pa; found "
-            f"{int(np.count_nonzero(~(p > 0.0)))} values <= 0 or NaN"
-        )
+    # No copies of the 3-D arrays: work on views and take logs of the two
+    # bracketing levels only (this runs every timestep).
+    v = np.asarray(values)
+    p = np.asarray(pressure)
     # Order the levels by increasing pressure (top-down), deciding once from the
     # first column: ESMs store every column in the same order.
     if p[0].ravel()[0] > p[-1].ravel()[0]:
         v = v[::-1]
         p = p[::-1]
-    lnp = np.log(p)
-    dln = np.diff(lnp, axis=0)
-    if not np.all(dln > 0.0):
-        raise InputError(
-            f"field {name!r}: layer pressures are not strictly monotonic along the "
-            f"level axis in {int(np.count_nonzero(np.any(dln <= 0.0, axis=0)))} columns"
-        )
     nlev = v.shape[0]
     targets = np.asarray(targets_pa, dtype=np.float64).ravel()
     out = np.empty((targets.size, *v.shape[1:]), dtype=np.float64)
     for i, pt in enumerate(targets):
         lt = np.log(pt)
-        # Index of the first level whose pressure is >= target, per column.
-        k = np.count_nonzero(lnp < lt, axis=0)
+        # Index of the first level whose pressure is >= target, per column
+        # (a uint8 sum of the comparison is the fastest count along levels).
+        less = p < pt
+        k = (
+            less.view(np.uint8).sum(axis=0, dtype=np.uint8)
+            if nlev < 256
+            else np.count_nonzero(less, axis=0)
+        )
         below = k >= nlev  # target pressure beyond the lowest level
         above = k == 0  # target above the model top
-        kk = np.clip(k, 1, nlev - 1)
-        lo = np.take_along_axis(lnp, (kk - 1)[None], axis=0)[0]
-        hi = np.take_along_axis(lnp, kk[None], axis=0)[0]
-        vlo = np.take_along_axis(v, (kk - 1)[None], axis=0)[0]
-        vhi = np.take_along_axis(v, kk[None], axis=0)[0]
+        kk = np.clip(k, 1, nlev - 1).astype(np.intp)[None]
+        plo = np.take_along_axis(p, kk - 1, axis=0)[0].astype(np.float64)
+        phi = np.take_along_axis(p, kk, axis=0)[0].astype(np.float64)
+        # Instead of checking every level of every column each step, check the
+        # bracket actually used: it fails for non-positive, NaN or non-monotonic
+        # pressures around the target.
+        inside = ~(below | above)
+        bad = ~(plo > 0.0) | ~(phi > plo) | (inside & ~((plo < pt) & (pt <= phi)))
+        if bad.any():
+            raise InputError(
+                f"field {name!r}: layer pressures must be positive and strictly monotonic "
+                f"along the level axis (Pa); they are not around {pt / 100.0:g} hPa in "
+                f"{int(np.count_nonzero(bad))} columns"
+            )
+        lo = np.log(plo)
+        hi = np.log(phi)
+        vlo = np.take_along_axis(v, kk - 1, axis=0)[0].astype(np.float64)
+        vhi = np.take_along_axis(v, kk, axis=0)[0].astype(np.float64)
         w = (lt - lo) / (hi - lo)
         res = vlo + w * (vhi - vlo)
         res = np.where(above, v[0], res)

@@ -46,6 +46,51 @@ def tiny_bundle(path: Path) -> Path:
     return path
 
 
+# The fields toy_esm can hand over, with the names a bundle may ask for them by
+# (the same table as field_for in toy_esm.F90).
+TOY_FIELDS = {
+    "uas": {"uas", "u10", "10u", "eastward_wind"},
+    "vas": {"vas", "v10", "10v", "northward_wind"},
+    "psl": {"psl", "msl", "slp", "mslp", "air_pressure_at_mean_sea_level"},
+}
+
+
+def find_global_bundle(models: Path) -> Path:
+    """The shipped bundle toy_esm can drive: global, predictors only u10/v10/msl.
+
+    Raises
+    ------
+    SystemExit
+        With the list of bundles inspected when none fits.
+    """
+    from precipdiff.bundle import read_manifest
+    from precipdiff.grids import LatLonGrid
+
+    seen = []
+    for manifest in sorted(models.glob("*/manifest.json")) + sorted(
+        models.glob("*/*/manifest.json")
+    ):
+        bundle = manifest.parent
+        try:
+            m = read_manifest(bundle)
+        except Exception as exc:  # report, keep looking
+            seen.append(f"{bundle}: unreadable ({exc})")
+            continue
+        names = [{str(v["name"]), *map(str, v.get("aliases", []))} for v in m.variables]
+        ok_vars = all(any(n & aliases for aliases in TOY_FIELDS.values()) for n in names)
+        coarse = LatLonGrid.from_dict(m.coarse_grid)
+        if ok_vars and coarse.periodic:
+            return bundle
+        seen.append(
+            f"{bundle}: predictors {[v['name'] for v in m.variables]}, "
+            f"coarse grid {coarse.shape} {'global' if coarse.periodic else 'regional'}"
+        )
+    raise SystemExit(
+        f"no global u10/v10/msl bundle found under {models}; inspected: "
+        + ("; ".join(seen) if seen else "nothing")
+    )
+
+
 def fortran_value(value: Any) -> str:
     """Format a Python value as a Fortran namelist value."""
     if isinstance(value, bool):
@@ -200,8 +245,13 @@ def main(argv: list[str] | None = None) -> int:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--no-plugin", action="store_true", help="dynamics and evaporation only")
     g.add_argument("--tiny-bundle", action="store_true", help="make a tiny bundle at test time")
-    g.add_argument("--bundle", type=Path, help="an existing bundle (u10, v10, msl)")
+    g.add_argument(
+        "--bundle",
+        help="an existing bundle (u10, v10, msl), or 'auto': the global bundle in models/",
+    )
     p.add_argument("--steps", type=int, default=2, help="sampler steps (0: bundle default)")
+    p.add_argument("--members", type=int, default=1, help="ensemble members per day")
+    p.add_argument("--threads", type=int, default=1, help="torch threads in the plugin")
     p.add_argument("--plot", action="store_true", help="also run plot_toy_esm.py")
     args = p.parse_args(argv)
 
@@ -222,16 +272,22 @@ def main(argv: list[str] | None = None) -> int:
     }
     plugin = None
     if not args.no_plugin:
-        bundle = tiny_bundle(work / "tiny_bundle") if args.tiny_bundle else args.bundle.resolve()
+        if args.tiny_bundle:
+            bundle = tiny_bundle(work / "tiny_bundle")
+        elif args.bundle == "auto":
+            bundle = find_global_bundle(Path(__file__).resolve().parents[2] / "models")
+        else:
+            bundle = Path(args.bundle).resolve()
+        print(f"bundle: {bundle}")
         plugin = {
             "bundle_path": str(bundle),
             "device": "cpu",
-            "members": 1,
+            "members": args.members,
             "sampler_steps": args.steps,
             "seed": 1,
             "output_units": "kg m-2 s-1",
             "reference_time": "2000-01-01 00:00:00",
-            "torch_threads": 1,
+            "torch_threads": args.threads,
             # The plugin's own fine-grid output stream: Python writes netCDF (netCDF4
             # wheel) inside the process that links Debian's netCDF-Fortran.
             "output_dir": str(work / "stream"),
@@ -239,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     nml = work / "toy_esm.nml"
     write_namelist(nml, toy, plugin)
 
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     t0 = time.perf_counter()
     proc = subprocess.run(
         [str(args.exe), str(nml)], cwd=work, env=env, capture_output=True, text=True

@@ -50,9 +50,11 @@ class TimeSeriesSource:
 
         self.source = source
         pattern = str(root / source.path)
-        paths = sorted(Path(p) for p in glob.glob(pattern))
+        paths = [Path(p) for p in glob.glob(pattern)]
         if not paths:
             raise InputError(f"variable {source.name!r}: no file matches {pattern}")
+        # Order files by their first timestamp, not by name (directories may not sort by time).
+        paths.sort(key=lambda p: (self._first_time(p), str(p)))
         self.paths = paths
         self._handles: dict[int, Any] = {}
         times: list[np.ndarray] = []
@@ -87,6 +89,15 @@ class TimeSeriesSource:
                 f"variable {source.name!r}: times are not strictly increasing across "
                 f"{len(paths)} file(s) matching {source.path}"
             )
+
+    @staticmethod
+    def _first_time(path: Path) -> np.datetime64:
+        import xarray as xr
+
+        with xr.open_dataset(path, cache=False) as ds:
+            if "time" not in ds.variables or ds["time"].size == 0:
+                raise InputError(f"{path}: no 'time' coordinate")
+            return np.datetime64(np.asarray(ds["time"].values).min(), "s")
 
     def _variable_name(self, ds: Any, path: Path) -> str:
         if self.source.variable is not None:

@@ -19,6 +19,7 @@ All scores come from :mod:`precipdiff.metrics`. Three comparisons:
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +119,9 @@ def evaluate_regression(
     obs = raw["coarse"]
     pred = gen.to_precip(gen.regress({p.source.name: raw[p.source.name] for p in data.predictors}))
     x_tr, y_tr = _training_coarse(data)
-    clim = np.broadcast_to(np.nanmean(y_tr, axis=0), obs.shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # cells that are always missing (sea)
+        clim = np.broadcast_to(np.nanmean(y_tr, axis=0), obs.shape)
     coef = fit_linear_baseline(x_tr, y_tr)
     linear = predict_linear_baseline(coef, data.normalise_predictors(raw))
     grid = data.coarse_grid
@@ -315,6 +318,15 @@ def plot_evaluation(
     list of str
         File names written.
     """
+    with warnings.catch_warnings():
+        # Sea cells are NaN in every field: their means are NaN by design.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _plot(out, reg, fine, fine_grid, title)
+
+
+def _plot(
+    out: Path, reg: dict[str, np.ndarray], fine: dict[str, np.ndarray], fine_grid: Any, title: str
+) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")

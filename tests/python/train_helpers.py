@@ -1,0 +1,39 @@
+"""Tiny training configs built from the shipped demo config (shared by test_train_*)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from precipdiff.train.config import TrainConfig, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tiny_config(run_dir: Path, data_root: Path, steps: int = 12, batch: int = 8) -> TrainConfig:
+    """The demo experiment shrunk to a few steps of base-8 networks, no dropout."""
+    cfg = load_config(REPO / "configs" / "iberia_demo.yaml")
+    cfg.run_dir = str(run_dir)
+    cfg.device = "cpu"
+    assert cfg.regression is not None and cfg.diffusion is not None and cfg.bundle is not None
+    for stage in (cfg.regression, cfg.diffusion):
+        stage.data.data_root = str(data_root)
+        stage.optim.steps = steps
+        stage.optim.batch_size = batch
+        stage.optim.warmup_steps = 2
+        stage.loop.validate_every = max(steps // 2, 1)
+        stage.loop.checkpoint_every = max(steps // 2, 1)
+        stage.loop.log_every = 1
+        stage.loop.max_validation_samples = 16
+        stage.loop.progress = False
+    cfg.regression.model = {"base_channels": 8, "channel_mult": [1, 2], "num_blocks": 1}
+    cfg.diffusion.model = {
+        "base_channels": 8,
+        "channel_mult": [1, 2],
+        "num_blocks": 1,
+        "noise_channels": 8,
+    }
+    cfg.bundle.out = str(run_dir / "bundle")
+    cfg.bundle.members = 2
+    cfg.bundle.max_eval_samples = 6
+    cfg.bundle.sampler = {"name": "heun", "steps": 2}
+    return cfg

@@ -175,3 +175,46 @@ def test_old_format_fixture_loads():
     )
     assert res.fine.shape == (1, 2, 12, 16)
     assert np.isfinite(res.fine).all() and (res.fine >= 0).all()
+
+
+def test_stored_static_fields(tmp_path):
+    from precipdiff.bundle import manifest_from_networks
+    from precipdiff.diffusion import EDMPrecond
+    from precipdiff.nn import UNet, UNetConfig
+    from precipdiff.variables import get_variable
+
+    specs = [get_variable(n) for n in ("hus850", "psl")]
+    reg = UNet(UNetConfig(in_channels=3, base_channels=8, channel_mult=(1,), num_blocks=1))
+    den = EDMPrecond(
+        UNet(
+            UNetConfig(
+                in_channels=4, base_channels=8, channel_mult=(1,), num_blocks=1, noise_channels=8
+            )
+        )
+    )
+    static = {"coarse": ["lsm"], "fine": ["lsm", "sin_lat"]}
+    m = manifest_from_networks(
+        variables=[s.to_dict() for s in specs],
+        coarse_grid=COARSE,
+        fine_grid=FINE,
+        predictor_stats={"hus850": (0.006, 0.004), "psl": (101300.0, 1200.0)},
+        precip_stats=(1.0, 1.5),
+        regression=reg,
+        denoiser=den,
+        sigma_c=0.3,
+        static_fields=static,
+        provenance={"data": "test"},
+    )
+    lsm_c = (np.arange(COARSE.size).reshape(COARSE.shape) % 2).astype(np.float32)
+    lsm_f = np.ones(FINE.shape, np.float32)
+    with pytest.raises(BundleError, match="static fields given"):
+        save_bundle(tmp_path / "s", m, reg, den, {"coarse/lsm": lsm_c})
+    with pytest.raises(BundleError, match="shape"):
+        save_bundle(tmp_path / "s", m, reg, den, {"coarse/lsm": lsm_f, "fine/lsm": lsm_f})
+    path = save_bundle(tmp_path / "s", m, reg, den, {"coarse/lsm": lsm_c, "fine/lsm": lsm_f})
+    b = load_bundle(path)
+    assert "statics.safetensors" in b.manifest.files
+    np.testing.assert_array_equal(b.statics_coarse[0], lsm_c)
+    np.testing.assert_allclose(b.statics_fine[1], np.sin(np.deg2rad(FINE.lat))[:, None] + 0 * lsm_f)
+    x = random_predictors(["hus850", "psl"], COARSE)
+    assert PrecipGenerator(b).generate(x, members=1).fine.shape == (1, 1, *FINE.shape)

@@ -1,0 +1,88 @@
+"""Export (torch.export + AOTInductor) round trip; compiling takes ~30-90 s on 2 shared cores."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from precipdiff.bundle import read_manifest
+from precipdiff.errors import BundleError
+from precipdiff.generator import PrecipGenerator
+from precipdiff.grids import LatLonGrid, coarsen_grid
+from precipdiff.testing_models import DEFAULT_VARIABLES, make_tiny_bundle, random_predictors
+
+pytestmark = pytest.mark.slow
+
+FINE = LatLonGrid.regular(0.5, lat_min=40.25, lat_max=47.75, lon_min=0.25, lon_max=9.75)
+COARSE = coarsen_grid(FINE, 4)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from precipdiff.export import export_bundle
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TORCHINDUCTOR_COMPILE_THREADS", "1")
+    path = make_tiny_bundle(
+        tmp_path_factory.mktemp("e") / "b", coarse_grid=COARSE, fine_grid=FINE, channel_mult=(1,)
+    )
+    entries = export_bundle(path, "cpu")
+    mp.undo()
+    return path, entries
+
+
+def test_manifest_records_packages(exported):
+    path, entries = exported
+    m = read_manifest(path)
+    assert {e["network"] for e in m.compiled} == {"regression", "denoiser"}
+    for e in m.compiled:
+        assert (path / e["file"]).is_file() and e["device"] == "cpu"
+        assert len(e["sha256"]) == 64 and e["weights_sha256"] in m.files.values()
+    assert [e["file"] for e in entries] == [e["file"] for e in m.compiled]
+
+
+def test_compiled_matches_eager(exported):
+    path, _ = exported
+    x = random_predictors(DEFAULT_VARIABLES, COARSE, times=2, seed=0)
+    comp = PrecipGenerator.from_bundle(path, device="cpu", use_compiled=True)
+    eager = PrecipGenerator.from_bundle(path, device="cpu", use_compiled=False)
+    assert comp.compiled and not eager.compiled
+    rc = comp.generate(x, members=2, seed=1)
+    re_ = eager.generate(x, members=2, seed=1)
+    assert rc.attrs["compiled_networks"] and not re_.attrs["compiled_networks"]
+    np.testing.assert_allclose(rc.coarse, re_.coarse, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(rc.fine, re_.fine, rtol=1e-3, atol=1e-4)
+
+
+def test_mismatch_falls_back_or_raises(exported, tmp_path):
+    path, _ = exported
+    d = tmp_path / "b"
+    shutil.copytree(path, d)
+    mp = d / "manifest.json"
+    data = json.loads(mp.read_text())
+    for e in data["compiled"]:
+        e["torch"] = "1.0.0"
+    mp.write_text(json.dumps(data))
+    assert not PrecipGenerator.from_bundle(d, device="cpu").compiled  # auto: eager
+    with pytest.raises(BundleError, match="compiled with torch 1.0.0"):
+        PrecipGenerator.from_bundle(d, device="cpu", use_compiled=True)
+
+
+def test_tampered_package_detected(exported, tmp_path):
+    path, _ = exported
+    d = tmp_path / "b"
+    shutil.copytree(path, d)
+    pkg = next((d / "compiled").glob("denoiser-*.pt2"))
+    data = bytearray(pkg.read_bytes())
+    data[-100] ^= 0xFF
+    pkg.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="corrupt"):
+        PrecipGenerator.from_bundle(d, device="cpu")
+
+
+def test_required_without_export(tmp_path):
+    path = make_tiny_bundle(tmp_path / "plain", coarse_grid=COARSE, fine_grid=FINE)
+    with pytest.raises(BundleError, match="precipdiff export"):
+        PrecipGenerator.from_bundle(path, device="cpu", use_compiled=True)
+    assert not PrecipGenerator.from_bundle(path, device="cpu").compiled

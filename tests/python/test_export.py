@@ -65,7 +65,7 @@ def test_mismatch_falls_back_or_raises(exported, tmp_path):
         e["torch"] = "1.0.0"
     mp.write_text(json.dumps(data))
     assert not PrecipGenerator.from_bundle(d, device="cpu").compiled  # auto: eager
-    with pytest.raises(BundleError, match="compiled with torch 1.0.0"):
+    with pytest.raises(BundleError, match=r"compiled with torch 1\.0\.0"):
         PrecipGenerator.from_bundle(d, device="cpu", use_compiled=True)
 
 

@@ -1,0 +1,173 @@
+"""Tests of the example drivers (examples/*/run_*.py) and of their output checks.
+
+The full Fortran runs are ctest tests (toy_esm_dynamics, toy_esm_coupled,
+offline_replay); here: the pieces that decide what those runs do -- the ESM window of
+the offline replay, bundle discovery for the demo, the namelists they write (validated
+by the server's own PluginConfig) -- and that the output checks do fail on bad output.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from precipdiff.grids import LatLonGrid
+from precipdiff.server.config import PluginConfig
+from precipdiff.testing_models import make_tiny_bundle
+
+REPO = Path(__file__).resolve().parents[2]
+
+# CNRM-CM5 grid of the climate4R Iberia files (CMIP5_Iberia_*.nc).
+CMIP5_LAT = np.array([34.32, 35.72, 37.12, 38.52, 39.92, 41.32, 42.72, 44.12])
+CMIP5_LON = np.array(
+    [-9.844, -8.438, -7.031, -5.625, -4.219, -2.812, -1.406, 0.0, 1.406, 2.812, 4.219]
+)
+
+
+def load(rel: str) -> ModuleType:
+    path = REPO / rel
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def replay() -> ModuleType:
+    return load("examples/offline_replay/run_offline_replay.py")
+
+
+@pytest.fixture(scope="module")
+def toy() -> ModuleType:
+    return load("examples/toy_esm/run_toy_esm.py")
+
+
+def test_esm_window_on_demo_grids(replay: ModuleType, tmp_path: Path) -> None:
+    bundle = replay.tiny_bundle(tmp_path / "b")
+    window, method = replay.esm_window(CMIP5_LAT, CMIP5_LON, bundle)
+    assert window == (2, 10, 2, 6)
+    assert method == "bilinear"
+    # The window really works both ways with the plugin's regridders.
+    from precipdiff.grids import Regridder
+
+    i0, i1, j0, j1 = window
+    esm = LatLonGrid(lat=CMIP5_LAT[j0 - 1 : j1], lon=CMIP5_LON[i0 - 1 : i1])
+    from precipdiff.bundle import read_manifest
+
+    m = read_manifest(bundle)
+    Regridder(esm, LatLonGrid.from_dict(m.coarse_grid), method="bilinear")
+    Regridder(LatLonGrid.from_dict(m.fine_grid), esm, method="conservative")
+
+
+def test_esm_window_conservative_when_coarse_cells_covered(
+    replay: ModuleType, tmp_path: Path
+) -> None:
+    coarse = LatLonGrid(lat=np.arange(37.0, 41.1, 2.0), lon=np.arange(-7.0, 1.1, 2.0))
+    fine = LatLonGrid(lat=np.arange(35.25, 42.8, 0.5), lon=np.arange(-9.75, 3.8, 0.5))
+    make_tiny_bundle(tmp_path / "b", coarse_grid=coarse, fine_grid=fine, variables=["psl"])
+    _, method = replay.esm_window(CMIP5_LAT, CMIP5_LON, tmp_path / "b")
+    assert method == "conservative"
+
+
+def test_esm_window_refuses_uncoverable_bundle(replay: ModuleType, tmp_path: Path) -> None:
+    # Fine grid narrower than one ESM cell in latitude: no ESM cell lies inside it.
+    coarse = LatLonGrid(lat=np.array([39.0, 39.5]), lon=np.arange(-9.0, 3.1, 2.0))
+    fine = LatLonGrid(
+        lat=np.array([38.875, 39.125, 39.375, 39.625]), lon=np.arange(-9.75, 3.8, 0.5)
+    )
+    make_tiny_bundle(tmp_path / "b", coarse_grid=coarse, fine_grid=fine, variables=["psl"])
+    with pytest.raises(SystemExit, match="no ESM cell"):
+        replay.esm_window(CMIP5_LAT, CMIP5_LON, tmp_path / "b")
+
+
+def test_find_global_bundle_picks_u10_v10_msl(toy: ModuleType, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    regional = LatLonGrid(lat=np.arange(36.0, 42.1, 2.0), lon=np.arange(-9.0, 3.1, 2.0))
+    regional_f = LatLonGrid(lat=np.arange(35.25, 42.8, 0.5), lon=np.arange(-9.75, 3.8, 0.5))
+    make_tiny_bundle(
+        models / "a-iberia", coarse_grid=regional, fine_grid=regional_f, variables=["psl"]
+    )
+    with pytest.raises(SystemExit, match="a-iberia"):
+        toy.find_global_bundle(models)
+    glob_c = LatLonGrid(lat=np.linspace(90.0, -90.0, 19), lon=np.arange(0.0, 360.0, 10.0))
+    glob_f = LatLonGrid(lat=np.linspace(90.0, -90.0, 73), lon=np.arange(0.0, 360.0, 2.5))
+    make_tiny_bundle(
+        models / "b-hus", coarse_grid=glob_c, fine_grid=glob_f, variables=["hus850", "psl"]
+    )
+    make_tiny_bundle(
+        models / "c-era5", coarse_grid=glob_c, fine_grid=glob_f, variables=["u10", "v10", "msl"]
+    )
+    assert toy.find_global_bundle(models) == models / "c-era5"
+
+
+def test_written_namelists_validate(toy: ModuleType, replay: ModuleType, tmp_path: Path) -> None:
+    import f90nml
+
+    nml = tmp_path / "toy.nml"
+    toy.write_namelist(
+        nml,
+        {"ndays": 2, "dt": 1800.0, "use_plugin": True, "output_file": "it's.nc"},
+        {"bundle_path": "b", "device": "cpu", "output_units": "kg m-2 s-1", "torch_threads": 1},
+    )
+    parsed = f90nml.read(str(nml))
+    assert parsed["toy_esm_nml"]["output_file"] == "it's.nc"
+    assert parsed["toy_esm_nml"]["use_plugin"] is True
+    cfg = PluginConfig.from_namelist(nml)
+    assert cfg.bundle_path == str(tmp_path / "b")
+    nml2 = tmp_path / "replay.nml"
+    replay.write_namelist(
+        nml2,
+        {
+            "offline_replay_nml": {"ndays": 3, "i_first": 2},
+            "precipdiff_nml": {"bundle_path": "/x", "remap_method": "bilinear"},
+        },
+    )
+    assert PluginConfig.from_namelist(nml2).remap_method == "bilinear"
+
+
+@pytest.mark.needs_build
+def test_toy_checks_fail_on_broken_output(toy: ModuleType, build_dir: Path, tmp_path: Path) -> None:
+    exe = build_dir / "bin" / "toy_esm"
+    if not exe.is_file():
+        pytest.skip(f"{exe} not built (netCDF-Fortran missing?)")
+    rc = toy.main(["--exe", str(exe), "--workdir", str(tmp_path), "--no-plugin", "--days", "2"])
+    assert rc == 0
+    out = tmp_path / "toy_esm_out.nc"
+    assert toy.check_output(out, 2, coupled=False) == []
+    assert toy.check_output(out, 3, coupled=False)  # wrong record count is caught
+
+    import netCDF4
+
+    broken = tmp_path / "broken.nc"
+    shutil.copy(out, broken)
+    with netCDF4.Dataset(broken, "a") as ds:
+        ds.variables["global_evap"][1] = ds.variables["global_evap"][1] + 0.1
+        ds.variables["prw"][0, 3, 3] = np.nan
+    failures = toy.check_output(broken, 2, coupled=False)
+    text = "\n".join(failures)
+    assert "prw: 1 non-finite" in text
+    assert "evaporation" in text or "series budget" in text
+
+
+@pytest.mark.needs_build
+def test_toy_esm_rejects_bad_namelist(build_dir: Path, tmp_path: Path) -> None:
+    exe = build_dir / "bin" / "toy_esm"
+    if not exe.is_file():
+        pytest.skip(f"{exe} not built")
+    (tmp_path / "t.nml").write_text("&toy_esm_nml\n  ndays = 1\n  no_such_key = 3\n/\n")
+    r = subprocess.run([str(exe), "t.nml"], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "&toy_esm_nml" in r.stdout
+    (tmp_path / "u.nml").write_text("&toy_esm_nml\n  ndays = 1\n  dt = 7000.0\n/\n")
+    r = subprocess.run([str(exe), "u.nml"], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "divide a day" in r.stdout

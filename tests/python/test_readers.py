@@ -192,3 +192,8 @@ def test_eobs_nan_sea_block_mean(shared_data: Path) -> None:
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert np.isfinite(a).sum() > 0
     ds.close()
+
+
+def test_rotated_grid_is_refused_with_hint(shared_data: Path) -> None:
+    with pytest.raises(InputError, match=r"\('time', 'rlat', 'rlon'\).*rotated or curvilinear"):
+        open_predictors(shared_data / C4R / "CORDEX_Iberia_pr.nc", ["pr"])

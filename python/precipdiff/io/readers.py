@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from precipdiff.errors import InputError
+from precipdiff.errors import GridError, InputError
 from precipdiff.grids import LatLonGrid, Regridder, RegridMethod
 from precipdiff.io import import_netcdf4, import_xarray
 from precipdiff.variables import (
@@ -40,8 +40,8 @@ from precipdiff.variables import (
 
 __all__ = ["dataset_to_predictors", "open_predictors"]
 
-LAT_NAMES = ("lat", "latitude", "y", "nav_lat")
-LON_NAMES = ("lon", "longitude", "x", "nav_lon")
+LAT_NAMES = ("lat", "latitude")
+LON_NAMES = ("lon", "longitude")
 LEVEL_NAMES = ("level", "pressure_level", "plev", "lev", "isobaricInhPa")
 TIME_NAMES = ("time", "valid_time", "t")
 _COMMON_TIME_UNITS = "seconds since 1970-01-01 00:00:00"
@@ -196,12 +196,24 @@ def _scan_variable(
             tname = _find(TIME_NAMES, dims)
             la, lo = _find(LAT_NAMES, dims), _find(LON_NAMES, dims)
             if la is None or lo is None:
+                coords = str(attrs[name].get("coordinates", ""))
+                hint = (
+                    f" (its coordinates {coords!r} are 2-D: a rotated or curvilinear grid; "
+                    "remap it to a regular lat-lon grid first, e.g. with ESMF/SCRIP weights)"
+                    if coords
+                    else ""
+                )
                 raise InputError(
                     f"{path}: variable {name!r} has dimensions {dims}; expected latitude and "
-                    f"longitude dimensions (one of {LAT_NAMES} / {LON_NAMES})"
+                    f"longitude dimensions (one of {LAT_NAMES} / {LON_NAMES}){hint}"
                 )
             if tname is None:
                 raise InputError(f"{path}: variable {name!r} has no time dimension (dims {dims})")
+            for c in (la, lo):
+                if c not in ds.variables or ds.variables[c].ndim != 1:
+                    raise InputError(
+                        f"{path}: dimension {c!r} of {name!r} has no 1-D coordinate variable"
+                    )
             flat = np.asarray(ds.variables[la][:], dtype=np.float64)
             flon = np.asarray(ds.variables[lo][:], dtype=np.float64)
             if lat is None:
@@ -539,7 +551,10 @@ def open_predictors(
             )
         calendars.add(cal)
         flip = bool(lat.size > 1 and lat[0] > lat[-1])
-        native = LatLonGrid(lat[::-1] if flip else lat, lon)
+        try:
+            native = LatLonGrid(lat[::-1] if flip else lat, lon)
+        except GridError as exc:
+            raise GridError(f"{pieces[0].path}: grid of {spec.name}: {exc}") from exc
         native_grids[spec.name] = native
         per_var[spec.name] = (spec, pieces, secs, flip, native, units, cal)
     if len(calendars) > 1:

@@ -334,7 +334,9 @@ class Bridge:
                 f"(nlon={nlon}, nlat={nlat})",
             )
         for what, arr in (("field", values), ("pressure of field", pressure)):
-            if arr is None:
+            # Fast path: a finite sum proves every value finite (NaN/Inf propagate);
+            # only a non-finite sum (or a harmless overflow) pays the full scan.
+            if arr is None or np.isfinite(arr.sum()):
                 continue
             finite = np.isfinite(arr)
             if not finite.all():

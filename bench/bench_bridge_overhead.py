@@ -1,0 +1,212 @@
+"""Bridge benchmarks, measured side by side in one run.
+
+1. Per-call overhead of the bridge (Fortran -> C -> Python -> C -> Fortran) with a
+   no-op plugin, in microseconds per call, next to the same no-op calls made
+   directly from Python (what the bridge adds).
+2. A tiny-bundle model driven from Fortran vs from Python (same namelist, same
+   fields, each in a fresh process): ratio of the time-stepping loops (target <= 1.05).
+3. Start-up: precipdiff_init from Fortran (interpreter start + imports + bundle load)
+   vs Python (imports + Plugin.from_namelist) in a fresh process.
+
+Usage:  .venv/bin/python bench/bench_bridge_overhead.py [--build-dir build] [--repeat 3]
+Needs the CMake build (tests/fortran/pd_replay_driver). Uses 1 torch thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "python"))
+
+from bridge_helpers import run_driver  # noqa: E402
+
+
+class NoOpPlugin:
+    """Plugin contract with no work: isolates the bridge's own cost."""
+
+    def __init__(self, lon: np.ndarray, lat: np.ndarray) -> None:
+        self.required_fields = ["hus850", "ua850", "va850", "psl"]
+        self.model_shape = (lat.size, lon.size)
+        self.fine_shape = self.model_shape
+        self.fine_lon, self.fine_lat = np.asarray(lon), np.asarray(lat)
+        self._out = np.zeros(self.model_shape)
+
+    @classmethod
+    def from_namelist(cls, nml_path: str, lon, lat, rank: int | None = None) -> NoOpPlugin:
+        return cls(lon, lat)
+
+    def set_field(self, name, values, pressure=None) -> None:
+        pass
+
+    def step(self, model_time_s: float, dt_s: float) -> bool:
+        return False
+
+    def output_fine(self) -> np.ndarray:
+        return self._out
+
+    def output_model(self) -> np.ndarray:
+        return self._out
+
+    def write_restart(self, path: str) -> None:
+        pass
+
+    def read_restart(self, path: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+PY_LOOP = r"""
+import json, sys, time
+import numpy as np
+t0 = time.perf_counter()
+from precipdiff.server import Plugin
+spec = json.load(open(sys.argv[1]))
+lon, lat = np.array(spec["lon"]), np.array(spec["lat"])
+p = Plugin.from_namelist(spec["nml"], lon, lat, rank=0)
+t1 = time.perf_counter()
+data = np.load(spec["fields"])
+names = spec["names"]
+dt = spec["dt"]
+t2 = time.perf_counter()
+for s in range(data.shape[0]):
+    for k, n in enumerate(names):
+        p.set_field(n, data[s, k])
+    p.step((s + 1) * dt, dt)
+t3 = time.perf_counter()
+p.close()
+print(json.dumps({"init_s": t1 - t0, "run_s": t3 - t2}))
+"""
+
+
+def bench_overhead(build: Path, work: Path, repeat: int, nlat: int, nlon: int) -> dict[str, float]:
+    from precipdiff.server.capi import Bridge
+
+    lon = np.linspace(0.5, 359.5, nlon)
+    lat = np.linspace(-90.0, 90.0, nlat)
+    rng = np.random.default_rng(0)
+    step = {n: rng.random((lat.size, lon.size)) for n in ("hus850", "ua850", "va850", "psl")}
+    nml = work / "noop.nml"
+    nml.write_text("&precipdiff_nml\n bundle_path = 'none'\n/\n")
+    env = {
+        "PYTHONPATH": str(REPO / "bench"),
+        "PRECIPDIFF_PLUGIN_CLASS": "bench_bridge_overhead:NoOpPlugin",
+    }
+    nrep = 2000
+    best = np.inf
+    for _ in range(repeat):
+        res = run_driver(build, nml, work, lon, lat, [step], 3600.0, None, 8, nrep, env)
+        if res.errflg:
+            raise SystemExit(f"driver failed: {res.errmsg}\n{res.stderr}")
+        calls = res.value("CALLS") * 5  # 4 x set_field + 1 x run per step
+        best = min(best, res.value("RUN_S") / calls)
+
+    # The same calls from Python through the bridge's Python layer only.
+    os.environ["PRECIPDIFF_PLUGIN_CLASS"] = "bench_bridge_overhead:NoOpPlugin"
+    sys.path.insert(0, str(REPO / "bench"))
+    b = Bridge()
+    h = b.create(str(nml), lon, lat)
+    py_best = np.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for s in range(nrep):
+            for n, v in step.items():
+                b.set_field(h, n, v, None)
+            b.step(h, (s + 1) * 3600.0, 3600.0)
+        py_best = min(py_best, (time.perf_counter() - t0) / (nrep * 5))
+    b.destroy(h)
+    del os.environ["PRECIPDIFF_PLUGIN_CLASS"]
+    return {"fortran_us": best * 1e6, "python_us": py_best * 1e6}
+
+
+def bench_model(build: Path, work: Path, repeat: int) -> dict[str, float]:
+    from precipdiff.grids import LatLonGrid
+    from precipdiff.testing_models import make_tiny_bundle
+
+    coarse = LatLonGrid.regular(1.0, lat_min=20.5, lat_max=51.5, lon_min=0.5, lon_max=63.5)
+    fine = LatLonGrid.regular(0.25, lat_min=20.125, lat_max=51.875, lon_min=0.125, lon_max=63.875)
+    model = LatLonGrid.regular(2.0, lat_min=21.0, lat_max=51.0, lon_min=1.0, lon_max=63.0)
+    bundle = make_tiny_bundle(work / "bundle", coarse_grid=coarse, fine_grid=fine,
+                              base_channels=16, seed=0, overwrite=True)  # fmt: skip
+    nml = work / "model.nml"
+    nml.write_text(
+        f"&precipdiff_nml\n bundle_path = '{bundle}', device = 'cpu', torch_threads = 1,\n"
+        " members = 1, sampler_steps = 8, window_s = 86400.0\n/\n"
+    )
+    dt = 21600.0
+    nstep = 8  # two windows
+    rng = np.random.default_rng(1)
+    base = {"hus850": 0.007, "ua850": 5.0, "va850": -2.0, "psl": 101300.0}
+    scale = {"hus850": 0.003, "ua850": 4.0, "va850": 3.0, "psl": 900.0}
+    steps = [
+        {n: base[n] + scale[n] * rng.standard_normal(model.shape) for n in base}
+        for _ in range(nstep)
+    ]
+    names = list(base)
+    np.save(work / "fields.npy", np.array([[s[n] for n in names] for s in steps]))
+    spec = {"nml": str(nml), "lon": model.lon.tolist(), "lat": model.lat.tolist(),
+            "fields": str(work / "fields.npy"), "names": names, "dt": dt}  # fmt: skip
+    (work / "spec.json").write_text(json.dumps(spec))
+
+    f_run, p_run, f_init, p_init = [], [], [], []
+    for _ in range(repeat):  # alternate so drifting machine load hits both
+        res = run_driver(build, nml, work, model.lon, model.lat, steps, dt, None, 8)
+        if res.errflg:
+            raise SystemExit(f"driver failed: {res.errmsg}\n{res.stderr}")
+        f_run.append(res.value("RUN_S"))
+        f_init.append(res.value("INIT_S"))
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        out = subprocess.run([sys.executable, "-c", PY_LOOP, str(work / "spec.json")],
+                             capture_output=True, text=True, env=env, check=True)  # fmt: skip
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        p_run.append(r["run_s"])
+        p_init.append(r["init_s"])
+    return {"fortran_run_s": min(f_run), "python_run_s": min(p_run),
+            "fortran_init_s": min(f_init), "python_init_s": min(p_init)}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_build = Path(os.environ.get("PRECIPDIFF_BUILD_DIR", REPO / "build"))
+    ap.add_argument("--build-dir", type=Path, default=default_build)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        print("1. per-call overhead, no-op plugin, float64 fields (best of repeats)")
+        for nlat, nlon in ((4, 8), (181, 360)):
+            o = bench_overhead(args.build_dir, work, args.repeat, nlat, nlon)
+            print(f"   grid {nlat}x{nlon}:")
+            print(f"     Fortran -> C -> Python -> Fortran : {o['fortran_us']:8.2f} us/call")
+            print(f"     Python -> capi.Bridge (no C)      : {o['python_us']:8.2f} us/call")
+            print(f"     bridge's own cost (difference)    : "
+                  f"{o['fortran_us'] - o['python_us']:8.2f} us/call")  # fmt: skip
+        m = bench_model(args.build_dir, work, args.repeat)
+        print("2. tiny bundle (base 16, 32x64 -> 128x256, 8 sampler steps), 8 steps = 2 windows")
+        print(f"   run loop from Fortran : {m['fortran_run_s']:8.3f} s")
+        print(f"   run loop from Python  : {m['python_run_s']:8.3f} s")
+        print(f"   ratio Fortran/Python  : {m['fortran_run_s'] / m['python_run_s']:8.3f}"
+              "  (target <= 1.05)")  # fmt: skip
+        print("3. start-up (fresh process)")
+        print(f"   precipdiff_init from Fortran (interpreter + imports + bundle): "
+              f"{m['fortran_init_s']:6.2f} s")  # fmt: skip
+        print(f"   imports + Plugin.from_namelist from Python:                   "
+              f"{m['python_init_s']:6.2f} s")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from train_helpers import tiny_config
 
 from precipdiff.cli.main import main
 from precipdiff.train.config import to_dict
-from train_helpers import tiny_config
 
 
 @pytest.mark.needs_data

@@ -128,5 +128,5 @@ def test_bad_transform_rejected() -> None:
 
 
 def test_missing_file_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="nope.yaml"):
+    with pytest.raises(ConfigError, match=r"nope\.yaml"):
         load_config(tmp_path / "nope.yaml")

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+from train_helpers import tiny_config
 
 from precipdiff.errors import ConfigError, InputError
 from precipdiff.train.config import DataConfig, SplitConfig, VariableSource
 from precipdiff.train.data import RegressionDataset, StageData, TimeSeriesSource
 from precipdiff.transforms import PrecipTransform
-from train_helpers import tiny_config
 
 pytestmark = pytest.mark.needs_data
 

@@ -13,11 +13,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
+from train_helpers import tiny_config
 
 from precipdiff.train.ddp import DistContext, setup, teardown
 from precipdiff.train.diffusion import train_diffusion
 from precipdiff.train.regression import train_regression
-from train_helpers import tiny_config
 
 STEPS = 6
 BATCH = 8

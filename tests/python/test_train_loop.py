@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 from pathlib import Path
 
@@ -10,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_helpers import tiny_config
 
 from precipdiff.train.config import OptimConfig
 from precipdiff.train.ddp import DistContext
 from precipdiff.train.diffusion import train_diffusion
 from precipdiff.train.loop import lr_factor
 from precipdiff.train.regression import masked_mse, train_regression
-from train_helpers import tiny_config
 
 CPU = DistContext(0, 1, torch.device("cpu"))
 
@@ -29,7 +30,7 @@ def test_lr_schedule_warmup_then_cosine() -> None:
     assert lr_factor(55, cfg) == pytest.approx(0.55)
     assert lr_factor(100, cfg) == pytest.approx(0.1)
     vals = [lr_factor(s, cfg) for s in range(10, 100)]
-    assert all(a >= b for a, b in zip(vals, vals[1:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(vals))
 
 
 def test_masked_mse_ignores_missing_cells() -> None:

@@ -94,3 +94,27 @@ def test_daily_option_strings(tmp_path: Path, daily: object, nt: int) -> None:
     ds.close()
     with pytest.raises(InputError, match="daily must be"):
         open_predictors(path, ["ua850"], daily="sometimes")
+
+
+def test_yearly_noleap_files_lazy_across_boundary(tmp_path: Path) -> None:
+    """Three yearly files (noleap, daily); a slice over a year boundary reads both files."""
+    nc4 = import_netcdf4()
+    for year in (2001, 2002, 2003):
+        with nc4.Dataset(tmp_path / f"psl_day_{year}.nc", "w") as ds:
+            ds.createDimension("time", None)
+            ds.createDimension("lat", 2)
+            ds.createDimension("lon", 3)
+            t = ds.createVariable("time", "f8", ("time",))
+            t.units, t.calendar = "days since 2001-01-01", "noleap"
+            t[:] = (year - 2001) * 365 + np.arange(365) + 0.5
+            ds.createVariable("lat", "f8", ("lat",))[:] = [0.0, 1.0]
+            ds.createVariable("lon", "f8", ("lon",))[:] = [0.0, 1.0, 2.0]
+            v = ds.createVariable("psl", "f4", ("time", "lat", "lon"))
+            v.units = "hPa"
+            v[:] = 1000.0 + (year - 2001) + np.zeros((365, 2, 3), np.float32)
+    ds = open_predictors(str(tmp_path / "psl_day_*.nc"), ["psl"])
+    assert ds.sizes["time"] == 3 * 365
+    part = ds.psl.isel(time=slice(363, 367)).values
+    np.testing.assert_allclose(part[:, 0, 0], [100000.0, 100000.0, 100100.0, 100100.0])
+    assert ds.time.values[365].year == 2002 and ds.time.values[365].dayofyr == 1
+    ds.close()

@@ -232,3 +232,21 @@ def test_regional_edge_within_tolerance_west_of_source(method: str) -> None:
     np.testing.assert_allclose(
         Regridder(src, shifted, method)(x), Regridder(src, dst, method)(x), atol=1e-4
     )
+
+
+def test_conservative_across_greenwich_any_convention() -> None:
+    src = LatLonGrid.regular(1.0, lat_min=-89.5, lat_max=89.5, lon_min=0.5)  # 0.5..359.5
+    src_alt = LatLonGrid.regular(1.0, lat_min=-89.5, lat_max=89.5, lon_min=-179.5)
+    dst = LatLonGrid.regular(2.0, lat_min=-19, lat_max=19, lon_min=-19, lon_max=19)
+    f = smooth(src)
+    f_alt = np.roll(f, 180, axis=1)
+    a = Regridder(src, dst, "conservative")(f)
+    b = Regridder(src_alt, dst, "conservative")(f_alt)
+    np.testing.assert_allclose(a, b, atol=1e-12)
+    # each 2x2 deg cell is the area-weighted mean of four 1 deg cells
+    i, j = 10, 0  # dst cell lat 1 (0..2), lon -19 (-20..-18) -> src lat 0.5, 1.5; lon 340.5, 341.5
+    rows = [np.flatnonzero(np.isclose(src.lat, v))[0] for v in (0.5, 1.5)]
+    cols = [np.flatnonzero(np.isclose(src.lon, v))[0] for v in (340.5, 341.5)]
+    w = src.cell_area()[np.ix_(rows, cols)]
+    expected = (f[np.ix_(rows, cols)] * w).sum() / w.sum()
+    assert a[i, j] == pytest.approx(expected, rel=1e-12)

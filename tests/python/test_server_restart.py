@@ -74,6 +74,15 @@ def test_restart_errors_name_the_problem(tmp_path: Path) -> None:
         more.read_restart(str(rst))
 
 
+def test_lagged_restart_needs_lagged_mode(tmp_path: Path) -> None:
+    lag, _ = make_plugin(tmp_path, inference="lagged")
+    drive(lag, range(6))  # window 0 pending
+    lag.write_restart(str(tmp_path / "l.nc"))
+    sync, _ = make_plugin(tmp_path, inference="sync")
+    with pytest.raises(InputError, match=r"pending result of window 0.*inference = 'lagged'"):
+        sync.read_restart(str(tmp_path / "l.nc"))
+
+
 def test_restart_continues_time_check(tmp_path: Path) -> None:
     plugin, _ = make_plugin(tmp_path)
     drive(plugin, range(3))

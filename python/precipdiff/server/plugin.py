@@ -668,6 +668,12 @@ class Plugin:
 
         self._check_open()
         state = read_restart_file(path, self._restart_identity(), self.model_shape)
+        if state.pending is not None and self.config.inference != "lagged":
+            raise InputError(
+                f"restart file {path!r} holds the pending result of window "
+                f"{state.pending_window} from a run with inference = 'lagged'; continue "
+                "this run with inference = 'lagged' (switch at a restart written by a sync run)"
+            )
         self.engine.load_bias_state(state.bias_state)
         for name in self.required_fields:
             self._sum[name][...] = state.sums[name]

@@ -116,6 +116,73 @@ def _spec(spec: Mapping[str, Any]) -> VariableSpec:
     return VariableSpec.from_dict(spec)
 
 
+class MassConserver:
+    """Correct fine fields so their conservative coarse-graining equals a coarse field.
+
+    The paper does not enforce conservation; this optional step makes the
+    area-weighted mean of each fine member over every coarse cell equal the
+    regression's coarse value. The correction is multiplicative where the fine
+    field has rain (keeps it non-negative and keeps its pattern) and additive
+    where it is dry but the coarse field is not; it is iterated because fine
+    cells may straddle coarse-cell edges (0.25° cells centred on 1° cell edges).
+
+    Parameters
+    ----------
+    fine_grid, coarse_grid
+        The grids; the fine grid must cover every coarse cell.
+    """
+
+    def __init__(self, fine_grid: LatLonGrid, coarse_grid: LatLonGrid) -> None:
+        try:
+            self.down = Regridder(fine_grid, coarse_grid, "conservative")
+        except GridError as exc:
+            raise ConfigError(
+                "conserve_mass needs the fine grid to cover the coarse grid for a "
+                f"conservative coarse-graining: {exc}"
+            ) from exc
+        # Spread coarse-cell factors back to fine cells with the overlap weights.
+        w = self.down.weights.T.tocsr()
+        rows = np.asarray(w.sum(axis=1)).ravel()
+        rows[rows == 0] = 1.0
+        self.spread = sp.csr_matrix(sp.diags(1.0 / rows) @ w)
+        self.fine_grid, self.coarse_grid = fine_grid, coarse_grid
+
+    def __call__(self, fine: np.ndarray, coarse: np.ndarray, iterations: int = 20) -> np.ndarray:
+        """Return the corrected fine field.
+
+        Parameters
+        ----------
+        fine
+            ``(..., nlat_f, nlon_f)`` precipitation (any units, >= 0).
+        coarse
+            ``(..., nlat_c, nlon_c)`` target coarse values, broadcastable to the
+            leading dimensions of ``fine``.
+        iterations
+            Maximum correction sweeps (stops earlier at 1e-5 relative error).
+
+        Returns
+        -------
+        numpy.ndarray
+            The corrected field, float32, same shape as ``fine``.
+        """
+        lead = fine.shape[:-2]
+        f = fine.reshape(-1, self.fine_grid.size).astype(np.float64)
+        target = np.broadcast_to(coarse, (*lead, *self.coarse_grid.shape)).reshape(
+            -1, self.coarse_grid.size
+        )
+        w = self.down.weights
+        scale = max(float(np.abs(target).max()), 1e-12)
+        for _ in range(iterations):
+            cf = (w @ f.T).T
+            if np.abs(cf - target).max() <= 1e-5 * scale:
+                break
+            wet = cf > 1e-9 * scale
+            ratio = np.where(wet, target / np.where(wet, cf, 1.0), 1.0)
+            add = np.where(wet, 0.0, np.maximum(target - cf, 0.0))
+            f = f * (self.spread @ ratio.T).T + (self.spread @ add.T).T
+        return np.maximum(f, 0.0).astype(np.float32).reshape(fine.shape)
+
+
 class PrecipGenerator:
     """Generate fine-grid precipitation ensembles from large-scale predictors.
 
@@ -159,7 +226,7 @@ class PrecipGenerator:
         self._y_std = float(norm["precip"]["std"])
         self._upsample = Regridder(self.coarse_grid, self.fine_grid, "bilinear")
         self._input_regridders: dict[tuple[bytes, bytes], Regridder] = {}
-        self._mass: tuple[Regridder, sp.csr_matrix] | None = None
+        self._mass: MassConserver | None = None
         self._statics_fine = torch.as_tensor(bundle.statics_fine, device=self.device)
         self._statics_coarse = bundle.statics_coarse
         self.regression_fn: Callable[[torch.Tensor], torch.Tensor] = bundle.regression
@@ -338,63 +405,6 @@ class PrecipGenerator:
             cond = torch.cat([cond, st], dim=1)
         return sample(self.denoise_fn, cond, config, gens, x_init=up)[:, 0]
 
-    def _mass_operators(self) -> tuple[Regridder, sp.csr_matrix]:
-        if self._mass is None:
-            try:
-                down = Regridder(self.fine_grid, self.coarse_grid, "conservative")
-            except GridError as exc:
-                raise ConfigError(
-                    "conserve_mass needs the fine grid to cover the coarse grid for a "
-                    f"conservative coarse-graining: {exc}"
-                ) from exc
-            # Spread coarse-cell factors back to fine cells with the overlap weights.
-            w = down.weights.T.tocsr()
-            rows = np.asarray(w.sum(axis=1)).ravel()
-            rows[rows == 0] = 1.0
-            spread = sp.diags(1.0 / rows) @ w
-            self._mass = (down, sp.csr_matrix(spread))
-        return self._mass
-
-    def conserve(self, fine: np.ndarray, coarse: np.ndarray, iterations: int = 20) -> np.ndarray:
-        """Correct fine fields so their conservative coarse-graining equals ``coarse``.
-
-        Multiplicative where the fine field has rain (keeps it non-negative and
-        keeps its pattern), additive where it is dry but the coarse field is
-        not; iterated because fine cells may straddle coarse-cell edges.
-
-        Parameters
-        ----------
-        fine
-            ``(..., nlat_f, nlon_f)`` precipitation (any units, >= 0).
-        coarse
-            ``(..., nlat_c, nlon_c)`` target coarse totals, broadcastable to the
-            leading dimensions of ``fine``.
-        iterations
-            Maximum correction sweeps (stops earlier at 1e-5 relative error).
-
-        Returns
-        -------
-        numpy.ndarray
-            The corrected field, float32.
-        """
-        down, spread = self._mass_operators()
-        lead = fine.shape[:-2]
-        f = fine.reshape(-1, self.fine_grid.size).astype(np.float64)
-        target = np.broadcast_to(coarse, (*lead, *self.coarse_grid.shape)).reshape(
-            -1, self.coarse_grid.size
-        )
-        w = down.weights
-        scale = max(float(np.abs(target).max()), 1e-12)
-        for _ in range(iterations):
-            cf = (w @ f.T).T
-            if np.abs(cf - target).max() <= 1e-5 * scale:
-                break
-            wet = cf > 1e-9 * scale
-            ratio = np.where(wet, target / np.where(wet, cf, 1.0), 1.0)
-            add = np.where(wet, 0.0, np.maximum(target - cf, 0.0))
-            f = f * (spread @ ratio.T).T + (spread @ add.T).T
-        return np.maximum(f, 0.0).astype(np.float32).reshape(fine.shape)
-
     def generate(
         self,
         predictors: Any,
@@ -476,7 +486,9 @@ class PrecipGenerator:
                     if progress is not None:
                         progress(done, total)
         if conserve_mass:
-            fine = self.conserve(fine, coarse[:, None])
+            if self._mass is None:
+                self._mass = MassConserver(self.fine_grid, self.coarse_grid)
+            fine = self._mass(fine, coarse[:, None])
         if units == "kg m-2 s-1":
             fine = fine / np.float32(SECONDS_PER_DAY)
             coarse = coarse / np.float32(SECONDS_PER_DAY)

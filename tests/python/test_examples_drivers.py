@@ -171,3 +171,64 @@ def test_toy_esm_rejects_bad_namelist(build_dir: Path, tmp_path: Path) -> None:
     r = subprocess.run([str(exe), "u.nml"], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode != 0
     assert "divide a day" in r.stdout
+
+
+def fortran_namelist_keys(source: Path, group: str) -> set[str]:
+    """Keys of `namelist /group/ a, b, &` in a Fortran source file."""
+    text = source.read_text()
+    start = text.index(f"namelist /{group}/")
+    body = []
+    for line in text[start:].splitlines():
+        body.append(line.split("!")[0])
+        if not line.rstrip().endswith("&"):
+            break
+    joined = " ".join(body).replace("&", " ").split("/", 2)[2]
+    return {k.strip().lower() for k in joined.split(",") if k.strip()}
+
+
+@pytest.mark.parametrize(
+    ("nml", "source", "group"),
+    [
+        ("examples/toy_esm/toy_esm.nml", "examples/toy_esm/toy_esm.F90", "toy_esm_nml"),
+        (
+            "examples/offline_replay/offline_replay.nml",
+            "examples/offline_replay/offline_replay.F90",
+            "offline_replay_nml",
+        ),
+    ],
+)
+def test_shipped_namelists_are_valid(nml: str, source: str, group: str) -> None:
+    import f90nml
+
+    parsed = f90nml.read(str(REPO / nml))
+    known = fortran_namelist_keys(REPO / source, group)
+    assert {"ndays", "dt", "output_file"} <= known
+    assert set(parsed[group].keys()) <= known
+    cfg = PluginConfig.from_namelist(REPO / nml)
+    assert cfg.output_units == "kg m-2 s-1"
+    assert Path(cfg.bundle_path).resolve().parent == REPO / "models"
+
+
+@pytest.mark.needs_build
+def test_toy_esm_reads_shipped_namelist_with_overrides(build_dir: Path, tmp_path: Path) -> None:
+    exe = build_dir / "bin" / "toy_esm"
+    if not exe.is_file():
+        pytest.skip(f"{exe} not built")
+    out = tmp_path / "o.nc"
+    r = subprocess.run(
+        [
+            str(exe),
+            str(REPO / "examples/toy_esm/toy_esm.nml"),
+            "use_plugin=.false.",
+            "ndays=1",
+            "nlon=36",
+            "nlat=18",
+            f"output_file='{out}'",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "grid 36 x 18" in r.stdout
+    assert out.is_file()

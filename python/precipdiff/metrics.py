@@ -128,7 +128,9 @@ def spatial_mean(field: ArrayLike, grid: GridLike = None) -> FloatArray:
 def _check_pair(pred: NDArray[np.floating], obs: NDArray[np.floating]) -> NDArray[np.floating]:
     """Average an ensemble axis away and check shapes against ``obs``."""
     if pred.ndim == obs.ndim + 1:
-        pred = np.nanmean(pred, axis=1) if pred.shape[1] > 1 else pred[:, 0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN (sea) cells
+            pred = np.nanmean(pred, axis=1) if pred.shape[1] > 1 else pred[:, 0]
     if pred.shape != obs.shape:
         raise InputError(
             f"prediction shape {pred.shape} does not match observation shape {obs.shape} "
@@ -157,7 +159,9 @@ def time_mean_bias(pred: ArrayLike, obs: ArrayLike) -> FloatArray:
     p = np.asarray(pred, dtype=np.float64)
     o = np.asarray(obs, dtype=np.float64)
     if p.ndim == o.ndim + 1:
-        p = np.nanmean(p, axis=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN (sea) cells
+            p = np.nanmean(p, axis=1)
     if p.shape[1:] != o.shape[1:]:
         raise InputError(
             f"prediction grid {p.shape[1:]} does not match observation grid {o.shape[1:]}"

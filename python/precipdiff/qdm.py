@@ -393,13 +393,29 @@ class QDMTables:
         """
         from safetensors.numpy import save_file
 
+        # Only season groups with data are stored (e.g. 3 of 12 months for DJF data).
+        stored = self.stored_groups()
         arrays: dict[str, NDArray[np.float32]] = {}
         for n, t in self.variables.items():
-            arrays[f"{n}/ref_q"] = np.ascontiguousarray(t.ref_q, dtype=np.float32)
-            arrays[f"{n}/hist_q"] = np.ascontiguousarray(t.hist_q, dtype=np.float32)
+            arrays[f"{n}/ref_q"] = np.ascontiguousarray(t.ref_q[stored], dtype=np.float32)
+            arrays[f"{n}/hist_q"] = np.ascontiguousarray(t.hist_q[stored], dtype=np.float32)
         meta = self._meta()
+        meta["stored_groups"] = [int(g) for g in stored]
         save_file(arrays, str(path), metadata={"precipdiff": json.dumps(meta)})
         return meta
+
+    def stored_groups(self) -> list[int]:
+        """Season groups that hold data for at least one variable.
+
+        Returns
+        -------
+        list of int
+            Group indices in ascending order.
+        """
+        have = np.zeros(self.config.n_groups, dtype=bool)
+        for t in self.variables.values():
+            have |= np.isfinite(t.ref_q).reshape(t.ref_q.shape[0], -1).any(axis=1)
+        return [int(g) for g in np.flatnonzero(have)]
 
     def _meta(self) -> dict[str, Any]:
         return {
@@ -451,7 +467,16 @@ class QDMTables:
                 ref_q, hist_q = arrays[f"{n}/ref_q"], arrays[f"{n}/hist_q"]
             except KeyError as exc:
                 raise BundleError(f"{p} lacks the tables of variable {n!r}") from exc
-            variables[n] = VariableTable(v["kind"], float(v["trace"]), ref_q, hist_q, v["units"])
+            groups = list(meta.get("stored_groups", range(config.n_groups)))
+            if ref_q.shape != hist_q.shape or ref_q.shape[0] != len(groups):
+                raise BundleError(
+                    f"{p}: tables of {n!r} have shapes {ref_q.shape}/{hist_q.shape} but "
+                    f"{len(groups)} stored groups are listed"
+                )
+            full_r = np.full((config.n_groups, *ref_q.shape[1:]), np.nan, dtype=np.float32)
+            full_h = full_r.copy()
+            full_r[groups], full_h[groups] = ref_q, hist_q
+            variables[n] = VariableTable(v["kind"], float(v["trace"]), full_r, full_h, v["units"])
         return cls(config, variables, dict(meta.get("provenance", {})))
 
     def to_manifest(

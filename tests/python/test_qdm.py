@@ -247,3 +247,16 @@ def test_online_trailing_converges_to_offline_qdm() -> None:
     assert float(np.std(np.array(out_t)[last])) == pytest.approx(2.0, rel=0.1)
     # the static mapping extrapolates with a constant correction and loses the variance
     assert float(np.std(np.array(out_s)[last])) < 1.5
+
+
+def test_only_groups_with_data_are_stored(series, tmp_path) -> None:
+    th, _, ref, hist, _ = series
+    djf = np.isin(th.astype("datetime64[M]").astype(int) % 12, [11, 0, 1])
+    tables = fit_qdm(
+        {"pr": ref[djf]}, {"pr": hist[djf]}, th[djf], th[djf], QDMConfig(n_quantiles=8)
+    )
+    assert tables.stored_groups() == [0, 1, 11]
+    tables.save(tmp_path / "t.safetensors")
+    back = QDMTables.load(tmp_path / "t.safetensors")
+    np.testing.assert_array_equal(back.variables["pr"].ref_q, tables.variables["pr"].ref_q)
+    assert np.isnan(back.variables["pr"].ref_q[5]).all()

@@ -1,0 +1,232 @@
+"""Tests of precipdiff.evaluate and the ``precipdiff evaluate`` / ``precipdiff qdm`` commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from precipdiff.cli.main import main
+from precipdiff.evaluate.report import (
+    Report,
+    evaluate_ensemble,
+    figures_for,
+    write_metrics_netcdf,
+)
+
+LAT = np.arange(36.25, 40.25, 0.5)  # 8
+LON = np.arange(-9.75, -3.75, 0.5)  # 12
+
+
+def _synthetic(t: int = 40, m: int = 4, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    obs = rng.gamma(0.5, 4.0, size=(t, LAT.size, LON.size))
+    obs[:, 0, :3] = np.nan  # sea
+    ens = obs[:, None] * rng.lognormal(0.0, 0.3, size=(t, m, LAT.size, LON.size))
+    return ens, obs
+
+
+def test_report_and_metrics_netcdf(tmp_path: Path) -> None:
+    xr = pytest.importorskip("xarray")
+    rep = Report("T")
+    rep.add_heading("H")
+    rep.add_table(["a", "b"], [["x", 1.23456], ["y", float("nan")]])
+    md = rep.write(tmp_path / "r.md", command="precipdiff evaluate x").read_text()
+    assert "| x | 1.235 |" in md and "| y | n/a |" in md and "`precipdiff evaluate x`" in md
+    p = write_metrics_netcdf(
+        tmp_path / "m.nc",
+        {"mae": 1.5},
+        {"bias": (("lat", "lon"), np.ones((2, 3)))},
+        {"lat": np.arange(2.0), "lon": np.arange(3.0)},
+    )
+    with xr.open_dataset(p) as ds:
+        assert float(ds["mae"]) == 1.5 and ds["bias"].shape == (2, 3)
+
+
+def test_evaluate_ensemble_scores_and_figures(tmp_path: Path) -> None:
+    ens, obs = _synthetic()
+    perfect = np.repeat(obs[:, None], 3, axis=1)
+    ev0 = evaluate_ensemble(perfect, obs, LAT, LON, label="gen")
+    assert ev0.scalars["crps_gen"] == pytest.approx(0.0, abs=1e-12)
+    assert ev0.scalars["mean_absolute_bias_gen"] == pytest.approx(0.0, abs=1e-12)
+    ev = evaluate_ensemble(
+        ens, obs, LAT, LON, baselines={"smooth": np.mean(ens, axis=1)}, label="gen"
+    )
+    # an ensemble's CRPS is below its ensemble mean's MAE
+    assert ev.scalars["crps_gen"] < ev.scalars["mae_gen"]
+    assert ev.scalars["crps_smooth"] == pytest.approx(ev.scalars["mae_smooth"])
+    assert ev.rank_hist is not None and ev.rank_hist.sum() == np.isfinite(obs).sum()
+    assert ev.arrays["power_spectrum"][1].shape[0] == len(ev.coords["product"])
+    figs = figures_for(ev, obs, {"member 0": ens[:, 0]}, LAT, LON, tmp_path)
+    assert set(figs) == {"bias", "spectra", "qq", "spread_skill", "rank_histogram"}
+    for f in figs.values():
+        assert f.stat().st_size > 5000
+    with pytest.raises(Exception, match="do not match"):
+        evaluate_ensemble(ens[:, :, :-1], obs, LAT, LON)
+
+
+def test_cli_evaluate_files(tmp_path: Path) -> None:
+    xr = pytest.importorskip("xarray")
+    from precipdiff.grids import LatLonGrid
+    from precipdiff.io.writers import write_precip_netcdf
+
+    ens, obs = _synthetic(t=20)
+    times = np.arange("2000-01-01", "2000-01-21", dtype="datetime64[D]")
+    pred = tmp_path / "pred.nc"
+    write_precip_netcdf(
+        pred,
+        np.nan_to_num(ens).astype(np.float32),
+        LatLonGrid(LAT, LON),
+        times,
+        members=[0, 1, 2, 3],
+    )
+    obs_path = tmp_path / "obs.nc"
+    xr.Dataset(
+        {"rr": (("time", "lat", "lon"), obs.astype(np.float32), {"units": "mm day-1"})},
+        coords={"time": times, "lat": LAT, "lon": LON},
+    ).to_netcdf(obs_path)
+    out = tmp_path / "eval"
+    rc = main(["evaluate", "files", "--pred", str(pred), "--obs", str(obs_path), "--out", str(out)])
+    assert rc == 0
+    md = (out / "README.md").read_text()
+    assert "| product |" in md and "bias_maps.png" in md
+    with xr.open_dataset(out / "metrics.nc") as ds:
+        assert float(ds["crps_product"]) > 0
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, capsys) -> None:
+    rc = main(
+        [
+            "evaluate",
+            "iberia",
+            "--bundle",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+            "--data",
+            str(tmp_path / "nowhere"),
+        ]
+    )
+    assert rc == 2
+    assert "climate4r_iberia" in capsys.readouterr().err
+    rc = main(["qdm", "apply", "--input", "x.nc", "--out", str(tmp_path / "o.nc")])
+    assert rc == 2
+    assert "--tables" in capsys.readouterr().err
+
+
+@pytest.mark.needs_data
+def test_qdm_check_on_isimip_gcm(shared_data: Path, tmp_path: Path) -> None:
+    """Real biased GCM: historical bias removed, change per quantile preserved (with figures)."""
+    xr = pytest.importorskip("xarray")
+    from precipdiff.evaluate.qdm_check import QUANTILES, run_qdm_check
+
+    res = run_qdm_check(shared_data, tmp_path)
+    # the GCM has too many wet days; QDM brings the frequency to the observed one
+    assert res["pr_wet_day_frequency_raw"] - res["pr_wet_day_frequency_obs"] > 0.03
+    assert res["pr_wet_day_frequency_qdm"] == pytest.approx(
+        res["pr_wet_day_frequency_obs"], abs=0.005
+    )
+    assert abs(res["pr_mean_bias_qdm"]) < 0.1 * abs(res["pr_mean_bias_raw"])
+    assert abs(res["tas_mean_bias_qdm"]) < 0.02 and abs(res["tas_mean_bias_raw"]) > 1.0
+    assert res["tas_max_quantile_error_qdm"] < 0.1 < res["tas_max_quantile_error_raw"]
+    assert res["pr_max_quantile_error_qdm"] < 0.05
+    with xr.open_dataset(tmp_path / "qdm_check_metrics.nc") as ds:
+        q = np.asarray(QUANTILES)
+        for var, tol_body, tol_tail in (("pr", 0.01, 0.06), ("tas", 0.1, 0.35)):
+            d = np.abs(ds[f"{var}_change_qdm"].values - ds[f"{var}_change_gcm"].values)
+            assert np.all(d[q <= 0.95] < tol_body), (var, d)
+            assert np.all(d < tol_tail), (var, d)
+    for name in ("pr_qq_historical.png", "pr_change_per_quantile.png", "README.md"):
+        assert (tmp_path / name).is_file()
+
+
+def _iberia_grids(shared_data: Path):
+    xr = pytest.importorskip("xarray")
+    from precipdiff.grids import LatLonGrid, coarsen_grid
+
+    with xr.open_dataset(shared_data / "climate4r_iberia" / "EOBS_Iberia_pr.nc") as e:
+        fine = LatLonGrid(e.lat.values[:16], e.lon.values[:28])
+    return coarsen_grid(fine, 4), fine
+
+
+@pytest.mark.needs_data
+@pytest.mark.slow
+def test_iberia_experiment_quick_run(shared_data: Path, tmp_path: Path) -> None:
+    """The whole experiment end to end with a tiny random bundle and a few days."""
+    from precipdiff.evaluate.iberia import IberiaConfig, run_iberia
+    from precipdiff.qdm import QDMTables
+    from precipdiff.testing_models import make_tiny_bundle
+
+    coarse, fine = _iberia_grids(shared_data)
+    bundle = make_tiny_bundle(
+        tmp_path / "b", coarse_grid=coarse, fine_grid=fine, variables=["hus850", "psl", "ta850"]
+    )
+    out = tmp_path / "res"
+    cfg = IberiaConfig(
+        bundle=bundle,
+        out=out,
+        data_dir=shared_data,
+        members=2,
+        steps=1,
+        max_days=10,
+        esm_max_days=10,
+    )
+    head = run_iberia(cfg)
+    assert all(np.isfinite(v) for k, v in head.items() if not k.startswith("c_change_pattern"))
+    # the ESM's own bias does not depend on the model: CNRM-CM5 is wetter than E-OBS here
+    assert head["b_mab_esm_own"] > 0.2
+    md = (out / "README.md").read_text()
+    for part in ("(a) Reanalysis-driven", "(b) ESM-driven", "(c) RCP8.5", "0.424"):
+        assert part in md
+    assert json.loads((out / "metrics.json").read_text())["headline"]["a_crps_generated"] > 0
+    tables = QDMTables.load(out / "qdm_tables.safetensors")
+    assert tables.stored_groups() == [0, 1, 11]  # DJF only
+    for png in ("a_bias_maps.png", "a_spectra.png", "b_esm_bias_maps.png", "c_change_maps.png"):
+        assert (out / png).is_file()
+
+
+@pytest.mark.needs_data
+def test_cli_qdm_fit_attach_apply(shared_data: Path, tmp_path: Path) -> None:
+    xr = pytest.importorskip("xarray")
+    from precipdiff.bundle import read_manifest
+    from precipdiff.testing_models import make_tiny_bundle
+
+    coarse, fine = _iberia_grids(shared_data)
+    bundle = make_tiny_bundle(
+        tmp_path / "b", coarse_grid=coarse, fine_grid=fine, variables=["hus850", "psl", "ta850"]
+    )
+    d = shared_data / "climate4r_iberia"
+    names = ["hus850", "psl", "ta850"]
+    rc = main(
+        [
+            *("qdm", "fit", "--bundle", str(bundle), "--attach", "--n-quantiles", "20"),
+            *("--ref", *[str(d / f"NCEP_Iberia_{n}.nc") for n in names]),
+            *("--hist", *[str(d / f"CMIP5_Iberia_{n}.nc") for n in names]),
+        ]
+    )
+    assert rc == 0
+    slot = read_manifest(bundle).bias_correction
+    assert slot is not None and slot["file"] == "qdm_tables.safetensors"
+    assert set(slot["variables"]) == set(names)
+    assert slot["variables"]["hus850"]["kind"] == "multiplicative"
+    out = tmp_path / "hist_qdm.nc"
+    rc = main(
+        [
+            *("qdm", "apply", "--bundle", str(bundle), "--out", str(out)),
+            *("--input", *[str(d / f"CMIP5_Iberia_{n}.nc") for n in names]),
+        ]
+    )
+    assert rc == 0
+    from precipdiff.io.readers import open_predictors
+
+    ref = open_predictors([d / f"NCEP_Iberia_{n}.nc" for n in names], names, grid=coarse)
+    raw = open_predictors([d / f"CMIP5_Iberia_{n}.nc" for n in names], names, grid=coarse)
+    with xr.open_dataset(out) as ds:
+        for n in names:
+            r, h, c = (float(x[n].mean()) for x in (ref, raw, ds))
+            # in-sample: the corrected historical mean matches the reanalysis
+            assert abs(c - r) < 0.1 * abs(h - r) + 1e-9 * abs(r), (n, r, h, c)
+    ref.close()
+    raw.close()

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -279,7 +278,6 @@ class Plugin:
         self._out_model = np.zeros(self.model_shape, dtype=np.float64)
         self._pending: tuple[int, Future[np.ndarray] | np.ndarray] | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
         self._closed = False
 
         self._stream: OutputStream | None = None

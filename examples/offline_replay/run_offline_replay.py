@@ -224,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--members", type=int, default=1)
     p.add_argument("--steps", type=int, default=0, help="sampler steps (0: bundle default)")
     p.add_argument("--plot", action="store_true", help="also run plot_offline_replay.py")
+    p.add_argument(
+        "--bias-correction",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="QDM of the ESM predictors (auto: on when the bundle carries QDM tables)",
+    )
     args = p.parse_args(argv)
 
     data = data_dir()
@@ -244,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     with netCDF4.Dataset(data / f"{PREFIX}pr.nc") as ds:
         lat, lon = np.asarray(ds.variables["lat"][:]), np.asarray(ds.variables["lon"][:])
         tunits = str(ds.variables["time"].units)
+    from precipdiff.bundle import read_manifest
+
+    has_qdm = read_manifest(bundle).bias_correction is not None
+    qdm = has_qdm if args.bias_correction == "auto" else args.bias_correction == "on"
+    print(f"bias correction (QDM): {'on' if qdm else 'off'}")
     window, method = esm_window(lat, lon, bundle)
     print(f"ESM window i={window[0]}..{window[1]}, j={window[2]}..{window[3]}, remap {method}")
     ref_date = tunits.split("since", 1)[1].strip()[:10]
@@ -272,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                 "sampler_steps": args.steps,
                 "seed": 1,
                 "remap_method": method,
+                "bias_correction": qdm,
                 "output_units": "kg m-2 s-1",
                 "reference_time": f"{ref_date} 00:00:00",
                 "torch_threads": 1,

@@ -391,6 +391,11 @@ KNOWN_VARIABLES: dict[str, VariableSpec] = {s.name: s for s in _BASE_SPECS}
 """Base variables by canonical name; :func:`get_variable` adds pressure levels."""
 
 _LEVELLED = {"hus", "ua", "va", "ta"}
+_AMBIGUOUS_STANDARD_NAMES = {
+    s.standard_name
+    for s in _BASE_SPECS
+    if sum(t.standard_name == s.standard_name for t in _BASE_SPECS) > 1
+}
 
 
 def get_variable(name: str) -> VariableSpec:
@@ -430,7 +435,9 @@ def resolve_variable(dataset_vars: Iterable[str] | Mapping[str, Any], spec: Vari
     dataset_vars : iterable of str, or mapping of name to attributes
         Variable names of the data set. With a mapping (e.g. ``ds.data_vars`` of
         xarray, or ``{name: attrs}``), a CF ``standard_name`` match is used as
-        a last resort when no name matches.
+        a last resort when no name matches -- only for standard names that
+        identify one known variable (not ``air_temperature``, which is both
+        ``ta`` and ``tas``).
     spec : VariableSpec
         The wanted variable.
 
@@ -452,7 +459,10 @@ def resolve_variable(dataset_vars: Iterable[str] | Mapping[str, Any], spec: Vari
     for cand in spec.all_names:
         if cand.lower() in lower:
             return lower[cand.lower()]
-    if isinstance(dataset_vars, Mapping):
+    # A CF standard_name shared by several known variables (air_temperature: ta and
+    # tas; eastward_wind: ua and uas) must not be used: it would read 2 m
+    # temperature as 850 hPa temperature.
+    if isinstance(dataset_vars, Mapping) and spec.standard_name not in _AMBIGUOUS_STANDARD_NAMES:
         hits = []
         for n in names:
             attrs = getattr(dataset_vars[n], "attrs", dataset_vars[n])

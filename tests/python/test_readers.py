@@ -197,3 +197,15 @@ def test_eobs_nan_sea_block_mean(shared_data: Path) -> None:
 def test_rotated_grid_is_refused_with_hint(shared_data: Path) -> None:
     with pytest.raises(InputError, match=r"\('time', 'rlat', 'rlon'\).*rotated or curvilinear"):
         open_predictors(shared_data / C4R / "CORDEX_Iberia_pr.nc", ["pr"])
+
+
+def test_surface_temperature_file_not_taken_for_850hpa(shared_data: Path) -> None:
+    d = shared_data / C4R
+    with pytest.raises(InputError, match=r"ta850 .*not found.*contain \['tas'\]"):
+        open_predictors(d / "NCEP_Iberia_tas.nc", ["ta850"])
+    target = LatLonGrid.regular(2.5, lat_min=37.5, lat_max=42.5, lon_min=-7.5, lon_max=2.5)
+    files = [d / "NCEP_Iberia_tas.nc", d / "NCEP_Iberia_ta850.nc"]
+    ds = open_predictors(files, ["ta850", "tas"], grid=target)
+    assert ds.ta850.attrs["source_variable"] == "ta" and ds.tas.attrs["source_variable"] == "tas"
+    check_range(get_variable("tas"), ds.tas.values)  # degC in the file -> K
+    ds.close()

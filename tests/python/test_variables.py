@@ -129,3 +129,16 @@ def test_check_range_detects_unit_mixups() -> None:
     check_range(get_variable("pr"), np.array([np.nan, -1e-6, 3.0]))  # NaN ignored, tiny negative ok
     with pytest.raises(InputError, match="outside the plausible range"):
         check_range(get_variable("pr"), np.array([5000.0]))
+
+
+def test_ambiguous_standard_name_not_used() -> None:
+    # 2 m temperature must never be taken for 850 hPa temperature (both air_temperature).
+    with pytest.raises(InputError, match="not found"):
+        resolve_variable({"t_2m": {"standard_name": "air_temperature"}}, get_variable("ta850"))
+    with pytest.raises(InputError, match="not found"):
+        resolve_variable({"wind": {"standard_name": "eastward_wind"}}, get_variable("uas"))
+    spec = get_variable("psl")
+    assert (
+        resolve_variable({"pmsl": {"standard_name": "air_pressure_at_mean_sea_level"}}, spec)
+        == "pmsl"
+    )

@@ -118,3 +118,51 @@ def test_yearly_noleap_files_lazy_across_boundary(tmp_path: Path) -> None:
     np.testing.assert_allclose(part[:, 0, 0], [100000.0, 100000.0, 100100.0, 100100.0])
     assert ds.time.values[365].year == 2002 and ds.time.values[365].dayofyr == 1
     ds.close()
+
+
+def test_scalar_plev_coordinate_checked(tmp_path: Path) -> None:
+    nc4 = import_netcdf4()
+    path = tmp_path / "ta500.nc"
+    with nc4.Dataset(path, "w") as ds:
+        ds.createDimension("time", 2)
+        ds.createDimension("lat", 2)
+        ds.createDimension("lon", 2)
+        t = ds.createVariable("time", "f8", ("time",))
+        t.units = "days since 2000-01-01"
+        t[:] = [0.5, 1.5]
+        ds.createVariable("lat", "f8", ("lat",))[:] = [0.0, 1.0]
+        ds.createVariable("lon", "f8", ("lon",))[:] = [0.0, 1.0]
+        p = ds.createVariable("plev", "f8", ())
+        p.units = "Pa"
+        p.assignValue(50000.0)
+        v = ds.createVariable("ta", "f4", ("time", "lat", "lon"))
+        v.units = "K"
+        v[:] = 250.0
+    with pytest.raises(InputError, match=r"recorded at 500 hPa .*ta850 needs 850 hPa"):
+        open_predictors(path, ["ta850"])
+    ds = open_predictors(path, ["ta500"])
+    assert float(ds.ta500.values.mean()) == 250.0
+    ds.close()
+
+
+def test_level_attribute_in_hpa_accepted(tmp_path: Path) -> None:
+    nc4 = import_netcdf4()
+    path = tmp_path / "q.nc"
+    with nc4.Dataset(path, "w") as ds:
+        ds.level = 850.0
+        ds.createDimension("time", 1)
+        ds.createDimension("lat", 2)
+        ds.createDimension("lon", 2)
+        t = ds.createVariable("time", "f8", ("time",))
+        t.units = "days since 2000-01-01"
+        t[:] = [0.0]
+        ds.createVariable("lat", "f8", ("lat",))[:] = [0.0, 1.0]
+        ds.createVariable("lon", "f8", ("lon",))[:] = [0.0, 1.0]
+        v = ds.createVariable("q", "f4", ("time", "lat", "lon"))
+        v.units = "g kg-1"
+        v[:] = 5.0
+    ds = open_predictors(path, ["hus850"])
+    np.testing.assert_allclose(ds.hus850.values, 0.005)
+    ds.close()
+    with pytest.raises(InputError, match=r"recorded at 850 hPa \(attribute level=850.0\)"):
+        open_predictors(path, ["hus700"])

@@ -286,20 +286,25 @@ def _scan_variable(
 def _check_single_level(ds: Any, name: str, spec: VariableSpec, path: Path) -> None:
     """Check a level recorded on a 2-D file of a level variable against the spec."""
     v = ds.variables[name]
-    recorded: list[Any] = []
+    recorded: list[tuple[str, float]] = []  # (where it was found, level in hPa)
     for holder in (v, ds):
         for key in ("level_hPa", "level_hpa", "plev", "level"):
             if key in holder.ncattrs():
-                recorded.append((key, holder.getncattr(key)))
-    for key, val in recorded:
-        try:
-            lev = float(val)
-        except (TypeError, ValueError):
-            continue
-        lev_hpa = lev / 100.0 if key == "plev" or lev > 2000 else lev
-        if abs(lev_hpa - float(spec.level_hpa or 0)) > 1e-3:
+                try:
+                    lev = float(holder.getncattr(key))
+                except (TypeError, ValueError):
+                    continue  # e.g. level_hPa = "None" on single-level demo files
+                hpa = lev / 100.0 if key == "plev" or lev > 2000 else lev
+                recorded.append((f"attribute {key}={holder.getncattr(key)}", hpa))
+    # CMIP single-level files carry a scalar coordinate, e.g. ``plev = 85000 Pa``.
+    for lname in LEVEL_NAMES:
+        if lname in ds.variables and ds.variables[lname].size == 1:
+            hpa = float(_levels_hpa(ds, lname, path).reshape(-1)[0])
+            recorded.append((f"scalar coordinate {lname}", hpa))
+    for where, hpa in recorded:
+        if abs(hpa - float(spec.level_hpa or 0)) > 1e-3:
             raise InputError(
-                f"{path}: {name!r} is recorded at {lev_hpa:g} hPa ({key}={val}) but "
+                f"{path}: {name!r} is recorded at {hpa:g} hPa ({where}) but "
                 f"{spec.name} needs {spec.level_hpa:g} hPa"
             )
 

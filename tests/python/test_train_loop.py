@@ -109,3 +109,27 @@ def test_seed_reproduces_and_changes_run(tmp_path: Path, shared_data: Path) -> N
     cfg.seed = 1
     c = train_diffusion(cfg, CPU)
     assert c.train_losses != a.train_losses
+
+
+@pytest.mark.gpu
+@pytest.mark.needs_data
+def test_cuda_bf16_training_reduces_loss(tmp_path: Path, shared_data: Path) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA is not available")
+    cfg = tiny_config(tmp_path / "run", shared_data, steps=40, batch=16)
+    cfg.device = "cuda"
+    cfg.precision = "bf16"
+    from precipdiff.train.ddp import setup
+
+    res = train_diffusion(cfg, setup("cuda"))
+    assert np.mean(res.train_losses[-5:]) < 0.8 * np.mean(res.train_losses[:5])
+
+
+def test_cuda_requested_without_gpu_names_problem() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    from precipdiff.errors import DeviceError
+    from precipdiff.train.ddp import setup
+
+    with pytest.raises(DeviceError, match="CUDA"):
+        setup("cuda")

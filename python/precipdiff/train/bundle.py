@@ -188,6 +188,7 @@ def evaluate_bundle(cfg: TrainConfig, dest: Path) -> dict[str, Any]:
         evaluate_diffusion_given_truth,
         evaluate_pipeline,
         evaluate_regression,
+        evaluation_markdown,
         plot_evaluation,
         write_json,
     )
@@ -220,4 +221,5 @@ def evaluate_bundle(cfg: TrainConfig, dest: Path) -> dict[str, Any]:
         dest / "figures", reg_arrays, fine_arrays, figure_grid, cfg.bundle.name
     )
     write_json(dest / "evaluation.json", scores)
+    (dest / "EVALUATION.md").write_text(evaluation_markdown(scores, cfg.bundle.name))
     return scores

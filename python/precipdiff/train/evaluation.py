@@ -422,3 +422,75 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
         raise TypeError(f"not JSON serialisable: {type(o)}")
 
     path.write_text(json.dumps(data, indent=1, default=conv))
+
+
+def evaluation_markdown(scores: dict[str, Any], title: str) -> str:
+    """Render the scores as the Markdown tables included in a model card.
+
+    Parameters
+    ----------
+    scores
+        Output of :func:`precipdiff.train.bundle.evaluate_bundle`.
+    title
+        Heading.
+
+    Returns
+    -------
+    str
+        Markdown text.
+    """
+    lines = [
+        f"# {title}: validation-split evaluation",
+        "",
+        "Written by `precipdiff train bundle` (`precipdiff.train.evaluation`, scores from",
+        "`precipdiff.metrics`); mm/day. Do not edit: rerun the command.",
+        "",
+    ]
+    reg = scores["regression"]
+    lines += [
+        f"## Regression (coarse grid {reg['grid'][0]}x{reg['grid'][1]}, "
+        f"{reg['n_validation']} validation samples)",
+        "",
+        "| model | MAE | mean bias | mean absolute bias |",
+        "|---|---|---|---|",
+    ]
+    for k in ("regression", "linear", "climatology"):
+        r = reg[k]
+        lines.append(
+            f"| {k} | {r['mae']:.3f} | {r['mean_bias']:+.3f} | {r['mean_absolute_bias']:.3f} |"
+        )
+    lines += [
+        "",
+        f"Regression beats climatology on MAE: **{reg['beats_climatology']}**; "
+        f"beats the linear regression on MAE: **{reg['beats_linear']}**.",
+        "",
+    ]
+    for key, label in (
+        ("pipeline", "Full pipeline: predictors -> regression -> ensemble (fine grid)"),
+        ("diffusion_given_truth", "Diffusion given the observed block mean (fine grid)"),
+    ):
+        if key not in scores:
+            continue
+        f = scores[key]
+        wet = f["wet_day_frequency"]
+        lines += [
+            f"## {label}",
+            "",
+            f"{f['n_validation']} validation samples, {f['members']} members.",
+            "",
+            "| | ensemble | upsampled (deterministic) | observed |",
+            "|---|---|---|---|",
+            f"| CRPS | {f['crps_ensemble']:.3f} | {f['crps_upsampled']:.3f} | |",
+            f"| MAE (ensemble mean) | {f['mae_ensemble_mean']:.3f} | {f['mae_upsampled']:.3f} | |",
+            f"| mean bias | {f['mean_bias_ensemble']:+.3f} | {f['mean_bias_upsampled']:+.3f} | |",
+            f"| wet-day frequency (>= 1 mm/day) | {wet['ensemble']:.3f} | "
+            f"{wet['upsampled']:.3f} | {wet['observed']:.3f} |",
+            f"| p99 | {f['p99']['ensemble']:.2f} | {f['p99']['upsampled']:.2f} | "
+            f"{f['p99']['observed']:.2f} |",
+            "",
+            f"CRPS skill vs upsampled: {f['crps_skill_vs_upsampled']:+.3f} "
+            f"(ensemble beats upsampled: **{f['beats_upsampled']}**).",
+            "",
+        ]
+    lines += [f"![{n}](figures/{n})" for n in scores.get("figures", [])]
+    return "\n".join(lines) + "\n"

@@ -373,7 +373,7 @@ def fit(
         meta = json.loads((ckpt / "state.json").read_text())
         model.load_state_dict(load_file(ckpt / "model.safetensors", device=str(ctx.device)))
         if ema is not None and (ckpt / "ema.safetensors").exists():
-            ema.shadow = load_file(ckpt / "ema.safetensors")
+            ema.shadow = load_file(ckpt / "ema.safetensors", device=str(ctx.device))
         _optimizer_from_safetensors(
             opt,
             load_file(ckpt / "optimizer.safetensors", device=str(ctx.device)),

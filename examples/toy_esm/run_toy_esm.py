@@ -235,6 +235,61 @@ def check_stream(stream_dir: Path, out: Path, days: int) -> list[str]:
     return []
 
 
+def restart_test(
+    exe: Path,
+    work: Path,
+    toy: dict[str, Any],
+    plugin: dict[str, Any] | None,
+    days: int,
+    env: dict[str, str],
+) -> list[str]:
+    """Run the same experiment in two legs joined by a restart and compare."""
+    n1 = days // 2
+    legs = [
+        {"ndays": n1, "restart_out": str(work / "restart_day")},
+        {"ndays": days - n1, "restart_in": str(work / "restart_day")},
+    ]
+    outs = []
+    for k, leg in enumerate(legs, start=1):
+        out = work / f"toy_esm_leg{k}.nc"
+        nml = work / f"toy_esm_leg{k}.nml"
+        p = None if plugin is None else dict(plugin, output_dir=str(work / f"stream_leg{k}"))
+        write_namelist(nml, {**toy, **leg, "output_file": str(out)}, p)
+        proc = subprocess.run(
+            [str(exe), str(nml)], cwd=work, env=env, capture_output=True, text=True
+        )
+        sys.stdout.write(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            return [f"restart leg {k} exited with status {proc.returncode}"]
+        outs.append(out)
+    return compare_restart(Path(toy["output_file"]), outs[0], outs[1])
+
+
+def compare_restart(full: Path, first: Path, second: Path) -> list[str]:
+    """A run of n days must equal n1 days + restart + n - n1 days, bit for bit."""
+    import netCDF4
+
+    failures = []
+    with (
+        netCDF4.Dataset(full) as a,
+        netCDF4.Dataset(first) as b,
+        netCDF4.Dataset(second) as c,
+    ):
+        n1 = b.dimensions["time"].size
+        for name in ("time", "pr", "pr_fine", "prw", "evspsbl", "psl", "global_pr", "global_prw"):
+            if name not in a.variables:
+                continue
+            whole = np.asarray(a.variables[name][:])
+            pieces = np.concatenate(
+                [np.asarray(b.variables[name][:]), np.asarray(c.variables[name][:])]
+            )
+            if whole.shape != pieces.shape or not np.array_equal(whole, pieces):
+                failures.append(
+                    f"{name}: the restarted run (after day {n1}) differs from the continuous run"
+                )
+    return failures
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--exe", required=True, type=Path, help="toy_esm executable")
@@ -253,6 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--members", type=int, default=1, help="ensemble members per day")
     p.add_argument("--threads", type=int, default=1, help="torch threads in the plugin")
     p.add_argument("--plot", action="store_true", help="also run plot_toy_esm.py")
+    p.add_argument(
+        "--restart-test",
+        action="store_true",
+        help="also run days/2 + restart + the rest and require bitwise equality",
+    )
     args = p.parse_args(argv)
 
     work = args.workdir.resolve()
@@ -309,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     failures = check_output(out, args.days, coupled=not args.no_plugin)
     if plugin is not None and not failures:
         failures += check_stream(work / "stream", out, args.days)
+    if args.restart_test and not failures:
+        failures += restart_test(args.exe, work, toy, plugin, args.days, env)
     if args.plot and not failures:
         png = work / "toy_esm.png"
         png.unlink(missing_ok=True)

@@ -19,13 +19,16 @@
 !>   NAMELIST  file with &toy_esm_nml (default toy_esm.nml); &precipdiff_nml is
 !>             read from the file named by precipdiff_namelist (default: the same file).
 !>   key=value overrides any &toy_esm_nml entry, e.g. ndays=3 nlat=90 nlon=180.
+!>   restart_out / restart_in (path prefixes) write / continue from a restart of
+!>   the model and of the plugin.
 program toy_esm
   use, intrinsic :: ieee_arithmetic, only: ieee_is_finite
   use toy_physics
   use toy_output
   use precipdiff, only: precipdiff_init, precipdiff_run, precipdiff_set_field, &
        precipdiff_finalize, precipdiff_shapes, precipdiff_fine_coords, &
-       precipdiff_required_fields, PD_NO_HANDLE, PD_ERRMSG_LEN
+       precipdiff_required_fields, precipdiff_write_restart, precipdiff_read_restart, &
+       PD_NO_HANDLE, PD_ERRMSG_LEN
   implicit none
 
   ! ---- &toy_esm_nml ------------------------------------------------------------
@@ -40,8 +43,11 @@ program toy_esm
   character(len=32) :: start_date = '2000-01-01 00:00:00'  ! date of model time 0 (match reference_time)
   real(dp) :: wave_amplitude_pa = 1200.0_dp   ! travelling lows/highs amplitude (Pa)
   real(dp) :: evap_timescale_days = 5.0_dp    ! evaporation relaxation time (days)
+  character(len=512) :: restart_in = ''       ! continue from this restart prefix ('' = cold start)
+  character(len=512) :: restart_out = ''      ! write a restart with this prefix at the end ('' = none)
   namelist /toy_esm_nml/ ndays, nlon, nlat, dt, use_plugin, write_fine, output_file, &
-       precipdiff_namelist, start_date, wave_amplitude_pa, evap_timescale_days
+       precipdiff_namelist, start_date, wave_amplitude_pa, evap_timescale_days, &
+       restart_in, restart_out
 
   type(toy_grid_t) :: grid
   type(toy_params_t) :: params
@@ -57,7 +63,7 @@ program toy_esm
   character(len=512) :: nml_file, arg
   character(len=1024) :: history
   character(len=600) :: nml_line
-  integer :: errflg, handle, nreq, k, nsteps, day, step, nsub, nlon_p, nlat_p, nlon_f, nlat_f
+  integer :: errflg, handle, nreq, k, nsteps, day, day0, iday, step, nsub, nlon_p, nlat_p, nlon_f, nlat_f
   integer :: nan_out, neg_out, iarg, ios, unit
   integer(8) :: clock0, clock1, clock_day, clock_rate, clock_plugin, c0, c1
   real(dp) :: t, t_end, cour, plugin_seconds, total_seconds
@@ -150,10 +156,21 @@ program toy_esm
     allocate (lon_fine(0), lat_fine(0))
   end if
 
-  ! ---- initial state: 80 % of saturation ---------------------------------------------
-  do k = 1, nlat
-    water(:, k) = 0.8_dp * saturation_water(grid%lat_deg(k))
-  end do
+  ! ---- initial state: 80 % of saturation, or a restart ---------------------------------
+  day0 = 0
+  if (len_trim(restart_in) > 0) then
+    call restart_read(trim(restart_in) // '.toy.nc', water, pr_rate, pr_out, day0, errmsg, errflg)
+    if (errflg /= 0) call fail(trim(errmsg))
+    if (use_plugin) then
+      call precipdiff_read_restart(handle, trim(restart_in) // '.plugin.nc', errmsg, errflg)
+      call check_plugin('precipdiff_read_restart')
+    end if
+    write (*, '(a,i0)') 'toy_esm: restarted from ' // trim(restart_in) // ' after day ', day0
+  else
+    do k = 1, nlat
+      water(:, k) = 0.8_dp * saturation_water(grid%lat_deg(k))
+    end do
+  end if
 
   write (history, '(a)') 'toy_esm run with namelist ' // trim(nml_file)
   call output_open(out, trim(output_file), grid, trim(start_date), lon_fine, lat_fine, &
@@ -165,8 +182,9 @@ program toy_esm
   write (*, '(a)') 'toy_esm:       kg m-2  kg m-2  kg m-2  kg m-2       kg m-2  kg m-2  kg m-2'
 
   ! ---- time loop ----------------------------------------------------------------------
-  call prescribed_atmosphere(grid, params, 0.0_dp, msl, u10, v10)
-  do day = 1, ndays
+  call prescribed_atmosphere(grid, params, day0 * seconds_per_day, msl, u10, v10)
+  do iday = 1, ndays
+    day = day0 + iday
     call system_clock(clock_day)
     budget = toy_budget_t()
     budget%water_start = grid_global_mean(grid, water)
@@ -273,6 +291,16 @@ program toy_esm
       call fail(trim(errmsg))
     end if
   end do
+
+  if (len_trim(restart_out) > 0) then
+    call restart_write(trim(restart_out) // '.toy.nc', water, pr_rate, pr_out, day0 + ndays, errmsg, errflg)
+    if (errflg /= 0) call fail(trim(errmsg))
+    if (use_plugin) then
+      call precipdiff_write_restart(handle, trim(restart_out) // '.plugin.nc', errmsg, errflg)
+      call check_plugin('precipdiff_write_restart')
+    end if
+    write (*, '(a,i0)') 'toy_esm: restart written to ' // trim(restart_out) // ' after day ', day0 + ndays
+  end if
 
   call system_clock(clock1)
   total_seconds = real(clock1 - clock0, dp) / clock_rate

@@ -35,7 +35,7 @@ module toy_output
     real(dp) :: courant = 0.0_dp        !! largest Courant number during the day
   end type toy_budget_t
 
-  public :: output_open, output_write_day, output_close
+  public :: output_open, output_write_day, output_close, restart_write, restart_read
 
 contains
 
@@ -273,5 +273,72 @@ contains
     call check(nf90_close(out%ncid), 'close', errmsg, errflg)
     out%ncid = -1
   end subroutine output_close
+
+  !> Write the model's own restart: column water, the precipitation rate in use
+  !> (the plugin's latest output, the sink of the next day), the last model-grid
+  !> output, and the number of days simulated so far. The plugin writes its own.
+  subroutine restart_write(path, water, pr_rate, pr_out, day, errmsg, errflg)
+    character(len=*), intent(in) :: path      !! restart file
+    real(dp), intent(in) :: water(:, :)       !! column water vapour (kg m-2)
+    real(dp), intent(in) :: pr_rate(:, :)     !! precipitation rate in use (kg m-2 s-1)
+    real(dp), intent(in) :: pr_out(:, :)      !! latest plugin output on the model grid
+    integer, intent(in) :: day                !! days simulated since model time 0
+    character(len=*), intent(out) :: errmsg   !! error message
+    integer, intent(out) :: errflg            !! error flag (0: success)
+    integer :: ncid, dlon, dlat, vw, vp, vo, vd
+    errmsg = ''
+    errflg = 0
+    call check(nf90_create(path, ior(nf90_clobber, nf90_netcdf4), ncid), &
+               'cannot create restart ' // trim(path), errmsg, errflg)
+    if (errflg /= 0) return
+    call check(nf90_def_dim(ncid, 'lon', size(water, 1), dlon), 'restart', errmsg, errflg)
+    call check(nf90_def_dim(ncid, 'lat', size(water, 2), dlat), 'restart', errmsg, errflg)
+    call check(nf90_def_var(ncid, 'prw', nf90_double, [dlon, dlat], vw), 'restart', errmsg, errflg)
+    call check(nf90_def_var(ncid, 'pr_rate', nf90_double, [dlon, dlat], vp), 'restart', errmsg, errflg)
+    call check(nf90_def_var(ncid, 'pr_out', nf90_double, [dlon, dlat], vo), 'restart', errmsg, errflg)
+    call check(nf90_def_var(ncid, 'day', nf90_int, vd), 'restart', errmsg, errflg)
+    call check(nf90_put_att(ncid, nf90_global, 'title', 'toy_esm restart'), 'restart', errmsg, errflg)
+    call check(nf90_enddef(ncid), 'restart', errmsg, errflg)
+    call check(nf90_put_var(ncid, vw, water), 'restart prw', errmsg, errflg)
+    call check(nf90_put_var(ncid, vp, pr_rate), 'restart pr_rate', errmsg, errflg)
+    call check(nf90_put_var(ncid, vo, pr_out), 'restart pr_out', errmsg, errflg)
+    call check(nf90_put_var(ncid, vd, day), 'restart day', errmsg, errflg)
+    call check(nf90_close(ncid), 'close restart', errmsg, errflg)
+  end subroutine restart_write
+
+  !> Read a restart written by restart_write on the same grid.
+  subroutine restart_read(path, water, pr_rate, pr_out, day, errmsg, errflg)
+    character(len=*), intent(in) :: path         !! restart file
+    real(dp), intent(inout) :: water(:, :)       !! column water vapour (kg m-2)
+    real(dp), intent(inout) :: pr_rate(:, :)     !! precipitation rate in use (kg m-2 s-1)
+    real(dp), intent(inout) :: pr_out(:, :)      !! latest plugin output on the model grid
+    integer, intent(out) :: day                  !! days simulated since model time 0
+    character(len=*), intent(out) :: errmsg      !! error message
+    integer, intent(out) :: errflg               !! error flag (0: success)
+    integer :: ncid, id, n1, n2
+    errmsg = ''
+    errflg = 0
+    day = 0
+    call check(nf90_open(path, nf90_nowrite, ncid), 'cannot open restart ' // trim(path), errmsg, errflg)
+    if (errflg /= 0) return
+    call check(nf90_inq_dimid(ncid, 'lon', id), trim(path), errmsg, errflg)
+    call check(nf90_inquire_dimension(ncid, id, len=n1), trim(path), errmsg, errflg)
+    call check(nf90_inq_dimid(ncid, 'lat', id), trim(path), errmsg, errflg)
+    call check(nf90_inquire_dimension(ncid, id, len=n2), trim(path), errmsg, errflg)
+    if (errflg == 0 .and. (n1 /= size(water, 1) .or. n2 /= size(water, 2))) then
+      write (errmsg, '(a,i0,a,i0,a,i0,a,i0)') 'restart ' // trim(path) // ' is for a ', n1, ' x ', n2, &
+           ' grid, this run has ', size(water, 1), ' x ', size(water, 2)
+      errflg = 1
+    end if
+    call check(nf90_inq_varid(ncid, 'prw', id), trim(path), errmsg, errflg)
+    call check(nf90_get_var(ncid, id, water), trim(path) // ': prw', errmsg, errflg)
+    call check(nf90_inq_varid(ncid, 'pr_rate', id), trim(path), errmsg, errflg)
+    call check(nf90_get_var(ncid, id, pr_rate), trim(path) // ': pr_rate', errmsg, errflg)
+    call check(nf90_inq_varid(ncid, 'pr_out', id), trim(path), errmsg, errflg)
+    call check(nf90_get_var(ncid, id, pr_out), trim(path) // ': pr_out', errmsg, errflg)
+    call check(nf90_inq_varid(ncid, 'day', id), trim(path), errmsg, errflg)
+    call check(nf90_get_var(ncid, id, day), trim(path) // ': day', errmsg, errflg)
+    id = nf90_close(ncid)
+  end subroutine restart_read
 
 end module toy_output

@@ -37,7 +37,7 @@ log "toy ESM, global 1 degree grid, $DAYS days, torch threads $THREADS, output i
 start=$(date +%s)
 OMP_NUM_THREADS=$THREADS "$ROOT/.venv/bin/python" examples/toy_esm/run_toy_esm.py \
   --exe "$EXE" --workdir "$OUT" --bundle "$BUNDLE" --days "$DAYS" \
-  --nlon 360 --nlat 180 --steps 0 --threads "$THREADS" --plot "$@"
+  --nlon 360 --nlat 180 --steps 0 --threads "$THREADS" --device auto --plot "$@"
 log "finished in $(( $(date +%s) - start )) s"
 log "netCDF: $OUT/toy_esm_out.nc  (model-grid pr, prw, evspsbl, uas, vas, psl, pr_fine, budget series)"
 log "plot:   $OUT/toy_esm.png"

@@ -306,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--steps", type=int, default=2, help="sampler steps (0: bundle default)")
     p.add_argument("--members", type=int, default=1, help="ensemble members per day")
+    p.add_argument("--device", default="cpu", help="plugin device: cpu, auto, cuda, cuda:N")
     p.add_argument("--threads", type=int, default=1, help="torch threads in the plugin")
     p.add_argument("--plot", action="store_true", help="also run plot_toy_esm.py")
     p.add_argument(
@@ -341,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bundle: {bundle}")
         plugin = {
             "bundle_path": str(bundle),
-            "device": "cpu",
+            "device": args.device,
             "members": args.members,
             "sampler_steps": args.steps,
             "seed": 1,

@@ -166,3 +166,21 @@ def test_level_attribute_in_hpa_accepted(tmp_path: Path) -> None:
     ds.close()
     with pytest.raises(InputError, match=r"recorded at 850 hPa \(attribute level=850.0\)"):
         open_predictors(path, ["hus700"])
+
+
+def test_standard_and_proleptic_gregorian_combine(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.nc", tmp_path / "b.nc"
+    _write_synthetic(a, "standard", "level", "hPa")
+    _write_synthetic(b, "proleptic_gregorian", "level", "hPa")
+    nc4 = import_netcdf4()
+    with nc4.Dataset(b, "a") as ds:
+        ds.renameVariable("ua", "va")
+    ds = open_predictors([a, b], ["ua850", "va850"])
+    assert ds.sizes["time"] == 3
+    ds.close()
+    c = tmp_path / "c.nc"
+    _write_synthetic(c, "noleap", "level", "hPa")
+    with nc4.Dataset(c, "a") as d:
+        d.renameVariable("ua", "va")
+    with pytest.raises(InputError, match="different calendars"):
+        open_predictors([a, c], ["ua850", "va850"])

@@ -170,6 +170,21 @@ def _decode_seconds(ds: Any, tname: str, path: Path) -> tuple[np.ndarray, str]:
     return np.asarray(secs, dtype=np.float64), cal
 
 
+_GREGORIAN_LIKE = {"standard", "proleptic_gregorian"}
+_GREGORIAN_START_S = -12219292800.0  # 1582-10-15, seconds since 1970-01-01
+
+
+def _same_calendar(a: str, b: str, seconds: np.ndarray) -> bool:
+    """Return whether two calendars agree (standard = proleptic_gregorian from 1582-10-15)."""
+    if a == b:
+        return True
+    return (
+        {a, b} <= _GREGORIAN_LIKE
+        and seconds.size > 0
+        and float(seconds.min()) >= _GREGORIAN_START_S
+    )
+
+
 def _scan_variable(
     spec: VariableSpec, files: list[Path], nc4: Any
 ) -> tuple[list[_FilePiece], np.ndarray, np.ndarray, str, str | None, list[str]]:
@@ -232,7 +247,7 @@ def _scan_variable(
             secs, cal = _decode_seconds(ds, tname, path)
             if calendar is None:
                 calendar = cal
-            elif cal != calendar:
+            elif not _same_calendar(cal, calendar, secs):
                 raise InputError(
                     f"{path}: calendar {cal!r} differs from {calendar!r} of the other files"
                 )
@@ -562,8 +577,12 @@ def open_predictors(
             raise GridError(f"{pieces[0].path}: grid of {spec.name}: {exc}") from exc
         native_grids[spec.name] = native
         per_var[spec.name] = (spec, pieces, secs, flip, native, units, cal)
-    if len(calendars) > 1:
-        raise InputError(f"variables use different calendars {sorted(calendars)}")
+    first_cal = next(iter(per_var.values()))[6]
+    for name, item in per_var.items():
+        if not _same_calendar(item[6], first_cal, item[2]):
+            raise InputError(
+                f"variables use different calendars {sorted(calendars)} ({name}: {item[6]!r})"
+            )
     if grid is None:
         first = next(iter(native_grids.values()))
         for name, g in native_grids.items():
@@ -610,7 +629,7 @@ def open_predictors(
         common = np.intersect1d(common, time_axes[n])
     if common.size == 0:
         raise InputError(f"variables {names} have no time step in common")
-    cal = calendars.pop()
+    cal = first_cal
     out_grid = grid if grid is not None else next(iter(native_grids.values()))
     data_vars = {}
     for n in names:

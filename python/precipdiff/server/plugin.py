@@ -140,7 +140,10 @@ def resolve_device(device: str, strict: bool) -> str:
         return "cpu"
     have = torch.cuda.is_available()
     if device == "auto":
-        return "cuda" if have else "cpu"
+        # The node-local rank picks the GPU (cuda:k); CPU without CUDA.
+        from precipdiff.server.placement import auto_device
+
+        return auto_device() if have else "cpu"
     index = int(device.split(":")[1]) if ":" in device else 0
     count = torch.cuda.device_count() if have else 0
     if index < count:

@@ -687,14 +687,15 @@ def _date_str(tf: TimeFields, i: int) -> str:
     return f"{int(tf.year[i]):04d}-{int(tf.month[i]):02d} (day {int(tf.dayofyear[i])})"
 
 
-def _interp_rows(
-    x: NDArray[np.float64], xp: NDArray[np.float64], fp: NDArray[np.float64]
+def _tau_from_quantiles(
+    x: NDArray[np.floating], xp: NDArray[np.floating], nodes: NDArray[np.float64]
 ) -> NDArray[np.float64]:
-    """Per-column linear interpolation ``np.interp(x[:, c], xp[:, c], fp[:, c])``.
+    """Non-exceedance probability of ``x`` from tabulated quantiles, per column.
 
-    ``x`` is ``(n, C)``, ``xp`` (ascending along axis 0) and ``fp`` are ``(Q, C)``;
-    constant extrapolation. Vectorised over columns: ``O(n * Q * C)`` compares,
-    done in time chunks to bound memory.
+    ``np.interp(x[:, c], xp[:, c], nodes)`` for every column ``c``: ``x`` is
+    ``(n, C)``, ``xp`` ``(Q, C)`` ascending along axis 0; constant beyond the
+    outer nodes. Vectorised over columns (``O(n * Q * C)`` compares, in chunks
+    of time to bound memory); ``xp`` is read, never copied.
     """
     n, c = x.shape
     q = xp.shape[0]
@@ -703,15 +704,15 @@ def _interp_rows(
     step = max(1, int(4_000_000 // max(q * c, 1)))
     for s in range(0, n, step):
         xs = x[s : s + step]
-        idx = np.sum(xp[None, :, :] <= xs[:, None, :], axis=1)  # 0..Q
+        idx = np.count_nonzero(xp[None, :, :] <= xs[:, None, :], axis=1)  # 0..Q
         lo = np.clip(idx - 1, 0, q - 1)
         hi = np.clip(idx, 0, q - 1)
-        x0, x1 = xp[lo, cols], xp[hi, cols]
-        f0, f1 = fp[lo, cols], fp[hi, cols]
+        x0 = xp[lo, cols].astype(np.float64)
+        x1 = xp[hi, cols].astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             w = np.where(x1 > x0, (xs - x0) / (x1 - x0), 0.0)
-        out[s : s + step] = f0 + w * (f1 - f0)
-    return out
+        out[s : s + step] = nodes[lo] + w * (nodes[hi] - nodes[lo])
+    return np.where(np.isnan(x), np.nan, out)
 
 
 def _interp_nodes(
@@ -822,18 +823,12 @@ def apply_qdm(
         if projection == "self":
             tau = _ranks_pct(xs)
         else:
-            tau = _interp_rows(
-                xs, t.hist_q[g].reshape(nodes.size, -1).astype(np.float64), _bcast(nodes, fg)
-            )
+            tau = _tau_from_quantiles(xs, t.hist_q[g].reshape(nodes.size, -1), nodes)
         af = _interp_nodes(tau, nodes, fg)
         out[sel] = xs * af if t.kind == "multiplicative" else xs + af
     if t.kind == "multiplicative" and t.trace > 0:
         out = np.where(out < t.trace, 0.0, out)
     return out.reshape(a.shape).astype(np.float32)
-
-
-def _bcast(nodes: NDArray[np.float64], like: NDArray[np.float64]) -> NDArray[np.float64]:
-    return np.broadcast_to(nodes[:, None], like.shape).astype(np.float64)
 
 
 class OnlineQDM:
@@ -894,15 +889,16 @@ class OnlineQDM:
         q = self.nodes.size
         # Precomputed at load: factor tables flattened to (group, Q, cells).
         self._factors = {
-            n: t.factors().reshape(cfg.n_groups, q, -1) for n, t in tables.variables.items()
+            n: t.factors().astype(np.float32).reshape(cfg.n_groups, q, -1)
+            for n, t in tables.variables.items()
         }
         days = {"month": 365.25 / 12, "window": 365.25 / cfg.n_groups, "none": 365.25}[cfg.group]
         self._n_year = days * self.samples_per_day
         self._capacity = max(1, int(np.ceil(buffer_days * self.samples_per_day)))
-        self.proj_q = {
-            n: t.hist_q.astype(np.float64).reshape(cfg.n_groups, q, -1)
-            for n, t in tables.variables.items()
+        self._hist_q = {
+            n: t.hist_q.reshape(cfg.n_groups, q, -1) for n, t in tables.variables.items()
         }
+        self.proj_q = {n: h.astype(np.float32, copy=True) for n, h in self._hist_q.items()}
         self.buffer = {
             n: np.zeros((self._capacity, self._ncell), dtype=np.float32) for n in tables.variables
         }
@@ -955,11 +951,8 @@ class OnlineQDM:
             t = self.tables.variables[name]
             x = a.reshape(1, -1).astype(np.float64)
             fg = self._factors[name][g]
-            if self.mode == "trailing":
-                xp = self.proj_q[name][g]
-            else:
-                xp = t.hist_q[g].reshape(self.nodes.size, -1).astype(np.float64)
-            tau = _interp_rows(x, xp, _bcast(self.nodes, fg))
+            xp = self.proj_q[name][g] if self.mode == "trailing" else self._hist_q[name][g]
+            tau = _tau_from_quantiles(x, xp, self.nodes)
             af = _interp_nodes(tau, self.nodes, fg)
             y = x * af if t.kind == "multiplicative" else x + af
             if t.kind == "multiplicative" and t.trace > 0:
@@ -985,7 +978,8 @@ class OnlineQDM:
         w = min(1.0, n / (self.trailing_years * self._n_year))
         for name, buf in self.buffer.items():
             qs = np.quantile(buf[:n].astype(np.float64), self.nodes, axis=0)
-            self.proj_q[name][g] = (1.0 - w) * self.proj_q[name][g] + w * qs
+            mixed = (1.0 - w) * self.proj_q[name][g].astype(np.float64) + w * qs
+            self.proj_q[name][g] = mixed.astype(np.float32)
         self.buffer_count = 0
         self.buffer_group = -1
 
@@ -995,7 +989,7 @@ class OnlineQDM:
         Returns
         -------
         dict
-            ``"<var>/proj_q"`` (group, Q, cells) float64, ``"<var>/buffer"``
+            ``"<var>/proj_q"`` (group, Q, cells) float32, ``"<var>/buffer"``
             (capacity, cells) float32, ``"buffer_count"`` and ``"buffer_group"``
             (int64 scalars as 1-element arrays).
         """
@@ -1036,7 +1030,7 @@ class OnlineQDM:
                         f"online QDM state {key!r} has shape {arr.shape}, expected {ref.shape}"
                     )
         for name in self.proj_q:
-            self.proj_q[name] = np.array(state[f"{name}/proj_q"], dtype=np.float64)
+            self.proj_q[name] = np.array(state[f"{name}/proj_q"], dtype=np.float32)
             self.buffer[name] = np.array(state[f"{name}/buffer"], dtype=np.float32)
         self.buffer_count = int(np.asarray(state["buffer_count"]).ravel()[0])
         self.buffer_group = int(np.asarray(state["buffer_group"]).ravel()[0])

@@ -209,3 +209,16 @@ def test_surface_temperature_file_not_taken_for_850hpa(shared_data: Path) -> Non
     assert ds.ta850.attrs["source_variable"] == "ta" and ds.tas.attrs["source_variable"] == "tas"
     check_range(get_variable("tas"), ds.tas.values)  # degC in the file -> K
     ds.close()
+
+
+def test_lazy_indexing_matches_eager(shared_data: Path) -> None:
+    xr = pytest.importorskip("xarray")
+    ds = open_predictors(shared_data / C4R / "CMIP5_Iberia_psl.nc", ["psl"])
+    full = ds.psl.values
+    a = ds.psl.isel(time=[5, 0, 3], lat=slice(None, None, -1)).values
+    np.testing.assert_array_equal(a, full[[5, 0, 3]][:, ::-1])
+    pts = ds.psl.isel(time=xr.DataArray([1, 2], dims="p"), lat=xr.DataArray([0, 3], dims="p"))
+    np.testing.assert_array_equal(pts.values, full[[1, 2], [0, 3]])
+    assert ds.psl.sel(time=slice("1990-01-01", "1990-01-05")).shape == (5, 8, 11)
+    assert float(ds.psl.isel(time=-1, lat=2, lon=3)) == full[-1, 2, 3]
+    ds.close()

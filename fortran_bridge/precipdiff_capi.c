@@ -99,7 +99,18 @@ static int ensure_ready(void) {
     feholdexcept(&env);
     status = start_python();
     if (status == PD_OK) {
-      int magic = pdpy_ready();
+      int magic;
+#if PY_VERSION_HEX >= 0x03080000 && PY_VERSION_HEX < 0x030C0000
+      /* cffi (< 3.12) uses PyCapsule_Type.tp_version_tag as a start-up spin lock
+       * and expects it to be 0. Once any code has looked up an attribute on the
+       * capsule type (torch does), the tag is non-zero: cffi then asserts (debug)
+       * or spins forever (release). PyType_Modified is the official way to drop
+       * the type's cached version tag back to 0; the next lookup assigns a new one. */
+      PyGILState_STATE gil = PyGILState_Ensure();
+      PyType_Modified(&PyCapsule_Type);
+      PyGILState_Release(gil);
+#endif
+      magic = pdpy_ready();
       if (magic != PDPY_READY_MAGIC) {
         char buf[PD_ERRBUF];
         int n = pdpy_import_error(buf, (int)sizeof buf);

@@ -181,3 +181,16 @@ def test_lagged_close_writes_pending_window(tmp_path: Path) -> None:
     plugin.close()
     data = read_stream(out / "precipdiff_2000-01.nc")
     assert data["pr"].shape[0] == 2  # type: ignore[union-attr]
+
+
+def test_default_output_rank_is_the_plugin_process(tmp_path: Path) -> None:
+    from test_server_plugin import MODEL
+
+    from precipdiff.server import PluginConfig
+
+    cfg = PluginConfig(bundle_path="unused", output_dir=str(tmp_path / "o"))
+    assert cfg.output_rank == -1
+    plugin = Plugin(cfg, MODEL.lon, MODEL.lat, NumpyEngine(), rank=3)  # e.g. inference rank 3
+    drive(plugin, range(4))
+    plugin.close()
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["precipdiff_2000-01.nc"]

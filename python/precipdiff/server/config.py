@@ -108,7 +108,10 @@ class PluginConfig:
     output_prefix : str
         File name prefix of the output stream.
     output_rank : int
-        The MPI rank that writes the output stream.
+        The MPI rank that writes the output stream; -1 (default): every process
+        that runs a plugin writes. With the MPI layer (``precipdiff_mpi``) only
+        the inference rank runs a plugin, so the default is right; set a rank
+        only when several processes run identical plugins on the full grid.
     reference_time : str
         Calendar date of model time 0 (``"YYYY-MM-DD hh:mm:ss"``), used for the
         output stream's time axis and its file split.
@@ -142,7 +145,7 @@ class PluginConfig:
     output_dir: str = ""
     output_frequency: str = "month"
     output_prefix: str = "precipdiff"
-    output_rank: int = 0
+    output_rank: int = -1
     reference_time: str = "2000-01-01 00:00:00"
     calendar: str = "proleptic_gregorian"
     torch_threads: int = 0
@@ -234,8 +237,11 @@ class PluginConfig:
                 f"precipdiff_nml: output_prefix = {self.output_prefix!r} must be a non-empty "
                 "file name prefix without '/'"
             )
-        if self.output_rank < 0:
-            raise ConfigError(f"precipdiff_nml: output_rank = {self.output_rank} must be >= 0")
+        if self.output_rank < -1:
+            raise ConfigError(
+                f"precipdiff_nml: output_rank = {self.output_rank} must be >= 0, or -1 for "
+                "the process that runs the plugin"
+            )
         if self.torch_threads < 0:
             raise ConfigError(
                 f"precipdiff_nml: torch_threads = {self.torch_threads} must be >= 0 "

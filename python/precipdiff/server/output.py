@@ -1,6 +1,7 @@
 """Output stream: every member of the fine-grid precipitation to CF netCDF files.
 
-One process (the namelist's ``output_rank``) writes one file per month or year,
+One process (the one running the plugin, or the namelist's ``output_rank``)
+writes one file per month or year,
 ``<output_dir>/<output_prefix>_<YYYY-MM>.nc`` or ``..._<YYYY>.nc``, with
 ``pr(time, member, lat, lon)`` for every window, the window bounds as
 ``time_bnds`` and the run's metadata (bundle hash, effective namelist, seed) as

@@ -218,7 +218,7 @@ class Plugin:
     engine : InferenceEngine
         The model (normally :class:`GeneratorEngine` built from the bundle).
     rank : int, optional
-        This process's MPI rank (only rank ``output_rank`` writes the output
+        This process's MPI rank (with ``output_rank >= 0`` only that rank writes the output
         stream); detected from the environment when omitted.
     """
 
@@ -284,7 +284,7 @@ class Plugin:
         self._closed = False
 
         self._stream: OutputStream | None = None
-        if config.output_dir and self.rank == config.output_rank:
+        if config.output_dir and config.output_rank in (-1, self.rank):
             self._stream = OutputStream(config, self.fine_lat, self.fine_lon, engine.bundle_id)
 
     # ------------------------------------------------------------------ setup

@@ -111,3 +111,13 @@ def test_shipped_sample_namelists_validate() -> None:
     for f in files:
         cfg = PluginConfig.from_namelist(f)
         assert cfg.bundle_path
+
+
+def test_every_key_is_documented_in_namelist_md() -> None:
+    import dataclasses
+    import re
+
+    text = (REPO / "docs" / "namelist.md").read_text()
+    documented = set(re.findall(r"^\| `([a-z_0-9]+)` \|", text, flags=re.MULTILINE))
+    keys = {f.name for f in dataclasses.fields(PluginConfig)} - {"source"}
+    assert keys == documented, f"undocumented: {keys - documented}, stale: {documented - keys}"

@@ -56,6 +56,10 @@ def test_soak_reduced_grid_30_days(build_dir: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.soak
-def test_soak_full_grid_365_days(build_dir: Path, tmp_path: Path) -> None:
+def test_soak_full_grid_365_days(
+    build_dir: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if "soak" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("opt-in soak (minutes): run with -m soak")
     res = _bench().run_soak(_toy(build_dir), tmp_path, days=365, nlon=90, nlat=45)
     _check(res, 365)

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Coupled-at-scale benchmarks (bench/bench_coupled_scale.py), one after the other so
+# they do not compete for cores: 365-day soak on the toy's 4-degree grid, plugin cost
+# per simulated day (uncoupled / sync / lagged), and MPI 1 vs 4 ranks.
+# Logs, JSON and the water-budget PNG go to out/bench_coupled_scale/.
+# Usage: bench/bench_coupled_scale.sh [build-dir]   (default build/)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD=${1:-build}
+OUT=out/bench_coupled_scale
+mkdir -p "$OUT"
+export OMP_NUM_THREADS=1
+PY=.venv/bin/python
+for part in soak cost mpi; do
+  echo "== $part"
+  $PY bench/bench_coupled_scale.py "$part" --build-dir "$BUILD" --workdir "$OUT" 2>&1 | tee "$OUT/$part.log"
+done

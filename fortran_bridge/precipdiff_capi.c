@@ -32,7 +32,9 @@
 #define PDPY_READY_MAGIC 0x50445259 /* "PDRY", precipdiff.server.capi.READY_MAGIC */
 #define PD_ERRBUF 4096
 
-static char g_err[PD_ERRBUF];      /* last error of any call */
+/* Last error of the calling thread: OpenMP threads driving different handles do
+ * not see each other's messages. */
+static _Thread_local char g_err[PD_ERRBUF];
 static char g_init_err[PD_ERRBUF]; /* why start-up failed (sticky) */
 static int g_state = 0;            /* 0 not tried, 1 ready, -1 failed */
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;

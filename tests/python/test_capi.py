@@ -161,3 +161,31 @@ def test_module_imports_no_torch_at_import_time() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_views_are_zero_copy_and_inputs_read_only() -> None:
+    import cffi
+
+    ffi = cffi.FFI()
+    buf = ffi.new("double[6]", [1, 2, 3, 4, 5, 6])
+    # Fortran a(3, 2) == C-order (2, 3): element a(3, 1) is buf[2].
+    out = capi._view(ffi, buf, np.float64, (2, 3), "out", True)
+    assert out[0, 2] == 3.0
+    out[1, 2] = 60.0
+    assert buf[5] == 60.0  # written in place, no copy
+    inp = capi._view(ffi, buf, np.float64, (2, 3), "in", False)
+    assert not inp.flags.writeable
+    with pytest.raises(BridgeError, match="in is a NULL pointer"):
+        capi._view(ffi, ffi.NULL, np.float64, (2, 3), "in", False)
+
+
+def test_last_error_is_per_thread() -> None:
+    import threading
+
+    b = Bridge()
+    b.fail("here", None, ValueError("main"))
+    seen: list[str] = []
+    t = threading.Thread(target=lambda: seen.append(b.last_error))
+    t.start()
+    t.join()
+    assert seen == [""] and "main" in b.last_error

@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -213,7 +214,18 @@ class Bridge:
     def __init__(self) -> None:
         self._instances: dict[int, _Instance] = {}
         self._next = 1
-        self.last_error = ""
+        # Per thread: the C layer fetches the message right after the failing call,
+        # without holding the GIL in between.
+        self._local = threading.local()
+
+    @property
+    def last_error(self) -> str:
+        """Message of the last failure in the calling thread."""
+        return str(getattr(self._local, "last_error", ""))
+
+    @last_error.setter
+    def last_error(self, text: str) -> None:
+        self._local.last_error = text
 
     # -------------------------------------------------------------- registry
     @property

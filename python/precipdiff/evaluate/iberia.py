@@ -392,6 +392,7 @@ def run_iberia(
         flon,
         out / "c_change_maps.png",
         title="Relative change of the DJF mean, RCP8.5 2081-2100 vs historical (%)",
+        units="%",
     )
     # QDM keeps the ESM's predictor change per quantile
     rows_q = []

@@ -48,8 +48,9 @@ def plot_bias_maps(
     path: str | os.PathLike[str],
     title: str = "Bias of the time mean (mm/day)",
     scores: Mapping[str, float] | None = None,
+    units: str = "mm/day",
 ) -> Path:
-    """Side-by-side bias maps with one symmetric colour scale.
+    """Side-by-side maps with one symmetric colour scale.
 
     Parameters
     ----------
@@ -63,6 +64,10 @@ def plot_bias_maps(
         Figure title.
     scores
         Optional ``{label: mean absolute bias}`` shown in each panel title.
+    units
+        Colour-bar label. The scale is symmetric, up to the 98th percentile of
+        the absolute values of all panels (a few extreme cells do not wash out
+        the others).
 
     Returns
     -------
@@ -72,7 +77,9 @@ def plot_bias_maps(
     plt = _pyplot()
     n = len(maps)
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.2), squeeze=False)
-    vmax = max(float(np.nanmax(np.abs(m))) for m in maps.values()) if maps else 1.0
+    allv = np.concatenate([np.abs(np.asarray(m, dtype=np.float64)).ravel() for m in maps.values()])
+    allv = allv[np.isfinite(allv)]
+    vmax = float(np.percentile(allv, 98)) if allv.size else 1.0
     vmax = vmax if np.isfinite(vmax) and vmax > 0 else 1.0
     im = None
     for ax, (label, m) in zip(axes[0], maps.items(), strict=True):
@@ -82,7 +89,7 @@ def plot_bias_maps(
         ax.set_aspect("equal")
         ax.tick_params(labelsize=7)
     if im is not None:
-        fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="mm/day")
+        fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=units, extend="both")
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 

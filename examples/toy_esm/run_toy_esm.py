@@ -235,6 +235,61 @@ def check_stream(stream_dir: Path, out: Path, days: int) -> list[str]:
     return []
 
 
+def mpi_test(
+    args: argparse.Namespace,
+    work: Path,
+    toy: dict[str, Any],
+    plugin: dict[str, Any] | None,
+    env: dict[str, str],
+) -> list[str]:
+    """Run toy_esm_mpi on args.ranks ranks; its output must equal the serial run's."""
+    out = work / "toy_esm_mpi_out.nc"
+    out.unlink(missing_ok=True)
+    nml = work / "toy_esm_mpi.nml"
+    p = None if plugin is None else dict(plugin, output_dir=str(work / "stream_mpi"))
+    write_namelist(nml, {**toy, "output_file": str(out)}, p)
+    # Open MPI refuses root and more ranks than cores unless told; harmless elsewhere.
+    menv = dict(
+        env,
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+        OMPI_MCA_rmaps_base_oversubscribe="1",
+    )
+    cmd = [args.mpiexec, "-n", str(args.ranks), str(args.mpi_exe), str(nml)]
+    proc = subprocess.run(cmd, cwd=work, env=menv, capture_output=True, text=True)
+    sys.stdout.write(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        return [f"toy_esm_mpi on {args.ranks} ranks exited with status {proc.returncode}"]
+    if f"{args.ranks} process(es)" not in proc.stdout:
+        return [f"toy_esm_mpi did not report {args.ranks} processes"]
+    failures = check_output(out, args.days, coupled=plugin is not None)
+    import netCDF4
+
+    with netCDF4.Dataset(toy["output_file"]) as a, netCDF4.Dataset(out) as b:
+        for name in (
+            "prw",
+            "pr",
+            "pr_fine",
+            "evspsbl",
+            "uas",
+            "vas",
+            "psl",
+            "lat_fine",
+            "lon_fine",
+        ):
+            if name not in a.variables:
+                continue
+            if not np.array_equal(
+                np.asarray(a.variables[name][:]), np.asarray(b.variables[name][:])
+            ):
+                failures.append(f"{name}: the {args.ranks}-rank run differs from the serial run")
+        for name in ("global_prw", "global_pr", "global_evap"):
+            x, y = np.asarray(a.variables[name][:]), np.asarray(b.variables[name][:])
+            if not np.allclose(x, y, rtol=1e-12):
+                failures.append(f"{name}: the {args.ranks}-rank budget differs: {x} vs {y}")
+    return failures
+
+
 def restart_test(
     exe: Path,
     work: Path,
@@ -310,6 +365,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads in the plugin")
     p.add_argument("--plot", action="store_true", help="also run plot_toy_esm.py")
     p.add_argument(
+        "--mpi-exe", type=Path, help="toy_esm_mpi: also run on --ranks ranks and compare"
+    )
+    p.add_argument("--mpiexec", default="mpiexec", help="MPI launcher")
+    p.add_argument("--ranks", type=int, default=3, help="ranks of the MPI run")
+    p.add_argument(
         "--restart-test",
         action="store_true",
         help="also run days/2 + restart + the rest and require bitwise equality",
@@ -370,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     failures = check_output(out, args.days, coupled=not args.no_plugin)
     if plugin is not None and not failures:
         failures += check_stream(work / "stream", out, args.days)
+    if args.mpi_exe is not None and not failures:
+        failures += mpi_test(args, work, toy, plugin, env)
     if args.restart_test and not failures:
         failures += restart_test(args.exe, work, toy, plugin, args.days, env)
     if args.plot and not failures:

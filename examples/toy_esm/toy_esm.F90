@@ -21,14 +21,17 @@
 !>   key=value overrides any &toy_esm_nml entry, e.g. ndays=3 nlat=90 nlon=180.
 !>   restart_out / restart_in (path prefixes) write / continue from a restart of
 !>   the model and of the plugin.
+!>
+!> Built twice: toy_esm (one process) and, with MPI, toy_esm_mpi (mpirun -np N
+!> toy_esm_mpi ...): each rank owns a band of latitude rows, exchanges one halo
+!> row per advection sub-step and drives the plugin through precipdiff_mpi; the
+!> fields are the same on any number of ranks (see toy_parallel.F90).
 program toy_esm
   use, intrinsic :: ieee_arithmetic, only: ieee_is_finite
   use toy_physics
   use toy_output
-  use precipdiff, only: precipdiff_init, precipdiff_run, precipdiff_set_field, &
-       precipdiff_finalize, precipdiff_shapes, precipdiff_fine_coords, &
-       precipdiff_required_fields, precipdiff_write_restart, precipdiff_read_restart, &
-       PD_NO_HANDLE, PD_ERRMSG_LEN
+  use toy_parallel
+  use precipdiff, only: PD_NO_HANDLE, PD_ERRMSG_LEN
   implicit none
 
   ! ---- &toy_esm_nml ------------------------------------------------------------
@@ -53,23 +56,31 @@ program toy_esm
   type(toy_params_t) :: params
   type(toy_output_t) :: out
   type(toy_budget_t) :: budget
+  ! Band arrays: rows 1..nb of this rank, with halo rows 0 and nb+1 where advection needs them.
   real(dp), allocatable :: water(:, :), msl(:, :), u10(:, :), v10(:, :), evap(:, :)
   real(dp), allocatable :: msl_day(:, :), u10_day(:, :), v10_day(:, :), evap_day(:, :)
   real(dp), allocatable :: pr_rate(:, :), pr_model(:, :), pr_fine(:, :), pr_out(:, :)
-  real(dp), allocatable :: lon_fine(:), lat_fine(:), sink(:, :), lim(:, :)
+  real(dp), allocatable :: sink(:, :), lim(:, :)
+  ! Global arrays (rank 0) for output and restarts.
+  real(dp), allocatable :: g_water(:, :), g_pr(:, :), g_evap(:, :), g_u(:, :), g_v(:, :)
+  real(dp), allocatable :: g_msl(:, :), g_rate(:, :), g_fine(:, :)
+  real(dp), allocatable :: lon_fine(:), lat_fine(:), lon_out(:), lat_out(:)
   character(len=32) :: required(16)
   integer, allocatable :: field_kind(:)
   character(len=PD_ERRMSG_LEN) :: errmsg
   character(len=512) :: nml_file, arg
   character(len=1024) :: history
   character(len=600) :: nml_line
-  integer :: errflg, handle, nreq, k, nsteps, day, day0, iday, step, nsub, nlon_p, nlat_p, nlon_f, nlat_f
+  integer :: errflg, handle, nreq, k, nsteps, day, day0, iday, step, nsub, isub, nb
+  integer :: nlon_p, nlat_p, nlon_f, nlat_f, gfine(2), fstart(2)
   integer :: nan_out, neg_out, iarg, ios, unit
   integer(8) :: clock0, clock1, clock_day, clock_rate, clock_plugin, c0, c1
-  real(dp) :: t, t_end, cour, plugin_seconds, total_seconds
-  logical :: ready, got_output
+  real(dp) :: t, t_end, cour, plugin_seconds, total_seconds, loc_evap, loc_pr, loc_req, loc_lim
+  logical :: ready, got_output, root
 
   handle = PD_NO_HANDLE
+  call par_init()
+  root = my_rank == 0
 
   ! ---- configuration -------------------------------------------------------------
   nml_file = 'toy_esm.nml'
@@ -106,35 +117,48 @@ program toy_esm
 
   call grid_init(grid, nlon, nlat, errmsg, errflg)
   if (errflg /= 0) call fail(trim(errmsg))
-  allocate (water(nlon, nlat), msl(nlon, nlat), u10(nlon, nlat), v10(nlon, nlat), &
-            evap(nlon, nlat), msl_day(nlon, nlat), u10_day(nlon, nlat), v10_day(nlon, nlat), &
-            evap_day(nlon, nlat), pr_rate(nlon, nlat), pr_model(nlon, nlat), pr_out(nlon, nlat), &
-            sink(nlon, nlat), lim(nlon, nlat))
+  call par_decompose(nlat, errmsg, errflg)
+  if (errflg /= 0) call fail(trim(errmsg))
+  nb = n_band
+  allocate (water(nlon, 0:nb + 1), msl(nlon, 0:nb + 1), u10(nlon, 0:nb + 1), v10(nlon, 0:nb + 1), &
+            evap(nlon, nb), msl_day(nlon, nb), u10_day(nlon, nb), v10_day(nlon, nb), &
+            evap_day(nlon, nb), pr_rate(nlon, nb), pr_model(nlon, nb), pr_out(nlon, nb), &
+            sink(nlon, nb), lim(nlon, nb))
+  allocate (g_water(nlon, nlat), g_pr(nlon, nlat), g_evap(nlon, nlat), g_u(nlon, nlat), &
+            g_v(nlon, nlat), g_msl(nlon, nlat), g_rate(nlon, nlat))
+  water = 0.0_dp
   pr_rate = 0.0_dp
   pr_model = 0.0_dp
   pr_out = 0.0_dp
+  g_rate = 0.0_dp
 
-  write (*, '(a)') 'toy_esm: global moisture model coupled to precipdiff'
-  write (*, '(a,i0,a,i0,a,f7.1,a,i0,a)') 'toy_esm: grid ', nlon, ' x ', nlat, ', dt ', dt, &
-       ' s, ', ndays, ' days'
+  if (root) then
+    write (*, '(a)') 'toy_esm: global moisture model coupled to precipdiff'
+    write (*, '(a,i0,a,i0,a,f7.1,a,i0,a,i0,a)') 'toy_esm: grid ', nlon, ' x ', nlat, ', dt ', dt, &
+         ' s, ', ndays, ' days, ', n_ranks, ' process(es)'
+  end if
 
   ! ---- plugin start-up ---------------------------------------------------------------
   call system_clock(clock0, clock_rate)
   clock_plugin = 0
   nlon_f = 0
   nlat_f = 0
+  gfine = 0
+  fstart = 1
   if (use_plugin) then
     call system_clock(c0)
-    call precipdiff_init(handle, trim(precipdiff_namelist), grid%lon_deg, grid%lat_deg, errmsg, errflg)
+    call plug_init(handle, trim(precipdiff_namelist), grid%lon_deg, &
+                   grid%lat_deg(j_first:j_first + nb - 1), nlat, errmsg, errflg)
     call check_plugin('precipdiff_init')
-    call precipdiff_shapes(handle, nlon_p, nlat_p, nlon_f, nlat_f, errmsg, errflg)
+    call plug_shapes(handle, nlon_p, nlat_p, nlon_f, nlat_f, gfine, fstart, errmsg, errflg)
     call check_plugin('precipdiff_shapes')
-    if (nlon_p /= nlon .or. nlat_p /= nlat) call fail('plugin reports a model grid shape different from ours')
-    allocate (lon_fine(nlon_f), lat_fine(nlat_f), pr_fine(nlon_f, nlat_f))
+    if (nlon_p /= nlon .or. nlat_p /= nb) call fail('plugin reports a model grid shape different from ours')
+    allocate (lon_fine(nlon_f), lat_fine(nlat_f), pr_fine(nlon_f, nlat_f), g_fine(gfine(1), gfine(2)))
     pr_fine = 0.0_dp
-    call precipdiff_fine_coords(handle, lon_fine, lat_fine, errmsg, errflg)
+    g_fine = 0.0_dp
+    call plug_fine_coords(handle, lon_fine, lat_fine, errmsg, errflg)
     call check_plugin('precipdiff_fine_coords')
-    call precipdiff_required_fields(handle, required, nreq, errmsg, errflg)
+    call plug_required(handle, required, nreq, errmsg, errflg)
     call check_plugin('precipdiff_required_fields')
     if (nreq > size(required)) call fail('the bundle needs more fields than toy_esm can name')
     allocate (field_kind(nreq))
@@ -145,53 +169,70 @@ program toy_esm
     end do
     call system_clock(c1)
     clock_plugin = clock_plugin + (c1 - c0)
-    write (*, '(a,i0,a,i0,a,100(1x,a))') 'toy_esm: plugin ready, fine grid ', nlon_f, ' x ', nlat_f, &
-         ', fields:', (trim(required(k)), k = 1, nreq)
+    if (root) write (*, '(a,i0,a,i0,a,100(1x,a))') 'toy_esm: plugin ready, fine grid ', gfine(1), &
+         ' x ', gfine(2), ', fields:', (trim(required(k)), k = 1, nreq)
   else
-    allocate (lon_fine(0), lat_fine(0), pr_fine(0, 0))
-    write (*, '(a)') 'toy_esm: use_plugin = .false.: no precipitation (dynamics check)'
+    allocate (lon_fine(0), lat_fine(0), pr_fine(0, 0), g_fine(0, 0))
+    if (root) write (*, '(a)') 'toy_esm: use_plugin = .false.: no precipitation (dynamics check)'
   end if
-  if (.not. write_fine) then
-    deallocate (lon_fine, lat_fine)
-    allocate (lon_fine(0), lat_fine(0))
+  ! Fine-grid coordinates of the output: the whole fine grid (rank 0's block when it
+  ! holds everything, else assembled from every rank's block).
+  if (write_fine .and. use_plugin) then
+    allocate (lon_out(gfine(1)), lat_out(gfine(2)))
+    call fine_coords_global()
+  else
+    allocate (lon_out(0), lat_out(0))
   end if
 
   ! ---- initial state: 80 % of saturation, or a restart ---------------------------------
   day0 = 0
   if (len_trim(restart_in) > 0) then
-    call restart_read(trim(restart_in) // '.toy.nc', water, pr_rate, pr_out, day0, errmsg, errflg)
-    if (errflg /= 0) call fail(trim(errmsg))
+    g_water = 0.0_dp
+    if (root) then
+      call restart_read(trim(restart_in) // '.toy.nc', g_water, g_rate, g_pr, day0, errmsg, errflg)
+      if (errflg /= 0) call fail(trim(errmsg))
+    end if
+    call par_bcast_int(day0)
+    call par_scatter(g_water, water(:, 1:nb))
+    call par_scatter(g_rate, pr_rate)
+    call par_scatter(g_pr, pr_out)
     if (use_plugin) then
-      call precipdiff_read_restart(handle, trim(restart_in) // '.plugin.nc', errmsg, errflg)
+      call plug_read_restart(handle, trim(restart_in) // '.plugin.nc', errmsg, errflg)
       call check_plugin('precipdiff_read_restart')
     end if
-    write (*, '(a,i0)') 'toy_esm: restarted from ' // trim(restart_in) // ' after day ', day0
+    if (root) write (*, '(a,i0)') 'toy_esm: restarted from ' // trim(restart_in) // ' after day ', day0
   else
-    do k = 1, nlat
-      water(:, k) = 0.8_dp * saturation_water(grid%lat_deg(k))
+    do k = 1, nb
+      water(:, k) = 0.8_dp * saturation_water(grid%lat_deg(j_first + k - 1))
     end do
   end if
 
-  write (history, '(a)') 'toy_esm run with namelist ' // trim(nml_file)
-  call output_open(out, trim(output_file), grid, trim(start_date), lon_fine, lat_fine, &
-                   trim(history), errmsg, errflg)
-  if (errflg /= 0) call fail(trim(errmsg))
-
-  write (*, '(a)') 'toy_esm:  day   water    evap  precip limited     residual   w_min   w_max' // &
-       ' courant nan  wall_s'
-  write (*, '(a)') 'toy_esm:       kg m-2  kg m-2  kg m-2  kg m-2       kg m-2  kg m-2  kg m-2'
+  if (root) then
+    write (history, '(a)') 'toy_esm run with namelist ' // trim(nml_file)
+    call output_open(out, trim(output_file), grid, trim(start_date), lon_out, lat_out, &
+                     trim(history), errmsg, errflg)
+    if (errflg /= 0) call fail(trim(errmsg))
+    write (*, '(a)') 'toy_esm:  day   water    evap  precip limited     residual   w_min   w_max' // &
+         ' courant nan  wall_s'
+    write (*, '(a)') 'toy_esm:       kg m-2  kg m-2  kg m-2  kg m-2       kg m-2  kg m-2  kg m-2'
+  end if
 
   ! ---- time loop ----------------------------------------------------------------------
-  call prescribed_atmosphere(grid, params, day0 * seconds_per_day, msl, u10, v10)
+  ! Atmosphere (with halo rows for the face winds) at the start of the first step.
+  call prescribed_atmosphere(grid, params, day0 * seconds_per_day, msl, u10, v10, j_first - 1)
   do iday = 1, ndays
     day = day0 + iday
     call system_clock(clock_day)
     budget = toy_budget_t()
-    budget%water_start = grid_global_mean(grid, water)
+    budget%water_start = par_sum(band_mean_part(grid, water(:, 1:nb), j_first))
     msl_day = 0.0_dp
     u10_day = 0.0_dp
     v10_day = 0.0_dp
     evap_day = 0.0_dp
+    loc_evap = 0.0_dp
+    loc_pr = 0.0_dp
+    loc_req = 0.0_dp
+    loc_lim = 0.0_dp
     got_output = .false.
     nan_out = 0
     neg_out = 0
@@ -199,31 +240,36 @@ program toy_esm
       t = ((day - 1) * nsteps + (step - 1)) * dt
       t_end = t + dt
 
-      ! Dynamics: transport by the winds at the start of the step (forward in time).
-      call advect_upwind(grid, water, u10, v10, dt, nsub)
-      cour = courant_max(grid, u10, v10, dt) / nsub
-      budget%courant = max(budget%courant, cour)
+      ! Dynamics: transport by the winds at the start of the step (forward in
+      ! time), sub-cycled when the largest Courant number anywhere exceeds 0.9.
+      cour = par_max(courant_max(grid, u10, v10, dt, j_first))
+      nsub = max(1, ceiling(cour / 0.9_dp))
+      do isub = 1, nsub
+        call par_halo(water)
+        call advect_step(grid, water, u10, v10, dt / nsub, j_first)
+      end do
+      budget%courant = max(budget%courant, cour / nsub)
 
       ! Evaporation source.
-      call evaporation(grid, params, water, u10, v10, evap)
-      water = water + evap * dt
+      call evaporation(grid, params, water(:, 1:nb), u10(:, 1:nb), v10(:, 1:nb), evap, j_first)
+      water(:, 1:nb) = water(:, 1:nb) + evap * dt
       evap_day = evap_day + evap / nsteps
-      budget%evap = budget%evap + grid_global_mean(grid, evap) * dt
+      loc_evap = loc_evap + band_mean_part(grid, evap, j_first) * dt
 
       ! Precipitation sink: the plugin's latest rate, limited by the water in the column.
-      sink = min(pr_rate * dt, water)
+      sink = min(pr_rate * dt, water(:, 1:nb))
       lim = pr_rate * dt - sink
-      water = water - sink
-      budget%precip = budget%precip + grid_global_mean(grid, sink)
-      budget%precip_requested = budget%precip_requested + grid_global_mean(grid, pr_rate) * dt
-      budget%limited = budget%limited + grid_global_mean(grid, lim)
+      water(:, 1:nb) = water(:, 1:nb) - sink
+      loc_pr = loc_pr + band_mean_part(grid, sink, j_first)
+      loc_req = loc_req + band_mean_part(grid, pr_rate, j_first) * dt
+      loc_lim = loc_lim + band_mean_part(grid, lim, j_first)
 
       ! The prescribed atmosphere at the end of the step: the state handed to the
       ! plugin now and the winds of the next step.
-      call prescribed_atmosphere(grid, params, t_end, msl, u10, v10)
-      msl_day = msl_day + msl / nsteps
-      u10_day = u10_day + u10 / nsteps
-      v10_day = v10_day + v10 / nsteps
+      call prescribed_atmosphere(grid, params, t_end, msl, u10, v10, j_first - 1)
+      msl_day = msl_day + msl(:, 1:nb) / nsteps
+      u10_day = u10_day + u10(:, 1:nb) / nsteps
+      v10_day = v10_day + v10(:, 1:nb) / nsteps
 
       ! Coupling: hand the plugin the state at t_end; collect the day's precipitation.
       if (use_plugin) then
@@ -231,16 +277,16 @@ program toy_esm
         do k = 1, nreq
           select case (field_kind(k))
           case (1)
-            call precipdiff_set_field(handle, trim(required(k)), u10, errmsg, errflg)
+            call plug_set(handle, trim(required(k)), u10(:, 1:nb), errmsg, errflg)
           case (2)
-            call precipdiff_set_field(handle, trim(required(k)), v10, errmsg, errflg)
+            call plug_set(handle, trim(required(k)), v10(:, 1:nb), errmsg, errflg)
           case (3)
-            call precipdiff_set_field(handle, trim(required(k)), msl, errmsg, errflg)
+            call plug_set(handle, trim(required(k)), msl(:, 1:nb), errmsg, errflg)
           end select
           call check_plugin('precipdiff_set_field(' // trim(required(k)) // ')')
         end do
         ! model_time is the END of the step, the time the fields just set are valid at.
-        call precipdiff_run(handle, t_end, dt, pr_fine, pr_model, ready, errmsg, errflg)
+        call plug_run(handle, t_end, dt, pr_fine, pr_model, ready, errmsg, errflg)
         call check_plugin('precipdiff_run')
         call system_clock(c1)
         clock_plugin = clock_plugin + (c1 - c0)
@@ -266,25 +312,39 @@ program toy_esm
       end if
     end do
 
-    budget%water_end = grid_global_mean(grid, water)
+    budget%evap = par_sum(loc_evap)
+    budget%precip = par_sum(loc_pr)
+    budget%precip_requested = par_sum(loc_req)
+    budget%limited = par_sum(loc_lim)
+    budget%water_end = par_sum(band_mean_part(grid, water(:, 1:nb), j_first))
     budget%residual = (budget%water_end - budget%water_start) - (budget%evap - budget%precip)
-    budget%water_min = minval(water)
-    budget%water_max = maxval(water)
-    budget%nan_count = count(.not. ieee_is_finite(water)) + nan_out
-    call output_write_day(out, real(day - 1, dp), real(day, dp), pr_out, water, evap_day, &
-                          u10_day, v10_day, msl_day, pr_fine, budget, errmsg, errflg)
-    if (errflg /= 0) call fail(trim(errmsg))
+    budget%water_min = par_min(minval(water(:, 1:nb)))
+    budget%water_max = par_max(maxval(water(:, 1:nb)))
+    budget%nan_count = nint(par_sum(real(count(.not. ieee_is_finite(water(:, 1:nb))) + nan_out, dp)))
+    neg_out = nint(par_sum(real(neg_out, dp)))
+    call par_gather(water(:, 1:nb), g_water)
+    call par_gather(pr_out, g_pr)
+    call par_gather(evap_day, g_evap)
+    call par_gather(u10_day, g_u)
+    call par_gather(v10_day, g_v)
+    call par_gather(msl_day, g_msl)
+    if (write_fine .and. use_plugin) call par_gather_fine(pr_fine, fstart, g_fine)
     call system_clock(c1)
-    write (*, '(a,i5,4f8.3,es13.3,2f8.2,f8.3,i4,f8.2)') 'toy_esm: ', day, budget%water_end, &
-         budget%evap, budget%precip, budget%limited, budget%residual, budget%water_min, &
-         budget%water_max, budget%courant, budget%nan_count, real(c1 - clock_day, dp) / clock_rate
-    if (use_plugin .and. .not. got_output) then
-      write (*, '(a,i0,a)') 'toy_esm: note: the plugin returned no new precipitation during day ', day, &
-           ' (lagged inference hands a window back when the next one closes)'
-    end if
-    if (neg_out > 0) then
-      write (*, '(a,i0,a,i0)') 'toy_esm: warning: ', neg_out, &
-           ' negative precipitation values from the plugin on day ', day
+    if (root) then
+      call output_write_day(out, real(day - 1, dp), real(day, dp), g_pr, g_water, g_evap, &
+                            g_u, g_v, g_msl, g_fine, budget, errmsg, errflg)
+      if (errflg /= 0) call fail(trim(errmsg))
+      write (*, '(a,i5,4f8.3,es13.3,2f8.2,f8.3,i4,f8.2)') 'toy_esm: ', day, budget%water_end, &
+           budget%evap, budget%precip, budget%limited, budget%residual, budget%water_min, &
+           budget%water_max, budget%courant, budget%nan_count, real(c1 - clock_day, dp) / clock_rate
+      if (use_plugin .and. .not. got_output) then
+        write (*, '(a,i0,a)') 'toy_esm: note: the plugin returned no new precipitation during day ', day, &
+             ' (lagged inference hands a window back when the next one closes)'
+      end if
+      if (neg_out > 0) then
+        write (*, '(a,i0,a,i0)') 'toy_esm: warning: ', neg_out, &
+             ' negative precipitation values from the plugin on day ', day
+      end if
     end if
     if (budget%nan_count > 0) then
       write (errmsg, '(a,i0,a,i0)') 'non-finite values on day ', day, ': ', budget%nan_count
@@ -293,30 +353,60 @@ program toy_esm
   end do
 
   if (len_trim(restart_out) > 0) then
-    call restart_write(trim(restart_out) // '.toy.nc', water, pr_rate, pr_out, day0 + ndays, errmsg, errflg)
-    if (errflg /= 0) call fail(trim(errmsg))
+    call par_gather(pr_rate, g_rate)
+    if (root) then
+      call restart_write(trim(restart_out) // '.toy.nc', g_water, g_rate, g_pr, day0 + ndays, &
+                         errmsg, errflg)
+      if (errflg /= 0) call fail(trim(errmsg))
+    end if
     if (use_plugin) then
-      call precipdiff_write_restart(handle, trim(restart_out) // '.plugin.nc', errmsg, errflg)
+      call plug_write_restart(handle, trim(restart_out) // '.plugin.nc', errmsg, errflg)
       call check_plugin('precipdiff_write_restart')
     end if
-    write (*, '(a,i0)') 'toy_esm: restart written to ' // trim(restart_out) // ' after day ', day0 + ndays
+    if (root) write (*, '(a,i0)') 'toy_esm: restart written to ' // trim(restart_out) // ' after day ', &
+         day0 + ndays
   end if
 
   call system_clock(clock1)
   total_seconds = real(clock1 - clock0, dp) / clock_rate
   plugin_seconds = real(clock_plugin, dp) / clock_rate
-  call output_close(out, errmsg, errflg)
-  if (errflg /= 0) call fail(trim(errmsg))
+  if (root) then
+    call output_close(out, errmsg, errflg)
+    if (errflg /= 0) call fail(trim(errmsg))
+  end if
   if (use_plugin) then
-    call precipdiff_finalize(handle, errmsg, errflg)
+    call plug_finalize(handle, errmsg, errflg)
     call check_plugin('precipdiff_finalize')
   end if
-  write (*, '(a,f9.2,a,f9.3,a,f9.3,a)') 'toy_esm: wall time ', total_seconds, ' s, ', &
-       total_seconds / ndays, ' s per simulated day (plugin incl. start-up ', &
-       plugin_seconds / ndays, ' s per day)'
-  write (*, '(a)') 'toy_esm: output written to ' // trim(output_file)
+  if (root) then
+    write (*, '(a,f9.2,a,f9.3,a,f9.3,a)') 'toy_esm: wall time ', total_seconds, ' s, ', &
+         total_seconds / ndays, ' s per simulated day (plugin incl. start-up ', &
+         plugin_seconds / ndays, ' s per day)'
+    write (*, '(a)') 'toy_esm: output written to ' // trim(output_file)
+  end if
+  call par_finalize()
 
 contains
+
+  !> Coordinates of the whole fine grid on rank 0, from every rank's block.
+  subroutine fine_coords_global()
+    real(dp), allocatable :: a(:, :), g(:, :)
+    integer :: i
+    ! Longitudes: a (nlon_f, nlat_f) field holding each cell's longitude, assembled
+    ! like the precipitation; then row 1 / column 1 give the coordinates.
+    allocate (a(nlon_f, nlat_f), g(gfine(1), gfine(2)))
+    g = 0.0_dp
+    do i = 1, nlat_f
+      a(:, i) = lon_fine
+    end do
+    call par_gather_fine(a, fstart, g)
+    lon_out = g(:, 1)
+    do i = 1, nlon_f
+      a(i, :) = lat_fine
+    end do
+    call par_gather_fine(a, fstart, g)
+    lat_out = g(1, :)
+  end subroutine fine_coords_global
 
   !> Which model field answers a name the bundle asks for (0: none).
   integer function field_for(name)
@@ -326,7 +416,7 @@ contains
       field_for = 1
     case ('v10', 'vas', '10v', 'northward_wind')
       field_for = 2
-    case ('msl', 'psl', 'slp', 'air_pressure_at_mean_sea_level')
+    case ('msl', 'psl', 'slp', 'mslp', 'air_pressure_at_mean_sea_level')
       field_for = 3
     case default
       field_for = 0
@@ -344,25 +434,31 @@ contains
   end function lower
 
   !> After every plugin call: print the plugin's message and stop the model on error.
+  !> (Plugin errors are agreed over all ranks by precipdiff_mpi: every rank stops.)
   subroutine check_plugin(what)
     character(len=*), intent(in) :: what
     if (errflg /= 0) then
-      write (*, '(a,i0,a)') 'toy_esm: ' // what // ' failed (errflg = ', errflg, '):'
-      write (*, '(a)') '  ' // trim(errmsg)
+      if (root) then
+        write (*, '(a,i0,a)') 'toy_esm: ' // what // ' failed (errflg = ', errflg, '):'
+        write (*, '(a)') '  ' // trim(errmsg)
+      end if
       call fail(what // ' failed')
     end if
   end subroutine check_plugin
 
-  !> The host model (not the library) decides to stop: finalize the plugin, close
-  !> the output and exit with status 1.
+  !> The host model (not the library) decides to stop. One process: finalize the
+  !> plugin, close the output and exit with status 1. Several: MPI_Abort (a
+  !> collective finalize could wait forever for a rank that did not fail).
   subroutine fail(message)
     character(len=*), intent(in) :: message
     character(len=PD_ERRMSG_LEN) :: msg2
     integer :: flg2
-    write (*, '(a)') 'toy_esm: error: ' // message
-    if (handle /= PD_NO_HANDLE) call precipdiff_finalize(handle, msg2, flg2)
-    call output_close(out, msg2, flg2)
-    error stop 1
+    write (*, '(a,i0,a)') 'toy_esm: error (rank ', my_rank, '): ' // message
+    if (n_ranks == 1) then
+      if (handle /= PD_NO_HANDLE) call plug_finalize(handle, msg2, flg2)
+      if (root) call output_close(out, msg2, flg2)
+    end if
+    call par_abort()
   end subroutine fail
 
 end program toy_esm

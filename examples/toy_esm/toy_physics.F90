@@ -48,8 +48,8 @@ module toy_physics
     real(dp) :: wind_ref = 10.0_dp              !! wind speed that doubles evaporation (m s-1)
   end type toy_params_t
 
-  public :: grid_init, grid_global_mean, prescribed_atmosphere, saturation_water
-  public :: evaporation, advect_upwind, courant_max
+  public :: grid_init, band_mean_part, prescribed_atmosphere, saturation_water
+  public :: evaporation, advect_step, courant_max
 
 contains
 
@@ -100,18 +100,21 @@ contains
     grid%cos_edge(nlat) = 0.0_dp
   end subroutine grid_init
 
-  !> Area-weighted global mean of a field.
-  pure function grid_global_mean(grid, field) result(mean)
+  !> Area-weighted sum of a field over the rows j_first .. j_first + size(field, 2) - 1,
+  !> divided by the area of the whole globe: summed over all bands (MPI_Allreduce in
+  !> a decomposed run) it is the global mean.
+  pure function band_mean_part(grid, field, j_first) result(part)
     type(toy_grid_t), intent(in) :: grid   !! the grid
-    real(dp), intent(in) :: field(:, :)    !! (nlon, nlat) field
-    real(dp) :: mean                       !! area-weighted mean
-    integer :: j
-    mean = 0.0_dp
-    do j = 1, grid%nlat
-      mean = mean + grid%area(j) * sum(field(:, j))
+    real(dp), intent(in) :: field(:, :)    !! (nlon, rows) field
+    integer, intent(in) :: j_first         !! global latitude index of the first row
+    real(dp) :: part                       !! this band's share of the global mean
+    integer :: jl
+    part = 0.0_dp
+    do jl = 1, size(field, 2)
+      part = part + grid%area(j_first + jl - 1) * sum(field(:, jl))
     end do
-    mean = mean / (grid%nlon * sum(grid%area))
-  end function grid_global_mean
+    part = part / (grid%nlon * sum(grid%area))
+  end function band_mean_part
 
   !> Zonal-mean sea-level pressure (Pa) and its latitude derivative (Pa per degree).
   !> Equatorial trough, subtropical highs, subpolar lows and polar highs, as in
@@ -144,14 +147,18 @@ contains
   !> through the mid-latitudes of both hemispheres, so every point sees weather.
   !> Winds are tapered towards the poles (like the polar filters of grid-point
   !> models) so the explicit advection stays stable with a 30 min timestep.
-  subroutine prescribed_atmosphere(grid, params, time_s, msl, u10, v10)
+  !> Computed for the latitude rows j_first .. j_first + size(msl, 2) - 1 of the
+  !> grid (a band of a decomposed model, possibly with halo rows); rows outside
+  !> 1..nlat (halos beyond a pole) get zero.
+  subroutine prescribed_atmosphere(grid, params, time_s, msl, u10, v10, j_first)
     type(toy_grid_t), intent(in) :: grid      !! the grid
     type(toy_params_t), intent(in) :: params  !! atmosphere parameters
     real(dp), intent(in) :: time_s            !! model time (s)
-    real(dp), intent(out) :: msl(:, :)        !! sea-level pressure (Pa), (nlon, nlat)
-    real(dp), intent(out) :: u10(:, :)        !! eastward 10 m wind (m s-1)
-    real(dp), intent(out) :: v10(:, :)        !! northward 10 m wind (m s-1)
-    integer :: i, j
+    real(dp), intent(out) :: msl(:, :)        !! sea-level pressure (Pa), (nlon, rows)
+    real(dp), intent(out) :: u10(:, :)        !! eastward 10 m wind (m s-1), (nlon, rows)
+    real(dp), intent(out) :: v10(:, :)        !! northward 10 m wind (m s-1), (nlon, rows)
+    integer, intent(in) :: j_first            !! global latitude index of the first row
+    integer :: i, j, jl
     real(dp) :: lat, phi, pz, dpz, amp_w, damp_w, phase_speed, phase, f, coslat
     real(dp) :: dpdphi, dpdlam, ug, vg, s, srot, ca, sa, taper, speed, p_w
     real(dp), parameter :: wave_lat = 50.0_dp, wave_width = 14.0_dp
@@ -161,7 +168,14 @@ contains
     phase_speed = params%wave_speed / (earth_radius * cos(wave_lat * deg2rad))
     ca = cos(params%friction_angle_deg * deg2rad)
     sa = sin(params%friction_angle_deg * deg2rad)
-    do j = 1, grid%nlat
+    do jl = 1, size(msl, 2)
+      j = j_first + jl - 1
+      if (j < 1 .or. j > grid%nlat) then
+        msl(:, jl) = 0.0_dp
+        u10(:, jl) = 0.0_dp
+        v10(:, jl) = 0.0_dp
+        cycle
+      end if
       lat = grid%lat_deg(j)
       phi = lat * deg2rad
       coslat = cos(phi)
@@ -181,7 +195,7 @@ contains
       do i = 1, grid%nlon
         phase = params%wave_number * (grid%lon_deg(i) * deg2rad - phase_speed * time_s)
         p_w = amp_w * cos(phase)
-        msl(i, j) = pz + p_w
+        msl(i, jl) = pz + p_w
         dpdphi = (dpz + damp_w * cos(phase)) / deg2rad       ! Pa per radian
         dpdlam = -params%wave_number * amp_w * sin(phase)     ! Pa per radian
         ug = -dpdphi / (rho_air * f * earth_radius)
@@ -190,12 +204,12 @@ contains
         ! northern hemisphere, clockwise in the southern; the turning fades out
         ! over +-10 degrees around the equator so the trade winds converge over a
         ! broad ITCZ rather than into one row of cells.
-        u10(i, j) = params%friction_factor * taper * (ug * ca - srot * vg * sa)
-        v10(i, j) = params%friction_factor * taper * (srot * ug * sa + vg * ca)
-        speed = sqrt(u10(i, j)**2 + v10(i, j)**2)
+        u10(i, jl) = params%friction_factor * taper * (ug * ca - srot * vg * sa)
+        v10(i, jl) = params%friction_factor * taper * (srot * ug * sa + vg * ca)
+        speed = sqrt(u10(i, jl)**2 + v10(i, jl)**2)
         if (speed > params%max_wind) then
-          u10(i, j) = u10(i, j) * params%max_wind / speed
-          v10(i, j) = v10(i, j) * params%max_wind / speed
+          u10(i, jl) = u10(i, jl) * params%max_wind / speed
+          v10(i, jl) = v10(i, jl) * params%max_wind / speed
         end if
       end do
     end do
@@ -214,128 +228,138 @@ contains
 
   !> Evaporation (kg m-2 s-1): relaxation of the column towards saturation over
   !> the SST-like profile, faster in stronger wind (bulk-formula-like). Never negative.
-  subroutine evaporation(grid, params, water, u10, v10, evap)
+  !> For the rows j_first .. j_first + size(evap, 2) - 1.
+  subroutine evaporation(grid, params, water, u10, v10, evap, j_first)
     type(toy_grid_t), intent(in) :: grid      !! the grid
     type(toy_params_t), intent(in) :: params  !! parameters
     real(dp), intent(in) :: water(:, :)       !! column water vapour (kg m-2)
     real(dp), intent(in) :: u10(:, :)         !! eastward 10 m wind (m s-1)
     real(dp), intent(in) :: v10(:, :)         !! northward 10 m wind (m s-1)
     real(dp), intent(out) :: evap(:, :)       !! evaporation (kg m-2 s-1)
-    integer :: i, j
+    integer, intent(in) :: j_first            !! global latitude index of the first row
+    integer :: i, jl
     real(dp) :: wsat, tau, wind
     tau = params%evap_timescale_days * seconds_per_day
-    do j = 1, grid%nlat
-      wsat = saturation_water(grid%lat_deg(j))
+    do jl = 1, size(evap, 2)
+      wsat = saturation_water(grid%lat_deg(j_first + jl - 1))
       do i = 1, grid%nlon
-        wind = sqrt(u10(i, j)**2 + v10(i, j)**2)
-        evap(i, j) = max(0.0_dp, wsat - water(i, j)) / tau * (1.0_dp + wind / params%wind_ref)
+        wind = sqrt(u10(i, jl)**2 + v10(i, jl)**2)
+        evap(i, jl) = max(0.0_dp, wsat - water(i, jl)) / tau * (1.0_dp + wind / params%wind_ref)
       end do
     end do
   end subroutine evaporation
 
-  !> Largest Courant number of the winds with timestep dt (outgoing-flux sum per cell).
-  pure function courant_max(grid, u10, v10, dt) result(cmax)
+  !> Largest Courant number of the winds with timestep dt (outgoing-flux sum per
+  !> cell) over the band's rows 1..nb; u10, v10 carry halo rows 0 and nb+1.
+  pure function courant_max(grid, u10, v10, dt, j_first) result(cmax)
     type(toy_grid_t), intent(in) :: grid   !! the grid
-    real(dp), intent(in) :: u10(:, :)      !! eastward wind (m s-1)
-    real(dp), intent(in) :: v10(:, :)      !! northward wind (m s-1)
+    real(dp), intent(in) :: u10(:, 0:)     !! eastward wind (m s-1), (nlon, 0:nb+1)
+    real(dp), intent(in) :: v10(:, 0:)     !! northward wind (m s-1), (nlon, 0:nb+1)
     real(dp), intent(in) :: dt             !! timestep (s)
+    integer, intent(in) :: j_first         !! global latitude index of row 1
     real(dp) :: cmax                       !! max over cells of outflow volume / cell volume
     real(dp), allocatable :: uf(:, :), vf(:, :)
-    integer :: i, j, ip
+    integer :: i, jl, j, ip, nb
     real(dp) :: out
-    call face_winds(grid, u10, v10, uf, vf)
+    call face_winds(grid, u10, v10, j_first, uf, vf)
+    nb = size(u10, 2) - 2
     cmax = 0.0_dp
-    do j = 1, grid%nlat
+    do jl = 1, nb
+      j = j_first + jl - 1
       do i = 1, grid%nlon
         ip = i - 1
         if (ip < 1) ip = grid%nlon
-        ! Outgoing transports through the four faces of cell (i, j) (m2 s-1 * edge length)
-        out = max(0.0_dp, uf(i, j)) + max(0.0_dp, -uf(ip, j))
+        ! Outgoing transports through the four faces of cell (i, j).
+        out = max(0.0_dp, uf(i, jl)) + max(0.0_dp, -uf(ip, jl))
         out = out * earth_radius * grid%dlat
-        out = out + (max(0.0_dp, vf(i, j)) * grid%cos_edge(j) &
-                     + max(0.0_dp, -vf(i, j - 1)) * grid%cos_edge(j - 1)) * earth_radius * grid%dlon
+        out = out + (max(0.0_dp, vf(i, jl)) * grid%cos_edge(j) &
+                     + max(0.0_dp, -vf(i, jl - 1)) * grid%cos_edge(j - 1)) * earth_radius * grid%dlon
         cmax = max(cmax, out * dt / grid%area(j))
       end do
     end do
   end function courant_max
 
-  !> Winds on cell faces: uf(i, j) on the east face of cell (i, j) (periodic),
-  !> vf(i, j) on the north face of cell (i, j), vf(:, 0) = vf(:, nlat) = 0 (poles).
-  pure subroutine face_winds(grid, u10, v10, uf, vf)
+  !> Winds on cell faces of the band: uf(i, jl) on the east face of cell (i, jl)
+  !> (periodic), vf(i, jl) on the north face of row jl for jl = 0..nb (face 0 is
+  !> the band's southern edge). The flux through a pole face is removed by
+  !> cos_edge = 0 there.
+  pure subroutine face_winds(grid, u10, v10, j_first, uf, vf)
     type(toy_grid_t), intent(in) :: grid
-    real(dp), intent(in) :: u10(:, :), v10(:, :)
+    real(dp), intent(in) :: u10(:, 0:), v10(:, 0:)
+    integer, intent(in) :: j_first
     real(dp), allocatable, intent(out) :: uf(:, :), vf(:, :)
-    integer :: i, j, ie
-    allocate (uf(grid%nlon, grid%nlat), vf(grid%nlon, 0:grid%nlat))
-    do j = 1, grid%nlat
+    integer :: i, jl, ie, nb
+    nb = size(u10, 2) - 2
+    allocate (uf(grid%nlon, nb), vf(grid%nlon, 0:nb))
+    do jl = 1, nb
       do i = 1, grid%nlon
         ie = i + 1
         if (ie > grid%nlon) ie = 1
-        uf(i, j) = 0.5_dp * (u10(i, j) + u10(ie, j))
+        uf(i, jl) = 0.5_dp * (u10(i, jl) + u10(ie, jl))
       end do
     end do
-    vf(:, 0) = 0.0_dp
-    vf(:, grid%nlat) = 0.0_dp
-    do j = 1, grid%nlat - 1
-      vf(:, j) = 0.5_dp * (v10(:, j) + v10(:, j + 1))
+    do jl = 0, nb
+      if (j_first + jl - 1 <= 0 .or. j_first + jl - 1 >= grid%nlat) then
+        vf(:, jl) = 0.0_dp
+      else
+        vf(:, jl) = 0.5_dp * (v10(:, jl) + v10(:, jl + 1))
+      end if
     end do
   end subroutine face_winds
 
-  !> Advance column water by dt with first-order upwind finite-volume advection
-  !> in flux form: the global integral is conserved to round-off and the field
-  !> stays non-negative while the Courant number is below one. Sub-cycles when
-  !> the winds would exceed a Courant number of 0.9; returns the sub-step count.
-  subroutine advect_upwind(grid, water, u10, v10, dt, nsub)
-    type(toy_grid_t), intent(in) :: grid   !! the grid
-    real(dp), intent(inout) :: water(:, :) !! column water vapour (kg m-2)
-    real(dp), intent(in) :: u10(:, :)      !! eastward wind (m s-1)
-    real(dp), intent(in) :: v10(:, :)      !! northward wind (m s-1)
-    real(dp), intent(in) :: dt             !! timestep (s)
-    integer, intent(out) :: nsub           !! number of sub-steps used
+  !> One upwind finite-volume step of length h for the band's rows 1..nb, in
+  !> flux form: fluxes through shared faces are computed identically by both
+  !> neighbours, so the global integral is conserved to round-off and the field
+  !> stays non-negative while the Courant number is below one. water carries
+  !> halo rows 0 and nb+1 (filled by the caller: a neighbour's rows, or anything
+  !> finite beyond a pole).
+  subroutine advect_step(grid, water, u10, v10, h, j_first)
+    type(toy_grid_t), intent(in) :: grid     !! the grid
+    real(dp), intent(inout) :: water(:, 0:)  !! column water vapour (kg m-2), (nlon, 0:nb+1)
+    real(dp), intent(in) :: u10(:, 0:)       !! eastward wind (m s-1), (nlon, 0:nb+1)
+    real(dp), intent(in) :: v10(:, 0:)       !! northward wind (m s-1), (nlon, 0:nb+1)
+    real(dp), intent(in) :: h                !! step length (s)
+    integer, intent(in) :: j_first           !! global latitude index of row 1
     real(dp), allocatable :: uf(:, :), vf(:, :), fx(:, :), fy(:, :)
-    real(dp) :: cmax, h, ex, ey
-    integer :: i, j, ie, iw, k
+    real(dp) :: ex, ey
+    integer :: i, jl, j, ie, iw, nb
 
-    cmax = courant_max(grid, u10, v10, dt)
-    nsub = max(1, ceiling(cmax / 0.9_dp))
-    h = dt / nsub
-    call face_winds(grid, u10, v10, uf, vf)
-    allocate (fx(grid%nlon, grid%nlat), fy(grid%nlon, 0:grid%nlat))
+    nb = size(water, 2) - 2
+    call face_winds(grid, u10, v10, j_first, uf, vf)
+    allocate (fx(grid%nlon, nb), fy(grid%nlon, 0:nb))
     ex = earth_radius * grid%dlat
     ey = earth_radius * grid%dlon
-    do k = 1, nsub
-      ! Mass fluxes (kg s-1) through east faces and north faces.
-      do j = 1, grid%nlat
-        do i = 1, grid%nlon
-          ie = i + 1
-          if (ie > grid%nlon) ie = 1
-          if (uf(i, j) >= 0.0_dp) then
-            fx(i, j) = uf(i, j) * water(i, j) * ex
-          else
-            fx(i, j) = uf(i, j) * water(ie, j) * ex
-          end if
-        end do
-      end do
-      fy(:, 0) = 0.0_dp
-      fy(:, grid%nlat) = 0.0_dp
-      do j = 1, grid%nlat - 1
-        do i = 1, grid%nlon
-          if (vf(i, j) >= 0.0_dp) then
-            fy(i, j) = vf(i, j) * water(i, j) * ey * grid%cos_edge(j)
-          else
-            fy(i, j) = vf(i, j) * water(i, j + 1) * ey * grid%cos_edge(j)
-          end if
-        end do
-      end do
-      do j = 1, grid%nlat
-        do i = 1, grid%nlon
-          iw = i - 1
-          if (iw < 1) iw = grid%nlon
-          water(i, j) = water(i, j) - h / grid%area(j) * &
-                        (fx(i, j) - fx(iw, j) + fy(i, j) - fy(i, j - 1))
-        end do
+    ! Mass fluxes (kg s-1) through east faces and north faces.
+    do jl = 1, nb
+      do i = 1, grid%nlon
+        ie = i + 1
+        if (ie > grid%nlon) ie = 1
+        if (uf(i, jl) >= 0.0_dp) then
+          fx(i, jl) = uf(i, jl) * water(i, jl) * ex
+        else
+          fx(i, jl) = uf(i, jl) * water(ie, jl) * ex
+        end if
       end do
     end do
-  end subroutine advect_upwind
+    do jl = 0, nb
+      j = j_first + jl - 1       ! global index of the face (north edge of row j)
+      do i = 1, grid%nlon
+        if (vf(i, jl) >= 0.0_dp) then
+          fy(i, jl) = vf(i, jl) * water(i, jl) * ey * grid%cos_edge(j)
+        else
+          fy(i, jl) = vf(i, jl) * water(i, jl + 1) * ey * grid%cos_edge(j)
+        end if
+      end do
+    end do
+    do jl = 1, nb
+      j = j_first + jl - 1
+      do i = 1, grid%nlon
+        iw = i - 1
+        if (iw < 1) iw = grid%nlon
+        water(i, jl) = water(i, jl) - h / grid%area(j) * &
+                       (fx(i, jl) - fx(iw, jl) + fy(i, jl) - fy(i, jl - 1))
+      end do
+    end do
+  end subroutine advect_step
 
 end module toy_physics

@@ -230,3 +230,15 @@ def test_cli_qdm_fit_attach_apply(shared_data: Path, tmp_path: Path) -> None:
             assert abs(c - r) < 0.1 * abs(h - r) + 1e-9 * abs(r), (n, r, h, c)
     ref.close()
     raw.close()
+
+
+def test_day_keys_match_across_calendars() -> None:
+    cftime = pytest.importorskip("cftime")
+    from precipdiff.evaluate.report import day_keys
+
+    greg = np.array(["2000-02-28T12", "2000-02-29", "2000-03-01"], dtype="datetime64[ns]")
+    d360 = cftime.num2date([57, 58, 59], "days since 2000-01-01", calendar="360_day")
+    np.testing.assert_array_equal(day_keys(greg), [20000228, 20000229, 20000301])
+    np.testing.assert_array_equal(day_keys(d360), [20000228, 20000229, 20000230])
+    common = np.intersect1d(day_keys(greg), day_keys(d360))
+    np.testing.assert_array_equal(common, [20000228, 20000229])

@@ -70,6 +70,7 @@ def _files(args: argparse.Namespace) -> int:
     from precipdiff.evaluate.report import (
         TABLE_COLUMNS,
         Report,
+        day_keys,
         evaluate_ensemble,
         figures_for,
         write_metrics_netcdf,
@@ -103,12 +104,7 @@ def _files(args: argparse.Namespace) -> int:
     finally:
         obs_ds.close()
 
-    def days(t: np.ndarray) -> np.ndarray:
-        if np.issubdtype(np.asarray(t).dtype, np.datetime64):
-            return np.asarray(t).astype("datetime64[D]").astype(np.int64)
-        return np.array([x.toordinal() for x in t])
-
-    _, ip, io = np.intersect1d(days(t_pred), days(t_obs), return_indices=True)
+    _, ip, io = np.intersect1d(day_keys(t_pred), day_keys(t_obs), return_indices=True)
     if ip.size == 0:
         raise InputError(f"{args.pred} and {args.obs} have no day in common")
     ev = evaluate_ensemble(pred[ip], obs[io], lat, lon, label="product")

@@ -43,6 +43,7 @@ from precipdiff.evaluate import plots
 from precipdiff.evaluate.report import (
     TABLE_COLUMNS,
     Report,
+    day_keys,
     evaluate_ensemble,
     figures_for,
     write_metrics_netcdf,
@@ -145,14 +146,6 @@ def _load(paths: list[Path], specs: list[Any], grid: Any) -> tuple[dict[str, NDA
     return arrays, times
 
 
-def _days(times: Any) -> NDArray[np.int64]:
-    """Integer day numbers of datetime64 or cftime times (for matching dates)."""
-    t = np.asarray(times)
-    if np.issubdtype(t.dtype, np.datetime64):
-        return np.asarray(t.astype("datetime64[D]").astype(np.int64))
-    return np.array([int(x.toordinal()) for x in t], dtype=np.int64)
-
-
 def _subsample(n: int, max_days: int | None) -> NDArray[np.int64]:
     if max_days is None or n <= max_days:
         return np.arange(n)
@@ -231,9 +224,9 @@ def run_iberia(
     up = Regridder(cgrid, fgrid, "bilinear")
 
     # ------------------------------------------------- (a) reanalysis-driven
-    d_ncep, d_obs = _days(t_ncep), _days(t_eobs)
+    d_ncep, d_obs = day_keys(t_ncep), day_keys(t_eobs)
     common, i_n, i_o = np.intersect1d(d_ncep, d_obs, return_indices=True)
-    val = common >= _days(np.array([np.datetime64(config.validation_start)]))[0]
+    val = common >= day_keys(np.array([np.datetime64(config.validation_start)]))[0]
     if not val.any():
         raise InputError(f"no NCEP/E-OBS days on or after {config.validation_start}")
     sel = _subsample(int(val.sum()), config.max_days)

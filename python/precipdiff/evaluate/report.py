@@ -22,10 +22,39 @@ from precipdiff import __version__, metrics
 from precipdiff.errors import InputError
 from precipdiff.evaluate import plots
 
-__all__ = ["EnsembleEvaluation", "Report", "evaluate_ensemble", "write_metrics_netcdf"]
+__all__ = ["EnsembleEvaluation", "Report", "day_keys", "evaluate_ensemble", "write_metrics_netcdf"]
 
 #: High quantiles reported everywhere.
 HIGH_Q = (0.95, 0.99, 0.999)
+
+
+def day_keys(times: Any) -> NDArray[np.int64]:
+    """Calendar-day keys ``year * 10000 + month * 100 + day`` for matching two time axes.
+
+    Works for ``datetime64`` and ``cftime`` times of any calendar (a 360-day
+    model's 30 February simply matches nothing in a Gregorian series).
+
+    Parameters
+    ----------
+    times
+        Time values.
+
+    Returns
+    -------
+    numpy.ndarray
+        One integer per time.
+    """
+    t = np.asarray(getattr(times, "values", times))
+    if np.issubdtype(t.dtype, np.datetime64):
+        d = t.astype("datetime64[D]")
+        y = d.astype("datetime64[Y]").astype(np.int64) + 1970
+        m = d.astype("datetime64[M]").astype(np.int64) % 12 + 1
+        day = (d - d.astype("datetime64[M]")).astype(np.int64) + 1
+        return np.asarray(y * 10000 + m * 100 + day, dtype=np.int64)
+    try:
+        return np.array([x.year * 10000 + x.month * 100 + x.day for x in t.ravel()], np.int64)
+    except AttributeError as exc:
+        raise InputError(f"cannot read calendar days from times of type {t.dtype}") from exc
 
 
 @dataclass

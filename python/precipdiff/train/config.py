@@ -33,26 +33,23 @@ class VariableSource:
     Parameters
     ----------
     name
-        Canonical name used inside precipdiff and in the bundle (a predictor must
-        be known to :func:`precipdiff.variables.get_variable`, e.g. ``hus850``,
-        ``psl``, ``uas``); values must be in that variable's canonical units
-        (use ``scale`` otherwise).
+        Canonical name known to :func:`precipdiff.variables.get_variable` (e.g.
+        ``hus850``, ``psl``, ``uas``, ``pr``); the level is part of the name. The
+        reader (:func:`precipdiff.io.readers.open_predictors`) converts the file's
+        units to the canonical ones (precipitation: mm/day).
     path
         File path or glob (many yearly files), relative to ``DataConfig.data_root``.
     variable
-        Name of the variable inside the file; ``None`` takes the only data variable.
+        Name of the variable inside the files when it is not one of the known
+        aliases of ``name``.
     scale
-        Factor applied after reading (e.g. ``24000`` turns ERA5 hourly ``tp`` in
-        metres into mm/day); the target must end up in mm/day.
-    level
-        Vertical level to select when the variable has a level dimension.
+        Extra factor applied after the reader's unit conversion (default 1).
     """
 
     name: str
     path: str
     variable: str | None = None
     scale: float = 1.0
-    level: float | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -61,6 +58,11 @@ class VariableSource:
             raise ConfigError(f"variable {self.name!r}: 'path' must be a non-empty string")
         if not np.isfinite(self.scale) or self.scale == 0:
             raise ConfigError(f"variable {self.name!r}: scale must be finite and non-zero")
+        from precipdiff.variables import get_variable
+
+        spec = get_variable(self.name)  # raises ConfigError naming an unknown variable
+        if spec.name != self.name:
+            raise ConfigError(f"use the canonical name {spec.name!r} instead of {self.name!r}")
 
 
 @dataclass
@@ -127,6 +129,12 @@ class DataConfig:
     time_match
         ``day`` pairs predictor and target samples by calendar day, ``exact`` by
         timestamp.
+    daily
+        ``auto`` (average sub-daily data to daily means), ``yes`` or ``no``
+        (keep every time step as a sample, e.g. hourly fields).
+    accumulation_hours
+        Accumulation period of amounts stored in m or mm (ERA5 hourly ``tp``: 1);
+        inferred by the reader when ``None``.
     cache_in_memory
         Read every selected sample once into memory (only for small data sets;
         large ones are read lazily sample by sample).
@@ -142,6 +150,8 @@ class DataConfig:
     min_valid_fraction: float = 0.5
     predictor_regrid: Literal["bilinear", "conservative"] = "bilinear"
     time_match: Literal["day", "exact"] = "day"
+    daily: Literal["auto", "yes", "no"] = "auto"
+    accumulation_hours: float | None = None
     cache_in_memory: bool = False
 
     def __post_init__(self) -> None:
@@ -158,16 +168,12 @@ class DataConfig:
                 f"data.predictor_regrid must be 'bilinear' or 'conservative', "
                 f"got {self.predictor_regrid!r}"
             )
+        if self.daily not in ("auto", "yes", "no"):
+            raise ConfigError(f"data.daily must be auto, yes or no, got {self.daily!r}")
+        if self.accumulation_hours is not None and not self.accumulation_hours > 0:
+            raise ConfigError("data.accumulation_hours must be > 0")
         if self.time_match not in ("day", "exact"):
             raise ConfigError(f"data.time_match must be 'day' or 'exact', got {self.time_match!r}")
-        from precipdiff.variables import get_variable
-
-        for p in self.predictors:
-            spec = get_variable(p.name)  # raises ConfigError naming an unknown variable
-            if spec.name != p.name:
-                raise ConfigError(
-                    f"data.predictors: use the canonical name {spec.name!r} instead of {p.name!r}"
-                )
         names = [p.name for p in self.predictors]
         if len(set(names)) != len(names):
             raise ConfigError(f"data.predictors: duplicate names in {names}")

@@ -9,6 +9,7 @@ over the training split only. Small data sets can opt into an in-memory cache.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,105 +22,60 @@ import torch
 from precipdiff.errors import ConfigError, InputError
 from precipdiff.grids import LatLonGrid, Regridder, coarsen_block_mean, coarsen_grid
 from precipdiff.train.config import DataConfig, VariableSource
-
-_LAT_NAMES = ("lat", "latitude", "y")
-_LON_NAMES = ("lon", "longitude", "x")
-_LEVEL_NAMES = ("level", "plev", "lev", "pressure_level")
-
-
-def _find_coord(ds: Any, names: Sequence[str], path: Path, what: str) -> str:
-    for n in names:
-        if n in ds.variables or n in ds.dims:
-            return n
-    raise InputError(f"{path}: no {what} coordinate (looked for {', '.join(names)})")
+from precipdiff.variables import get_variable
 
 
 class TimeSeriesSource:
     """One variable spread over one or many netCDF files, read lazily by time index.
 
+    Opens the files with :func:`precipdiff.io.readers.open_predictors`, so the
+    variable comes with its canonical name and units, latitude ascending, one
+    pressure level, accumulations turned into mm/day rates and (optionally)
+    daily means; only the time steps a batch asks for are read.
+
     Parameters
     ----------
     source
-        The configured variable (name, path or glob, variable name, scale, level).
+        The configured variable (canonical name, path or glob, optional name in
+        the file, extra scale factor).
     root
         Directory the path is relative to.
+    daily
+        ``"auto"``, ``"yes"`` or ``"no"``: average sub-daily data to daily means.
+    accumulation_hours
+        Accumulation period of amounts stored in m or mm (e.g. ERA5 hourly ``tp``:
+        1); inferred by the reader when ``None``.
     """
 
-    def __init__(self, source: VariableSource, root: Path) -> None:
-        import xarray as xr
+    def __init__(
+        self,
+        source: VariableSource,
+        root: Path,
+        daily: str = "auto",
+        accumulation_hours: float | None = None,
+    ) -> None:
+        from precipdiff.io.readers import open_predictors
 
         self.source = source
+        spec = get_variable(source.name)
+        if source.variable is not None and source.variable not in spec.aliases:
+            spec = dataclasses.replace(spec, aliases=(source.variable, *spec.aliases))
         pattern = str(root / source.path)
-        paths = [Path(p) for p in glob.glob(pattern)]
-        if not paths:
+        if not glob.glob(pattern):
             raise InputError(f"variable {source.name!r}: no file matches {pattern}")
-        # Order files by their first timestamp, not by name (directories may not sort by time).
-        paths.sort(key=lambda p: (self._first_time(p), str(p)))
-        self.paths = paths
-        self._handles: dict[int, Any] = {}
-        times: list[np.ndarray] = []
-        self._file_of: list[np.ndarray] = []
-        self._index_in_file: list[np.ndarray] = []
-        lat: np.ndarray | None = None
-        lon: np.ndarray | None = None
-        for i, p in enumerate(paths):
-            ds = xr.open_dataset(p, cache=False)
-            var = self._variable_name(ds, p)
-            if "time" not in ds[var].dims:
-                raise InputError(f"{p}: variable {var!r} has no 'time' dimension")
-            t = np.asarray(ds["time"].values).astype("datetime64[s]")
-            la = np.asarray(ds[_find_coord(ds, _LAT_NAMES, p, "latitude")].values, np.float64)
-            lo = np.asarray(ds[_find_coord(ds, _LON_NAMES, p, "longitude")].values, np.float64)
-            if lat is None:
-                lat, lon = la, lo
-            elif not (np.array_equal(lat, la) and np.array_equal(np.asarray(lon), lo)):
-                raise InputError(f"{p}: grid differs from {paths[0]} for {source.name!r}")
-            times.append(t)
-            self._file_of.append(np.full(t.size, i))
-            self._index_in_file.append(np.arange(t.size))
-            ds.close()
-        assert lat is not None and lon is not None
-        self.lat = lat
-        self.lon = lon
-        self.times = np.concatenate(times)
-        self._file = np.concatenate(self._file_of)
-        self._local = np.concatenate(self._index_in_file)
-        if np.any(np.diff(self.times) <= np.timedelta64(0, "s")):
+        self._ds = open_predictors(
+            pattern, [spec], daily=daily, accumulation_hours=accumulation_hours
+        )
+        self._da = self._ds[spec.name]
+        times = np.asarray(self._ds["time"].values)
+        if not np.issubdtype(times.dtype, np.datetime64):
             raise InputError(
-                f"variable {source.name!r}: times are not strictly increasing across "
-                f"{len(paths)} file(s) matching {source.path}"
+                f"variable {source.name!r} in {pattern}: training needs a standard calendar "
+                f"(got {type(times.flat[0]).__name__} times)"
             )
-
-    @staticmethod
-    def _first_time(path: Path) -> np.datetime64:
-        import xarray as xr
-
-        with xr.open_dataset(path, cache=False) as ds:
-            if "time" not in ds.variables or ds["time"].size == 0:
-                raise InputError(f"{path}: no 'time' coordinate")
-            return np.datetime64(np.asarray(ds["time"].values).min(), "s")
-
-    def _variable_name(self, ds: Any, path: Path) -> str:
-        if self.source.variable is not None:
-            if self.source.variable not in ds.data_vars:
-                raise InputError(
-                    f"{path}: no variable {self.source.variable!r} "
-                    f"(found {sorted(ds.data_vars)}) for {self.source.name!r}"
-                )
-            return self.source.variable
-        names = [n for n in ds.data_vars if "time" in ds[n].dims]
-        if len(names) != 1:
-            raise InputError(
-                f"{path}: set 'variable' for {self.source.name!r}; candidates are {names}"
-            )
-        return str(names[0])
-
-    def _dataset(self, i: int) -> Any:
-        import xarray as xr
-
-        if i not in self._handles:
-            self._handles[i] = xr.open_dataset(self.paths[i], cache=False)
-        return self._handles[i]
+        self.times = times.astype("datetime64[s]")
+        self.lat = np.asarray(self._ds["lat"].values, np.float64)
+        self.lon = np.asarray(self._ds["lon"].values, np.float64)
 
     def read(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Read the given global time indices.
@@ -132,42 +88,21 @@ class TimeSeriesSource:
         Returns
         -------
         numpy.ndarray
-            ``(len(indices), nlat, nlon)`` float32, scaled by ``source.scale``.
+            ``(len(indices), nlat, nlon)`` float32 in canonical units, times
+            ``source.scale``.
         """
         idx = np.asarray(indices, dtype=np.int64)
-        out = np.empty((idx.size, self.lat.size, self.lon.size), np.float32)
-        files = self._file[idx]
-        for f in np.unique(files):
-            sel = np.nonzero(files == f)[0]
-            ds = self._dataset(int(f))
-            da = ds[self._variable_name(ds, self.paths[f])]
-            level_dims = [d for d in da.dims if d in _LEVEL_NAMES]
-            if level_dims:
-                if self.source.level is None:
-                    if da.sizes[level_dims[0]] != 1:
-                        raise InputError(
-                            f"{self.paths[f]}: {self.source.name!r} has levels; set 'level'"
-                        )
-                    da = da.isel({level_dims[0]: 0})
-                else:
-                    da = da.sel({level_dims[0]: self.source.level})
-            values = da.isel(time=self._local[idx[sel]]).values
-            out[sel] = np.asarray(values, np.float32).reshape(sel.size, *out.shape[1:])
+        order = np.argsort(idx, kind="stable")
+        values = np.asarray(self._da.isel(time=idx[order]).values, np.float32)
+        out = np.empty_like(values)
+        out[order] = values
         if self.source.scale != 1.0:
             out *= np.float32(self.source.scale)
         return out
 
     def close(self) -> None:
         """Close the open files."""
-        for h in self._handles.values():
-            h.close()
-        self._handles.clear()
-
-    def __getstate__(self) -> dict[str, Any]:
-        # File handles do not pickle (DataLoader workers, spawn): reopen lazily.
-        state = self.__dict__.copy()
-        state["_handles"] = {}
-        return state
+        self._ds.close()
 
 
 def _crop(crop: list[int] | None, n: int, axis: str) -> slice:
@@ -372,8 +307,9 @@ class StageData:
         self.cfg = cfg
         self.transform = transform
         root = cfg.root(base)
-        self.target = TimeSeriesSource(cfg.target, root)
-        self.predictors = [TimeSeriesSource(p, root) for p in cfg.predictors]
+        acc = cfg.accumulation_hours
+        self.target = TimeSeriesSource(cfg.target, root, cfg.daily, acc)
+        self.predictors = [TimeSeriesSource(p, root, cfg.daily, acc) for p in cfg.predictors]
         self.split = align_and_split(cfg, self.target, self.predictors)
         self.lat_slice = _crop(cfg.crop_lat, self.target.lat.size, "lat")
         self.lon_slice = _crop(cfg.crop_lon, self.target.lon.size, "lon")

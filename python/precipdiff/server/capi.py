@@ -19,6 +19,7 @@ without cffi pointers; the ``def_extern`` shims only convert pointers.
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import sys
 import threading
@@ -473,9 +474,9 @@ def _view(
     if any(n < 0 for n in shape):
         raise BridgeError(Status.INVALID_ARGUMENT, f"{what}: negative extent in {shape}")
     dt = np.dtype(dtype)
-    n = int(np.prod(shape, dtype=np.int64))
-    arr = np.frombuffer(ffi.buffer(ffi.cast("char *", ptr), n * dt.itemsize), dtype=dt)
-    arr = arr.reshape(shape)
+    # math.prod, not np.prod: this runs on every call (np.prod costs ~6 us here).
+    nbytes = math.prod(shape) * dt.itemsize
+    arr: np.ndarray = np.ndarray(shape, dt, ffi.buffer(ptr, nbytes))
     if not writable:
         arr.flags.writeable = False
     return arr

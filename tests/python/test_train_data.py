@@ -113,3 +113,26 @@ def test_unknown_predictor_name_rejected(shared_data: Path) -> None:
             split=SplitConfig("1994-12-01", "1997-02-28"),
             predictors=[VariableSource("humidity", "y.nc")],
         )
+
+
+def test_hourly_era5_accumulations_become_mm_per_day_samples(shared_data: Path) -> None:
+    from train_helpers import REPO
+
+    from precipdiff.train.config import load_config
+
+    cfg = load_config(REPO / "configs" / "era5_global_shape.yaml")
+    assert cfg.diffusion is not None
+    cfg.diffusion.data.data_root = str(shared_data)
+    data = StageData(cfg.diffusion.data, PrecipTransform())
+    # Two files of 24 hourly fields each, kept as 48 samples, split 42 / 6.
+    assert data.split.times.size == 48
+    assert (data.split.train.size, data.split.validation.size) == (42, 6)
+    assert data.fine_grid.shape == (40, 40) and data.coarse_grid.shape == (10, 10)
+    assert data.fine_grid.lat[0] < data.fine_grid.lat[-1]  # read ascending
+    fine = data.read(np.arange(48))["fine"]
+    with xr.open_dataset(
+        shared_data / "wam2layers_era5_025deg/pressure_levels_2020-01-01/ERA5_2020-01-01_tp.nc"
+    ) as ds:
+        metres = ds["tp"].values[:, ::-1][:, :40, :40]  # ascending latitude, cropped
+    # m per hour -> mm/day
+    np.testing.assert_allclose(fine[:24], metres * 24000.0, rtol=1e-4, atol=1e-5)

@@ -73,8 +73,9 @@ int pd_python_executable(char *buf, int buflen);
  *                     rank runs its own plugin on the grid it passes.
  *   start_lon/start_lat, nlon_global/nlat_global : subdomain placement in the
  *                     global grid (1-based). Pass 1, 1, nlon, nlat for a full
- *                     grid; anything else returns PD_ERR_INVALID_ARGUMENT until
- *                     the MPI gather/scatter layer lands.
+ *                     grid; anything else returns PD_ERR_INVALID_ARGUMENT (a
+ *                     decomposed ESM uses the Fortran module precipdiff_mpi, which
+ *                     gathers the subdomains and calls this API on the full grid).
  * On success *handle > 0. On failure *handle == PD_NO_HANDLE. */
 int pd_plugin_create(const char *nml_path, const double *lon, int nlon,
                      const double *lat, int nlat, int has_comm, int comm_f,

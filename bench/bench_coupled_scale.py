@@ -13,6 +13,11 @@ Every part measures side by side in one run and prints ratios.
     Toy ESM (1 process) uncoupled vs coupled in sync and lagged inference: plugin wall
     time per simulated day as a fraction of the toy ESM's own time, and how much of
     the inference time the lagged mode hides (1 - extra_lagged / extra_sync).
+``overlap``
+    The decomposed driver on 1 rank with a synthetic model workload comparable to the
+    inference time (``--work``), sync vs lagged: the fraction of the plugin time the
+    lagged mode hides. (The toy ESM itself is much cheaper than inference, so ``cost``
+    can hide at most the toy's own time.)
 ``mpi``
     The decomposed driver (tests/mpi/pd_mpi_driver) on 1 and 4 ranks with a synthetic
     per-step model workload: plugin time per simulated day as a fraction of the
@@ -22,8 +27,9 @@ Every part measures side by side in one run and prints ratios.
 Usage:
     .venv/bin/python bench/bench_coupled_scale.py soak [--days 365] [--nlon 90 --nlat 45]
     .venv/bin/python bench/bench_coupled_scale.py cost [--days 10]
-    .venv/bin/python bench/bench_coupled_scale.py mpi  [--days 10]
-    bench/bench_coupled_scale.sh     (all three, logs and PNG under out/bench_coupled_scale/)
+    .venv/bin/python bench/bench_coupled_scale.py mpi  [--days 5] [--work 20]
+    .venv/bin/python bench/bench_coupled_scale.py overlap [--days 5] [--work 100]
+    bench/bench_coupled_scale.sh     (all parts, logs and PNG under out/bench_coupled_scale/)
 Needs the CMake build (``--build-dir``, default build/; toy_esm and tests/mpi). Uses 1
 torch thread per process. Numbers on a shared 2-core machine are noisy (+-20 %).
 """
@@ -418,12 +424,57 @@ def run_mpi(
     return results
 
 
+# ----------------------------------------------------------------------------- overlap
+def run_overlap(
+    driver: Path, work: Path, days: int, nlon: int, nlat: int, work_sweeps: int
+) -> dict[str, float]:
+    """pd_mpi_driver on 1 rank, sync vs lagged, with model work comparable to inference.
+
+    ``hidden_fraction = 1 - (T_lagged - E) / (T_sync - E)`` with ``T`` the stepping
+    loop's wall time (model work + plugin calls) and ``E`` the model work of the sync
+    run (measured with no inference running beside it).
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    bundle = tiny_bundle(work / "tiny_bundle", nlon, nlat)
+    mpiexec = shutil.which("mpiexec") or shutil.which("mpirun")
+    if mpiexec is None:
+        raise RuntimeError("mpiexec not found")
+    dt = 1800.0
+    steps = int(days * 86400 / dt)
+    t: dict[str, tuple[float, float]] = {}
+    for mode in ("sync", "lagged"):
+        keys = plugin_keys(bundle, output_units="mm/day", inference=mode)
+        nml = write_nml(work / f"{mode}.nml", {"precipdiff_nml": keys})
+        cmd = [
+            mpiexec, "-n", "1", str(driver), f"nml={nml}", f"nlon={nlon}", f"nlat={nlat}",
+            "first=1", f"last={steps}", f"dt={dt}", f"work={work_sweeps}",
+        ]  # fmt: skip
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, env=dict(os.environ, **MPI_ENV), timeout=3600
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
+        row = next(ln.split() for ln in proc.stdout.splitlines() if ln.startswith("TIMING "))
+        t[mode] = (float(row[2]), float(row[3]))  # model work, plugin calls
+    esm = t["sync"][0]
+    total_sync = sum(t["sync"])
+    total_lag = sum(t["lagged"])
+    return {
+        "model_s_per_day": esm / days,
+        "sync_loop_s_per_day": total_sync / days,
+        "lagged_loop_s_per_day": total_lag / days,
+        "plugin_fraction_sync": (total_sync - esm) / esm,
+        "plugin_fraction_lagged": (total_lag - esm) / esm,
+        "hidden_fraction": 1.0 - (total_lag - esm) / (total_sync - esm),
+    }
+
+
 # -------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("part", choices=["soak", "cost", "mpi"])
+    p.add_argument("part", choices=["soak", "cost", "mpi", "overlap"])
     p.add_argument(
         "--build-dir",
         type=Path,
@@ -466,6 +517,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     driver = args.build_dir / "tests" / "mpi" / "pd_mpi_driver"
+    if args.part == "overlap":
+        r3 = run_overlap(driver, work, args.days or 5, args.nlon, args.nlat, args.work)
+        print(json.dumps(r3, indent=2))
+        print(
+            f"overlap (1 rank, model {r3['model_s_per_day']:.3f} s/day): plugin / model time "
+            f"sync {r3['plugin_fraction_sync']:.2f}, lagged {r3['plugin_fraction_lagged']:.2f}; "
+            f"lagged mode hides {100 * r3['hidden_fraction']:.0f} % of the sync plugin time"
+        )
+        return 0
     r2 = run_mpi(driver, work, args.days or 5, args.nlon, args.nlat, args.work)
     print(json.dumps(r2, indent=2))
     for k, v in r2.items():

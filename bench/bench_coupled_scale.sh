@@ -12,10 +12,11 @@ mkdir -p "$OUT"
 export OMP_NUM_THREADS=1
 PY=.venv/bin/python
 status=0
-for part in soak cost mpi; do
+for part in soak cost mpi overlap; do
   echo "== $part"
   # A failing part (e.g. a soak check) is reported and the others still run.
-  $PY bench/bench_coupled_scale.py "$part" --build-dir "$BUILD" --workdir "$OUT" 2>&1 | tee "$OUT/$part.log"
+  extra=(); [[ $part == overlap ]] && extra=(--work 100)
+  $PY bench/bench_coupled_scale.py "$part" --build-dir "$BUILD" --workdir "$OUT" "${extra[@]}" 2>&1 | tee "$OUT/$part.log"
   rc=${PIPESTATUS[0]}
   [[ $rc -ne 0 ]] && { echo "== $part exited with status $rc"; status=$rc; }
 done

@@ -68,14 +68,13 @@ def prepare(rr: np.ndarray, fine: LatLonGrid, tf: PrecipTransform):
     return (z - mu) / sd, up.astype(np.float32), land, (mu, sd)
 
 
-def train(x, up, sigma_c, steps, device, seed=0):
+def train(x, up, sigma_c, steps, device, base=16, blocks=1, batch=16, seed=0):
     torch.manual_seed(seed)
     cfg = UNetConfig(
         in_channels=2,
-        base_channels=32,
+        base_channels=base,
         channel_mult=(1, 2, 2),
-        num_blocks=2,
-        attention_levels=(2,),
+        num_blocks=blocks,
         noise_channels=32,
     )
     pre = EDMPrecond(UNet(cfg), sigma_data=1.0).to(device)
@@ -86,14 +85,14 @@ def train(x, up, sigma_c, steps, device, seed=0):
     g = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     for step in range(steps):
-        idx = torch.randint(0, xt.shape[0], (32,), generator=g).to(device)
+        idx = torch.randint(0, xt.shape[0], (batch,), generator=g).to(device)
         cond = add_condition_noise(ut[idx], sigma_c)
         loss = edm_loss(pre, xt[idx], cond)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        if step % 500 == 0 or step == steps - 1:
+        if step % 200 == 0 or step == steps - 1:
             print(
                 f"  train step {step:5d} loss {loss.item():.4f} ({time.perf_counter() - t0:.0f} s)"
             )
@@ -102,13 +101,17 @@ def train(x, up, sigma_c, steps, device, seed=0):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--train-steps", type=int, default=3000)
+    ap.add_argument("--train-steps", type=int, default=1200)
+    ap.add_argument("--base-channels", type=int, default=16)
+    ap.add_argument("--num-blocks", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--members", type=int, default=8)
     ap.add_argument("--days", type=int, default=120, help="held-out days evaluated")
     ap.add_argument("--sigma-c", type=float, default=0.5, help="condition noise (normalised)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--retrain", action="store_true")
+    ap.add_argument("--only", nargs="*", default=None, help="sampler labels to run (+ reference)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -117,35 +120,47 @@ def main() -> None:
     x, up, land, (mu, sd) = prepare(rr, fine, tf)
     n_train = 1100
     OUT.mkdir(parents=True, exist_ok=True)
-    wpath = OUT / f"denoiser_sc{args.sigma_c:g}_{args.train_steps}.safetensors"
+    tag = f"sc{args.sigma_c:g}_b{args.base_channels}x{args.num_blocks}_{args.train_steps}"
+    wpath = OUT / f"denoiser_{tag}.safetensors"
+    arch = {"base": args.base_channels, "blocks": args.num_blocks}
     from safetensors.torch import load_file, save_file
 
     if wpath.exists() and not args.retrain:
-        pre = train(x[:1], up[:1], args.sigma_c, 1, device)  # architecture only
+        pre = train(x[:1], up[:1], args.sigma_c, 1, device, **arch)  # architecture only
         pre.net.load_state_dict(load_file(str(wpath)))
         print(f"loaded cached denoiser {wpath}")
     else:
         print(f"training denoiser on {n_train} E-OBS days ({args.train_steps} steps)")
-        pre = train(x[:n_train], up[:n_train], args.sigma_c, args.train_steps, device)
+        pre = train(
+            x[:n_train], up[:n_train], args.sigma_c, args.train_steps, device,
+            batch=args.batch, **arch,
+        )  # fmt: skip
         save_file({k: v.cpu().contiguous() for k, v in pre.net.state_dict().items()}, str(wpath))
     pre = pre.to(device).eval()
     test = slice(n_train, n_train + args.days)
     truth = np.where(land, rr[test], np.nan)
     up_t = torch.as_tensor(up[test][:, None], device=device)
     nd, m = up_t.shape[0], args.members
+    sde = {"start": "sdedit"}
     cfgs = {
         "reference heun 18 (noise)": SamplerConfig(name="heun", steps=18),
         "heun 4 (noise)": SamplerConfig(name="heun", steps=4),
-        "euler 8 (noise)": SamplerConfig(name="euler", steps=8),
         "heun 4 (noise, sigma_max 10)": SamplerConfig(name="heun", steps=4, sigma_max=10.0),
-        "heun 4 (sdedit 1.0)": SamplerConfig(steps=4, start="sdedit", sdedit_sigma=1.0),
-        "heun 4 (sdedit 2.0)": SamplerConfig(steps=4, start="sdedit", sdedit_sigma=2.0),
-        "heun 4 (sdedit 4.0)": SamplerConfig(steps=4, start="sdedit", sdedit_sigma=4.0),
-        "heun 3 (sdedit 2.0)": SamplerConfig(steps=3, start="sdedit", sdedit_sigma=2.0),
-        "euler 2 (sdedit 2.0)": SamplerConfig(
-            name="euler", steps=2, start="sdedit", sdedit_sigma=2.0
-        ),
+        "euler 8 (noise)": SamplerConfig(name="euler", steps=8),
+        "euler 8 (noise, churn 4)": SamplerConfig(name="euler", steps=8, s_churn=4.0),
+        "euler 6 (noise)": SamplerConfig(name="euler", steps=6),
+        "euler 8 (sdedit 4.0)": SamplerConfig(name="euler", steps=8, sdedit_sigma=4.0, **sde),
+        "euler 8 (sdedit 8.0)": SamplerConfig(name="euler", steps=8, sdedit_sigma=8.0, **sde),
+        "heun 4 (sdedit 1.0)": SamplerConfig(steps=4, sdedit_sigma=1.0, **sde),
+        "heun 4 (sdedit 2.0)": SamplerConfig(steps=4, sdedit_sigma=2.0, **sde),
+        "heun 4 (sdedit 4.0)": SamplerConfig(steps=4, sdedit_sigma=4.0, **sde),
+        "heun 3 (sdedit 2.0)": SamplerConfig(steps=3, sdedit_sigma=2.0, **sde),
+        "euler 2 (sdedit 2.0)": SamplerConfig(name="euler", steps=2, sdedit_sigma=2.0, **sde),
+        "euler 1 (sdedit 2.0)": SamplerConfig(name="euler", steps=1, sdedit_sigma=2.0, **sde),
     }
+    if args.only:
+        keep = {"reference heun 18 (noise)", *args.only}
+        cfgs = {k: v for k, v in cfgs.items() if k in keep}
     coarse = coarsen_grid(fine, 4)
     conserver = MassConserver(fine, coarse)
     # target of the correction: the coarse truth the condition was made from (sea = 0)

@@ -338,7 +338,7 @@ def plot_budget(
         label="RSS uncoupled toy, shifted to the same day 1",
     )  # fmt: skip
     ax2 = axes[2].twinx()
-    ax2.plot(days[: len(day_wall)], day_wall, color="tab:orange", label="wall s / day")
+    ax2.plot(days[: len(day_wall)], day_wall, color="tab:green", label="wall s / day")
     axes[2].set_ylabel("MiB")
     ax2.set_ylabel("s")
     axes[2].set_xlabel("simulated day")

@@ -14,6 +14,9 @@ with a 2.5-degree fine grid, writes a namelist, and runs ``pd_mpi_driver``
     10 days in one run (2 ranks) against 5 days (3 ranks) + restart file + 5 days
     (4 ranks), in lagged mode so that a pending result crosses the restart, with 2
     members and ``return_mode = 'cycle'``: the last 5 days must be equal bit for bit.
+``failures``
+    a corrupt bundle (one weight file overwritten) and a missing restart file on 3
+    ranks: every rank must report the same errflg and exit; a hang hits the timeout.
 
 Exit status 0 when every check passes, 1 otherwise.
 """
@@ -66,8 +69,11 @@ def write_namelist(path: Path, bundle: Path, **extra: object) -> Path:
     return path
 
 
-def run_driver(args: argparse.Namespace, np_: int, params: list[str]) -> str:
-    """Run the driver on ``np_`` ranks; return stdout, raise on failure."""
+def run_driver(
+    args: argparse.Namespace, np_: int, params: list[str], expect_failure: bool = False
+) -> str:
+    """Run the driver on ``np_`` ranks; return stdout, raise on failure (or on success
+    when ``expect_failure``). A hang (a rank stuck in a collective) hits the timeout."""
     grid = [f"nlon={NLON}", f"nlat={NLAT}"]
     cmd = [args.mpiexec, args.numproc_flag, str(np_), str(args.driver), *grid, *params]
     env = dict(
@@ -78,6 +84,10 @@ def run_driver(args: argparse.Namespace, np_: int, params: list[str]) -> str:
         OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
     )
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    if expect_failure:
+        if proc.returncode == 0:
+            raise RuntimeError(f"{' '.join(cmd)} succeeded but should have failed")
+        return proc.stdout
     if proc.returncode != 0:
         raise RuntimeError(
             f"{' '.join(cmd)} failed with status {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
@@ -201,6 +211,40 @@ def restart(args: argparse.Namespace, work: Path, bundle: Path) -> list[str]:
     return problems
 
 
+def failures(args: argparse.Namespace, work: Path, bundle: Path) -> list[str]:
+    """Corrupt bundle and missing restart file with the real plugin on 3 ranks: every rank
+    reports the same errflg (the driver prints it and exits 1), none hangs."""
+    import shutil
+
+    problems = []
+    bad = work / "corrupt_bundle"
+    shutil.rmtree(bad, ignore_errors=True)
+    shutil.copytree(bundle, bad)
+    weights = sorted(bad.glob("*.safetensors"))
+    if not weights:
+        return [f"no *.safetensors in {bundle} to corrupt"]
+    with open(weights[0], "r+b") as f:
+        f.seek(200)
+        f.write(b"\xff" * 64)
+    cases = [
+        ("corrupt bundle", write_namelist(work / "corrupt.nml", bad), [], 6),
+        (
+            "missing restart file",
+            write_namelist(work / "ok.nml", bundle),
+            [f"read_restart={work / 'no_such_restart.nc'}"],
+            7,
+        ),
+    ]
+    for what, nml, extra, code in cases:
+        out = run_driver(args, 3, [f"nml={nml}", "last=2", *extra], expect_failure=True)
+        flags = [ln for ln in out.splitlines() if ln.startswith("ERRFLG ")]
+        print(f"{what}: {flags[:1]}")
+        codes = {int(ln.split()[1]) for ln in flags}
+        if len(flags) != 3 or codes != {code}:
+            problems.append(f"{what}: expected ERRFLG {code} on 3 ranks, got {flags}")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -209,18 +253,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mpiexec", default="mpiexec")
     p.add_argument("--numproc-flag", default="-n")
     p.add_argument("--workdir", required=True, type=Path)
-    p.add_argument("check", choices=["decomposition", "restart"])
+    p.add_argument("check", choices=["decomposition", "restart", "failures"])
     args = p.parse_args(argv)
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     for old in work.glob("*.bin"):
         old.unlink()
     bundle = tiny_bundle(work / "tiny_bundle")
-    problems = (
-        decomposition(args, work, bundle)
-        if args.check == "decomposition"
-        else restart(args, work, bundle)
-    )
+    checks = {"decomposition": decomposition, "restart": restart, "failures": failures}
+    problems = checks[args.check](args, work, bundle)
     for msg in problems:
         print(f"FAIL: {msg}")
     if not problems:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -100,10 +101,13 @@ def main(argv: list[str] | None = None) -> int:
 
     fig = plt.figure(figsize=(14, 10), layout="constrained")
     gs = fig.add_gridspec(3, 3, height_ratios=[1, 1, 0.8])
+    with warnings.catch_warnings():  # all-NaN sea cells of E-OBS stay NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        obs_mean = np.nanmean(obs, axis=0)
     mean_fields = [
         (esm.mean(axis=0), elat, elon, "CNRM-CM5 (ESM) pr"),
         (gen.mean(axis=0), flat, flon, "precipdiff generated"),
-        (np.nanmean(obs, axis=0), olat, olon, "E-OBS observed"),
+        (obs_mean, olat, olon, "E-OBS observed"),
     ]
     wet_fields = [
         (esm[wet], elat, elon, "CNRM-CM5"),

@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [str(args.exe), str(nml)], cwd=work, env=env, capture_output=True, text=True
+        [str(args.exe.resolve()), str(nml)], cwd=work, env=env, capture_output=True, text=True
     )
     wall = time.perf_counter() - t0
     sys.stdout.write(proc.stdout + proc.stderr)

@@ -255,7 +255,7 @@ def mpi_test(
         OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
         OMPI_MCA_rmaps_base_oversubscribe="1",
     )
-    cmd = [args.mpiexec, "-n", str(args.ranks), str(args.mpi_exe), str(nml)]
+    cmd = [args.mpiexec, "-n", str(args.ranks), str(args.mpi_exe.resolve()), str(nml)]
     proc = subprocess.run(cmd, cwd=work, env=menv, capture_output=True, text=True)
     sys.stdout.write(proc.stdout + proc.stderr)
     if proc.returncode != 0:
@@ -345,6 +345,32 @@ def compare_restart(full: Path, first: Path, second: Path) -> list[str]:
     return failures
 
 
+def budget_summary(path: Path) -> str:
+    """One line on how the plugin's precipitation compares with the model's evaporation."""
+    import netCDF4
+
+    with netCDF4.Dataset(path) as ds:
+        ev = np.asarray(ds.variables["global_evap"][:])
+        req = np.asarray(ds.variables["global_pr_requested"][:])
+        lim = np.asarray(ds.variables["global_pr_limited"][:])
+        pf = np.asarray(ds.variables["pr_fine"][:]) if "pr_fine" in ds.variables else None
+    days = slice(1, None) if req.size > 1 else slice(None)
+    e, r, li = ev[days].mean(), req[days].mean(), lim[days].mean()
+    text = (
+        f"budget: from day 2 the plugin asked for {r:.2f} mm/day (global mean) against "
+        f"{e:.2f} mm/day of evaporation; {li:.2f} mm/day ({100 * li / max(r, 1e-30):.0f} %) "
+        "was not in the columns (limited)"
+    )
+    if pf is not None and pf.size:
+        text += f"; fine-grid maximum {86400 * float(pf.max()):.0f} mm/day"
+    if r > 3 * e:
+        text += (
+            "\nnote: the plugin's precipitation is several times the evaporation: the bundle "
+            "does not fit this model's state (see its MODEL_CARD.md / EVALUATION.md)"
+        )
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--exe", required=True, type=Path, help="toy_esm executable")
@@ -419,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [str(args.exe), str(nml)], cwd=work, env=env, capture_output=True, text=True
+        [str(args.exe.resolve()), str(nml)], cwd=work, env=env, capture_output=True, text=True
     )
     wall = time.perf_counter() - t0
     sys.stdout.write(proc.stdout)
@@ -433,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.mpi_exe is not None and not failures:
         failures += mpi_test(args, work, toy, plugin, env)
     if args.restart_test and not failures:
-        failures += restart_test(args.exe, work, toy, plugin, args.days, env)
+        failures += restart_test(args.exe.resolve(), work, toy, plugin, args.days, env)
     if args.plot and not failures:
         png = work / "toy_esm.png"
         png.unlink(missing_ok=True)
@@ -454,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAIL: {f}")
     if failures:
         return 1
+    if plugin is not None:
+        print(budget_summary(out))
     print(f"PASS: toy_esm {args.days} days in {wall:.1f} s; output {out}")
     return 0
 

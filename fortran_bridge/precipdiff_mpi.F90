@@ -524,7 +524,10 @@ contains
     ! Only the inference rank starts Python.
     fl = 0
     if (work%rank == work%root .and. errflg == 0) then
-      call precipdiff_init(work%plugin, nml_file, glon, glat, errmsg, errflg)
+      ! comm: the plugin learns its rank in the host communicator (e.g. for
+      ! &precipdiff_nml output_rank, which must name the inference rank).
+      call precipdiff_init(work%plugin, nml_file, glon, glat, errmsg, errflg, &
+           comm=work%comm%MPI_VAL)
       if (errflg == 0) then
         call precipdiff_shapes(work%plugin, nl, nt, nlf, nltf, errmsg, errflg)
         fl = [nl, nt, nlf, nltf]

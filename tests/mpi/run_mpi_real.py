@@ -9,7 +9,8 @@ with a 2.5-degree fine grid, writes a namelist, and runs ``pd_mpi_driver``
     the same 3 simulated days on 1, 2, 3 and 4 ranks with uneven blocks; the assembled
     global model-grid and fine-grid precipitation of every window must be
     bit-identical across the rank counts (and every rank's copy of the fine grid
-    identical).
+    identical); also with the inference on the last of 3 ranks, which must then write
+    the plugin's output stream (``output_rank = 2``).
 ``restart``
     10 days in one run (2 ranks) against 5 days (3 ranks) + restart file + 5 days
     (4 ranks), in lagged mode so that a pending result crosses the restart, with 2
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -175,6 +177,30 @@ def decomposition(args: argparse.Namespace, work: Path, bundle: Path) -> list[st
         problems.append("all outputs are zero")
     for np_ in (2, 3, 4):
         problems += [f"np={np_} vs np=1: {p}" for p in same(runs[1], runs[np_])]
+    # Inference on the last of 3 ranks, which also writes the plugin's output stream
+    # (output_rank names a rank of the host communicator).
+    stream = work / "stream"
+    shutil.rmtree(stream, ignore_errors=True)
+    nml_last = write_namelist(
+        work / "last.nml",
+        bundle,
+        members=2,
+        return_mode="mean",
+        output_dir=str(stream),
+        output_rank=2,
+        reference_time="2000-01-01 00:00:00",
+    )
+    prefix = work / "dec_last"
+    run_driver(
+        args,
+        3,
+        [f"nml={nml_last}", "first=1", "last=12", f"dt={DT}", f"out={prefix}", "inference_rank=2"],
+    )
+    problems += [
+        f"inference on rank 2 vs np=1: {p}" for p in same(runs[1], read_windows(prefix, 3))
+    ]
+    if not list(stream.glob("*.nc")):
+        problems.append(f"inference rank 2 with output_rank = 2 wrote no output stream in {stream}")
     return problems
 
 
@@ -214,8 +240,6 @@ def restart(args: argparse.Namespace, work: Path, bundle: Path) -> list[str]:
 def failures(args: argparse.Namespace, work: Path, bundle: Path) -> list[str]:
     """Corrupt bundle and missing restart file with the real plugin on 3 ranks: every rank
     reports the same errflg (the driver prints it and exits 1), none hangs."""
-    import shutil
-
     problems = []
     bad = work / "corrupt_bundle"
     shutil.rmtree(bad, ignore_errors=True)

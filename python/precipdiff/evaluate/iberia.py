@@ -146,6 +146,12 @@ def _load(paths: list[Path], specs: list[Any], grid: Any) -> tuple[dict[str, NDA
     return arrays, times
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _subsample(n: int, max_days: int | None) -> NDArray[np.int64]:
     if max_days is None or n <= max_days:
         return np.arange(n)
@@ -418,6 +424,7 @@ def run_iberia(
         ),
         "runtime_s": time.perf_counter() - t_start,
     }
+    bundle_sha = _sha256(config.bundle / "manifest.json")
     scal_b: dict[str, float] = {f"b_mab_{i}": float(r[1]) for i, r in enumerate(rows_b[:-2])}
     write_metrics_netcdf(
         out / "b_c_esm_metrics.nc",
@@ -436,7 +443,12 @@ def run_iberia(
         },
     )
     (out / "metrics.json").write_text(
-        json.dumps({"headline": headline, "a": ev.scalars}, indent=1, default=float) + "\n"
+        json.dumps(
+            {"bundle_manifest_sha256": bundle_sha, "headline": headline, "a": ev.scalars},
+            indent=1,
+            default=float,
+        )
+        + "\n"
     )
 
     rep = Report("Iberia experiment: the paper's evaluation on real data")
@@ -445,7 +457,8 @@ def run_iberia(
         f"Bundle `{config.bundle}` ({prov.get('name', '')} {prov.get('description', '')}); "
         f"predictors {', '.join(names)}; coarse grid {cgrid.shape[0]}×{cgrid.shape[1]}, fine "
         f"grid {fgrid.shape[0]}×{fgrid.shape[1]} (factor {factor}). Sampler steps: "
-        f"{config.steps or man.sampler_config().steps}. "
+        f"{config.steps or man.sampler_config().steps}. Bundle manifest sha256 "
+        f"`{_sha256(config.bundle / 'manifest.json')[:16]}…`. "
         + (f"**Quick run: {config.max_days} validation days only.** " if config.max_days else "")
         + f"Wall time {headline['runtime_s']:.0f} s on this machine."
     )
@@ -523,7 +536,7 @@ def run_iberia(
         "tables from the historical fit are applied to the RCP8.5 predictors with the projection "
         "period's own CDF (trend-preserving). Relative changes of the land-mean DJF mean and of "
         "pooled quantiles; 'pattern corr.' is the spatial correlation of the change map with "
-        "the ESM's own change map."
+        "the ESM's own change map; n/a where the historical quantile is 0 (dry)."
     )
     rep.add_table(
         [

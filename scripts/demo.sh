@@ -14,7 +14,11 @@
 #
 # Environment: PRECIPDIFF_DEMO_DAYS (default 3), PRECIPDIFF_DEMO_THREADS (default: all cores),
 #              PRECIPDIFF_DEMO_BUNDLE (default: auto-detect in models/),
-#              PRECIPDIFF_DEMO_OUT (default out/demo). Example: longer run, coarser grid:
+#              PRECIPDIFF_DEMO_OUT (default out/demo),
+#              PRECIPDIFF_DEMO_CONSERVE_MASS (default 1: conserve_mass = .true., each generated
+#              field keeps the regression's coarse-grid mean; the shipped global shape model's
+#              diffusion stage alone overshoots by ~50x, see docs/examples.md; 0 turns it off).
+#              Example: longer run, coarser grid:
 #              PRECIPDIFF_DEMO_DAYS=10 scripts/demo.sh --nlon 180 --nlat 90
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +27,8 @@ DAYS=${PRECIPDIFF_DEMO_DAYS:-3}
 THREADS=${PRECIPDIFF_DEMO_THREADS:-$(nproc)}
 BUNDLE=${PRECIPDIFF_DEMO_BUNDLE:-auto}
 OUT=${PRECIPDIFF_DEMO_OUT:-$ROOT/out/demo}
+MASS=()
+[[ "${PRECIPDIFF_DEMO_CONSERVE_MASS:-1}" == 1 ]] && MASS=(--conserve-mass)
 
 log() { printf '[demo] %s\n' "$*"; }
 
@@ -37,7 +43,7 @@ log "toy ESM, global 1 degree grid, $DAYS days, torch threads $THREADS, output i
 start=$(date +%s)
 OMP_NUM_THREADS=$THREADS "$ROOT/.venv/bin/python" examples/toy_esm/run_toy_esm.py \
   --exe "$EXE" --workdir "$OUT" --bundle "$BUNDLE" --days "$DAYS" \
-  --nlon 360 --nlat 180 --steps 0 --threads "$THREADS" --device auto --plot "$@"
+  --nlon 360 --nlat 180 --steps 0 --threads "$THREADS" --device auto --plot "${MASS[@]}" "$@"
 log "finished in $(( $(date +%s) - start )) s"
 log "netCDF: $OUT/toy_esm_out.nc  (model-grid pr, prw, evspsbl, uas, vas, psl, pr_fine, budget series)"
 log "plot:   $OUT/toy_esm.png"

@@ -388,6 +388,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=2, help="sampler steps (0: bundle default)")
     p.add_argument("--members", type=int, default=1, help="ensemble members per day")
     p.add_argument("--device", default="cpu", help="plugin device: cpu, auto, cuda, cuda:N")
+    p.add_argument(
+        "--conserve-mass",
+        action="store_true",
+        help="conserve_mass = .true.: each member keeps the regression's coarse mean",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads in the plugin")
     p.add_argument("--plot", action="store_true", help="also run plot_toy_esm.py")
     p.add_argument(
@@ -431,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
             "device": args.device,
             "members": args.members,
             "sampler_steps": args.steps,
+            "conserve_mass": args.conserve_mass,
             "seed": 1,
             "output_units": "kg m-2 s-1",
             "reference_time": "2000-01-01 00:00:00",

@@ -402,7 +402,8 @@ def run_iberia(
         cor = metrics.change_signal(esm_h_qdm[k], esm_f_qdm[k], q=(0.1, 0.5, 0.9), kind=ck)
         hist_mab = metrics.mean_absolute_bias(esm_h[k], ncep[k])
         qdm_mab = metrics.mean_absolute_bias(esm_h_qdm[k], ncep[k])
-        rows_q.append([k, units[k], kind, hist_mab, qdm_mab, *raw, *cor])
+        hist_mb = metrics.mean_bias(esm_h[k], ncep[k])
+        rows_q.append([k, units[k], kind, hist_mb, hist_mab, qdm_mab, *raw, *cor])
 
     # ------------------------------------------------------------ outputs
     headline: dict[str, float] = {
@@ -555,15 +556,17 @@ def run_iberia(
     rep.add_figure(fig_c, out, "Relative change per quantile")
     rep.add_figure(fig_cm, out, "Relative change maps (%)")
     rep.add_text(
-        "QDM of the predictors: historical mean absolute bias against NCEP before and after "
-        "correction (in-sample), and the ESM's change per quantile (q0.1, q0.5, q0.9; relative "
-        "for multiplicative, absolute for additive variables) before and after correction."
+        "QDM of the predictors: historical mean bias (ESM - NCEP) before, and mean absolute "
+        "bias against NCEP before and after correction (in-sample), and the ESM's change per "
+        "quantile (q0.1, q0.5, q0.9; relative for multiplicative, absolute for additive "
+        "variables) before and after correction."
     )
     rep.add_table(
         [
             "variable",
             "units",
             "kind",
+            "mean bias raw",
             "MAB raw",
             "MAB QDM",
             "Δq0.1 raw",

@@ -293,6 +293,10 @@ class LoopConfig:
             raise ConfigError("loop.max_validation_samples must be >= 0")
 
 
+#: Regression losses accepted by ``regression.loss``.
+REGRESSION_LOSSES = ("mse_transformed", "mse_physical", "mixed")
+
+
 @dataclass
 class RegressionStageConfig:
     """The UNet regression: predictors on the coarse grid -> coarse precipitation.
@@ -308,16 +312,39 @@ class RegressionStageConfig:
         Optimiser section.
     loop
         Loop section.
+    loss
+        Training (and model-selection) loss over valid cells, one of
+        ``mse_transformed`` (MSE of the normalised transformed field: estimates
+        roughly a conditional geometric mean / median, dry for skewed
+        precipitation; the default, so older configs keep their meaning),
+        ``mse_physical`` (MSE of the inverse-transformed prediction in mm/day:
+        estimates the conditional arithmetic mean; the prediction still goes
+        through the transform's inverse, so it is never negative at run time) or
+        ``mixed`` (``mse_transformed + physical_weight * mse_physical``).
+        See ``docs/training.md``.
+    physical_weight
+        Weight of the mm/day term in ``mixed`` (per (mm/day)²); must be > 0.
     """
 
     data: DataConfig
     model: dict[str, Any] = field(default_factory=dict)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
+    loss: str = "mse_transformed"
+    physical_weight: float = 0.1
 
     def __post_init__(self) -> None:
         if not self.data.predictors:
             raise ConfigError("regression.data.predictors must list at least one predictor")
+        if self.loss not in REGRESSION_LOSSES:
+            raise ConfigError(
+                f"regression.loss={self.loss!r} is not supported; expected one of "
+                f"{list(REGRESSION_LOSSES)}"
+            )
+        if not (isinstance(self.physical_weight, (int, float)) and self.physical_weight > 0):
+            raise ConfigError(
+                f"regression.physical_weight must be a number > 0, got {self.physical_weight!r}"
+            )
 
 
 @dataclass

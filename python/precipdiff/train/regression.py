@@ -2,15 +2,25 @@
 
 The network sees normalised predictors regridded onto the coarse grid and
 predicts the normalised, ``log1p``-transformed coarse precipitation (the block
-mean of the fine target). The loss is the mean squared error over valid cells
-only (E-OBS is NaN over sea), normalised per sample so that a sample's weight
-does not depend on how much of it is land -- and so that splitting a batch
-across processes does not change the loss.
+mean of the fine target). The loss (``regression.loss``) is a mean squared error
+over valid cells only (E-OBS is NaN over sea), normalised per sample so that a
+sample's weight does not depend on how much of it is land -- and so that
+splitting a batch across processes does not change the loss:
+
+* ``mse_transformed``: in normalised transformed space. For a skewed variable
+  this estimates something near the conditional *geometric* mean (median-like),
+  below the conditional mean: the prediction is dry in mm/day.
+* ``mse_physical``: on the inverse-transformed prediction in mm/day, which
+  estimates the conditional *arithmetic* mean (mean-seeking). The network output
+  is unchanged (a transformed value), so at run time the prediction still goes
+  through the clamped inverse and is never negative.
+* ``mixed``: ``mse_transformed + physical_weight * mse_physical``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +54,97 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     """
     err = mask * (pred.float() - target.float()) ** 2
     return err.flatten(1).sum(1) / mask.flatten(1).sum(1).clamp(min=1.0)
+
+
+class RegressionLoss:
+    """The configured regression loss, per sample, over valid cells.
+
+    Parameters
+    ----------
+    kind
+        ``mse_transformed``, ``mse_physical`` or ``mixed``
+        (:data:`precipdiff.train.config.REGRESSION_LOSSES`).
+    transform
+        The precipitation transform (maps mm/day to the network's space).
+    target_mean, target_std
+        Normalisation of the transformed target (training-split statistics).
+    physical_weight
+        Weight of the mm/day term in ``mixed``.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        transform: PrecipTransform,
+        target_mean: float,
+        target_std: float,
+        physical_weight: float = 0.1,
+    ) -> None:
+        from precipdiff.errors import ConfigError
+        from precipdiff.train.config import REGRESSION_LOSSES
+
+        if kind not in REGRESSION_LOSSES:
+            raise ConfigError(
+                f"regression loss {kind!r} is not supported; expected one of "
+                f"{list(REGRESSION_LOSSES)}"
+            )
+        self.kind = kind
+        self.transform = transform
+        self.target_mean = float(target_mean)
+        self.target_std = float(target_std)
+        self.physical_weight = float(physical_weight)
+
+    def to_physical(self, z: torch.Tensor) -> torch.Tensor:
+        """Map a normalised transformed field to mm/day, differentiably.
+
+        Unlike :meth:`PrecipTransform.inverse`, values below zero are not clamped
+        (``log1p`` gives at least ``-eps``), so the gradient never vanishes for a
+        prediction that is too dry; the top is capped at ``max_rate`` so it stays
+        finite.
+
+        Parameters
+        ----------
+        z
+            Normalised transformed field.
+
+        Returns
+        -------
+        torch.Tensor
+            Precipitation in mm/day (float32).
+        """
+        t = self.transform
+        zz = z.float() * self.target_std + self.target_mean
+        if t.kind == "log1p":
+            z_max = math.log1p(t.max_rate / t.eps)
+            return t.eps * torch.expm1(torch.clamp(zz, max=z_max))
+        return torch.clamp(zz, max=t.max_rate)
+
+    def __call__(
+        self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-sample loss.
+
+        Parameters
+        ----------
+        pred, target
+            ``(n, 1, H, W)`` normalised transformed fields.
+        mask
+            ``(n, 1, H, W)``, 1 where the target is valid.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(n,)`` losses.
+        """
+        if self.kind == "mse_transformed":
+            return masked_mse(pred, target, mask)
+        valid = mask > 0
+        p_pred = torch.where(valid, self.to_physical(pred), 0.0)
+        p_true = torch.where(valid, self.to_physical(target), 0.0)
+        phys = masked_mse(p_pred, p_true, mask)
+        if self.kind == "mse_physical":
+            return phys
+        return masked_mse(pred, target, mask) + self.physical_weight * phys
 
 
 def build_regression_net(cfg: RegressionStageConfig, in_channels: int) -> UNet:
@@ -81,11 +182,12 @@ class RegressionStage:
     model: nn.Module
     train_set: RegressionDataset
     val_set: RegressionDataset
+    criterion: RegressionLoss | None = None
 
     def loss(
         self, model: nn.Module, batch: dict[str, torch.Tensor], seeds: np.ndarray
     ) -> torch.Tensor:
-        """Per-sample masked MSE (the regression has no randomness; ``seeds`` unused).
+        """Per-sample configured loss (no randomness in the regression; ``seeds`` unused).
 
         Parameters
         ----------
@@ -101,7 +203,9 @@ class RegressionStage:
         torch.Tensor
             ``(n,)`` losses.
         """
-        return masked_mse(model(batch["x"]), batch["y"], batch["mask"])
+        if self.criterion is None:
+            return masked_mse(model(batch["x"]), batch["y"], batch["mask"])
+        return self.criterion(model(batch["x"]), batch["y"], batch["mask"])
 
     def validation_loss(
         self, model: nn.Module, batch: dict[str, torch.Tensor], seeds: np.ndarray
@@ -154,6 +258,13 @@ def prepare_regression(
         net,
         RegressionDataset(data, data.split.train),
         RegressionDataset(data, data.split.validation),
+        RegressionLoss(
+            cfg.regression.loss,
+            transform,
+            data.stats.target_mean,
+            data.stats.target_std,
+            cfg.regression.physical_weight,
+        ),
     )
     return stage, data
 

@@ -15,9 +15,8 @@
 # Environment: PRECIPDIFF_DEMO_DAYS (default 3), PRECIPDIFF_DEMO_THREADS (default: all cores),
 #              PRECIPDIFF_DEMO_BUNDLE (default: auto-detect in models/),
 #              PRECIPDIFF_DEMO_OUT (default out/demo),
-#              PRECIPDIFF_DEMO_CONSERVE_MASS (default 1: conserve_mass = .true., each generated
-#              field keeps the regression's coarse-grid mean; the shipped global shape model's
-#              diffusion stage alone overshoots by ~50x, see docs/examples.md; 0 turns it off).
+#              PRECIPDIFF_DEMO_CONSERVE_MASS (default 0; 1: conserve_mass = .true., each
+#              generated field keeps the regression's coarse-grid mean).
 #              Example: longer run, coarser grid:
 #              PRECIPDIFF_DEMO_DAYS=10 scripts/demo.sh --nlon 180 --nlat 90
 set -euo pipefail
@@ -28,7 +27,7 @@ THREADS=${PRECIPDIFF_DEMO_THREADS:-$(nproc)}
 BUNDLE=${PRECIPDIFF_DEMO_BUNDLE:-auto}
 OUT=${PRECIPDIFF_DEMO_OUT:-$ROOT/out/demo}
 MASS=()
-[[ "${PRECIPDIFF_DEMO_CONSERVE_MASS:-1}" == 1 ]] && MASS=(--conserve-mass)
+[[ "${PRECIPDIFF_DEMO_CONSERVE_MASS:-0}" == 1 ]] && MASS=(--conserve-mass)
 
 log() { printf '[demo] %s\n' "$*"; }
 

@@ -78,6 +78,44 @@ def child(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(out))
 
 
+def interleaved(args: argparse.Namespace) -> None:
+    """Eager vs compiled denoiser forwards, alternated so machine load hits both alike."""
+    import statistics
+
+    import torch
+
+    from precipdiff.bundle import load_bundle
+    from precipdiff.export import load_compiled
+
+    torch.set_num_threads(args.threads)
+    b = load_bundle(args.bundle, args.device)
+    compiled = load_compiled(b, required=True)
+    assert compiled is not None
+    _, den_c = compiled
+    c = b.manifest.denoiser_config().in_channels
+    x = torch.randn(1, 1, *b.fine_grid.shape, device=b.device)
+    cond = torch.randn(1, c - 1, *b.fine_grid.shape, device=b.device)
+    sigma = torch.tensor([1.0], device=b.device)
+    times: dict[str, list[float]] = {"eager": [], "compiled": []}
+    with torch.no_grad():
+        den_c(x, sigma, cond)  # warm-up
+        b.denoiser(x, sigma, cond)
+        for _ in range(args.interleave):
+            for name, fn in (("eager", b.denoiser), ("compiled", den_c)):
+                t0 = time.perf_counter()
+                fn(x, sigma, cond)
+                if b.device.type == "cuda":
+                    torch.cuda.synchronize()
+                times[name].append(time.perf_counter() - t0)
+    e, c_ = statistics.median(times["eager"]), statistics.median(times["compiled"])
+    print(
+        f"denoiser forward at {b.fine_grid.shape}, {args.interleave} alternated pairs: "
+        f"eager median {e:.2f} s, compiled median {c_:.2f} s, compiled/eager {c_ / e:.2f}"
+    )
+    print(f"  eager {[round(t, 2) for t in times['eager']]}")
+    print(f"  compiled {[round(t, 2) for t in times['compiled']]}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu")
@@ -90,9 +128,18 @@ def main() -> None:
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="default", help=argparse.SUPPRESS)
     ap.add_argument("--bundle", default=None, help="existing bundle (default: make one)")
+    ap.add_argument(
+        "--interleave",
+        type=int,
+        default=0,
+        help="only time N alternated eager/compiled denoiser forwards of an exported --bundle",
+    )
     args = ap.parse_args()
     if args.child:
         child(args)
+        return
+    if args.interleave:
+        interleaved(args)
         return
     from precipdiff.grids import LatLonGrid
     from precipdiff.testing_models import make_tiny_bundle

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 from collections.abc import Sequence
 
@@ -46,8 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"precipdiff {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
-        if importlib.util.find_spec(f"precipdiff.cli.{name}") is None:
-            continue  # subcommand not yet available in this build of the package
         module = importlib.import_module(f"precipdiff.cli.{name}")
         module.add_parser(subparsers)
     return parser

@@ -432,7 +432,7 @@ contains
   !> Copy the latest output (errflg = PD_ERR_INPUT when none is ready yet).
   subroutine precipdiff_get_output(handle, pr_fine, pr_model, errmsg, errflg)
     integer, intent(in) :: handle           !! plugin handle
-    real(pd_r8), intent(inout), target, contiguous :: pr_fine(:, :)  !! precipitation on the fine grid (nlon_fine, nlat_fine), mm/day unless configured
+    real(pd_r8), intent(inout), target, contiguous :: pr_fine(:, :)  !! precipitation on the fine grid (nlon_fine, nlat_fine), kg m-2 s-1 (namelist output_units)
     real(pd_r8), intent(inout), target, contiguous :: pr_model(:, :) !! fine precipitation averaged back to the ESM grid (nlon, nlat), same units
     character(len=*), intent(out) :: errmsg !! error message ('' on success)
     integer, intent(out) :: errflg          !! error flag (0 on success, a pd_status code otherwise)
@@ -452,7 +452,7 @@ contains
     integer, intent(in) :: handle           !! plugin handle
     real(pd_r8), intent(in) :: model_time   !! model time at the end of this step, s since the reference time
     real(pd_r8), intent(in) :: dt           !! timestep length, s
-    real(pd_r8), intent(inout), target, contiguous :: pr_fine(:, :)  !! precipitation on the fine grid (nlon_fine, nlat_fine), mm/day unless configured
+    real(pd_r8), intent(inout), target, contiguous :: pr_fine(:, :)  !! precipitation on the fine grid (nlon_fine, nlat_fine), kg m-2 s-1 (namelist output_units)
     real(pd_r8), intent(inout), target, contiguous :: pr_model(:, :) !! fine precipitation averaged back to the ESM grid (nlon, nlat), same units
     logical, intent(out) :: ready           !! true when this call filled pr_fine and pr_model
     character(len=*), intent(out) :: errmsg !! error message ('' on success)

@@ -223,3 +223,52 @@ def evaluate_bundle(cfg: TrainConfig, dest: Path) -> dict[str, Any]:
     write_json(dest / "evaluation.json", scores)
     (dest / "EVALUATION.md").write_text(evaluation_markdown(scores, cfg.bundle.name))
     return scores
+
+
+#: Most network evaluations per member a shipped bundle's default sampler may cost.
+MAX_DEFAULT_NFE = 8
+
+
+def set_default_sampler(
+    path: str | Path, sampler: dict[str, Any], reason: str, max_nfe: int = MAX_DEFAULT_NFE
+) -> dict[str, Any]:
+    """Change a bundle's default sampler without touching its weights.
+
+    The weight files (and so their sha256 entries in the manifest) are unchanged;
+    the manifest is rewritten atomically with the new ``sampler`` block and a
+    ``provenance.sampler_changes`` entry (previous settings and ``reason``). The
+    bundle is loaded afterwards, which re-verifies every weight file's sha256.
+
+    Parameters
+    ----------
+    path
+        The bundle directory.
+    sampler
+        Keyword arguments of :class:`precipdiff.diffusion.samplers.SamplerConfig`.
+    reason
+        Why (recorded in the provenance).
+    max_nfe
+        Refuse a default costing more network evaluations per member.
+
+    Returns
+    -------
+    dict
+        The new manifest ``sampler`` block.
+    """
+    from precipdiff.bundle import read_manifest, write_manifest
+
+    config = SamplerConfig.from_dict(sampler)
+    if config.nfe > max_nfe:
+        raise ConfigError(
+            f"default sampler {sampler} costs {config.nfe} network evaluations per member; "
+            f"at most {max_nfe} allowed"
+        )
+    manifest = read_manifest(path)
+    new_block = config.to_dict()
+    changes = list(manifest.provenance.get("sampler_changes", []))
+    changes.append({"previous": manifest.sampler, "new": new_block, "reason": reason})
+    provenance = {**manifest.provenance, "sampler_changes": changes}
+    manifest = dataclasses.replace(manifest, sampler=new_block, provenance=provenance)
+    write_manifest(path, manifest)
+    load_bundle(path, "cpu")  # verifies the weights' sha256 against the manifest
+    return new_block

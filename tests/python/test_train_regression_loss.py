@@ -101,7 +101,7 @@ def test_config_loss_default_and_validation() -> None:
     }
     cfg = from_dict(RegressionStageConfig, {"data": data})
     assert cfg.loss == "mse_transformed"  # old configs keep their meaning
-    with pytest.raises(ConfigError, match="regression.loss='mae'"):
+    with pytest.raises(ConfigError, match=r"regression\.loss='mae'"):
         from_dict(RegressionStageConfig, {"data": data, "loss": "mae"})
     with pytest.raises(ConfigError, match="physical_weight"):
         from_dict(RegressionStageConfig, {"data": data, "loss": "mixed", "physical_weight": 0.0})

@@ -26,6 +26,17 @@
 !! grid refined r times in both directions; otherwise every rank receives the
 !! whole fine grid. The optional fine_start/fine_count arguments of init choose
 !! any other block. See docs/scaling.md.
+!!
+!! Per-node inference (opt-in: init's optional inference = 'per_node'): the
+!! lowest rank of each node (MPI_Comm_split_type SHARED of the duplicate, or
+!! groups of ranks_per_inference consecutive ranks) is an inference rank. The
+!! gathered global fields go to rank 0 and are broadcast over the inference
+!! ranks' communicator (named 'precipdiff_inference'); every inference rank
+!! runs an identical plugin that generates a contiguous block of the members
+!! and exchanges the blocks in member order (Python side, mpi4py), so every
+!! inference rank holds the single-rank ensemble bit for bit. Rank 0 scatters
+!! the outputs and writes the output stream and restart files. Errors of any
+!! inference rank are agreed as above.
 module precipdiff_mpi
   use, intrinsic :: iso_fortran_env, only: int64
   use mpi_f08
@@ -60,6 +71,10 @@ module precipdiff_mpi
     logical :: live = .false.
     type(MPI_Comm) :: comm                 !! duplicate of the host communicator
     integer :: rank = 0, nranks = 1, root = 0
+    logical :: split = .false.             !! per-node mode: several inference ranks
+    logical :: infer = .false.             !! this rank runs a plugin
+    type(MPI_Comm) :: icomm                !! inference ranks (split mode, inference ranks only)
+    integer :: ninfer = 1                  !! number of inference ranks
     integer :: plugin = PD_NO_HANDLE       !! plugin handle (inference rank only)
     integer :: gshape(2) = 0               !! global model grid (nlon, nlat)
     integer :: fshape(2) = 0               !! global fine grid (nlon_fine, nlat_fine)
@@ -138,6 +153,51 @@ contains
     call MPI_Bcast(buf, len(buf), MPI_CHARACTER, inst%root, inst%comm, ierr)
     errmsg = buf
   end subroutine share_root
+
+  !> Collective: after a call made on every inference rank, all ranks get the status
+  !! (and one logical of the first inference rank). One inference rank: share_root.
+  subroutine share_inf(inst, errmsg, errflg, flag)
+    type(mpi_instance), intent(in) :: inst
+    character(len=*), intent(inout) :: errmsg
+    integer, intent(inout) :: errflg
+    logical, intent(inout), optional :: flag
+    integer :: b, ierr
+    if (.not. inst%split) then
+      call share_root(inst, errmsg, errflg, flag)
+      return
+    end if
+    call agree(inst, errmsg, errflg)
+    if (.not. present(flag)) return
+    b = merge(1, 0, flag)
+    call MPI_Bcast(b, 1, MPI_INTEGER, inst%root, inst%comm, ierr)
+    flag = b /= 0 .and. errflg == 0
+  end subroutine share_inf
+
+  !> Free the layer's communicators of an instance.
+  subroutine free_comms(inst)
+    type(mpi_instance), intent(inout) :: inst
+    integer :: ierr
+    if (inst%split .and. inst%infer) call MPI_Comm_free(inst%icomm, ierr)
+    call MPI_Comm_free(inst%comm, ierr)
+  end subroutine free_comms
+
+  !> Broadcast a gathered global array from rank 0 to the other inference ranks.
+  subroutine bcast_inf_r8(inst, glob, ierr)
+    type(mpi_instance), intent(in) :: inst
+    real(pd_r8), intent(inout) :: glob(:, :, :)
+    integer, intent(inout) :: ierr
+    if (.not. (inst%split .and. inst%infer) .or. ierr /= MPI_SUCCESS) return
+    call MPI_Bcast(glob, size(glob), MPI_DOUBLE_PRECISION, 0, inst%icomm, ierr)
+  end subroutine bcast_inf_r8
+
+  !> Broadcast a gathered global real(4) array from rank 0 to the other inference ranks.
+  subroutine bcast_inf_r4(inst, glob, ierr)
+    type(mpi_instance), intent(in) :: inst
+    real(pd_r4), intent(inout) :: glob(:, :, :)
+    integer, intent(inout) :: ierr
+    if (.not. (inst%split .and. inst%infer) .or. ierr /= MPI_SUCCESS) return
+    call MPI_Bcast(glob, size(glob), MPI_REAL, 0, inst%icomm, ierr)
+  end subroutine bcast_inf_r4
 
   !> Report a failed MPI call (the duplicate communicator returns errors).
   subroutine mpi_failed(what, ierr, errmsg, errflg)
@@ -319,7 +379,7 @@ contains
   !! lat(nlat_local)), the block's 1-based (lon, lat) start in the global grid
   !! and the global shape. The blocks must tile the global grid exactly.
   subroutine pdm_init_f08(handle, nml_file, lon, lat, start, global_shape, comm, errmsg, &
-       errflg, inference_rank, fine_start, fine_count)
+       errflg, inference_rank, fine_start, fine_count, inference, ranks_per_inference)
     integer, intent(inout) :: handle              !! PD_NO_HANDLE on entry; > 0 on success (same on every rank)
     character(len=*), intent(in) :: nml_file      !! namelist file with &precipdiff_nml (read on the inference rank)
     real(pd_r8), intent(in) :: lon(:)             !! longitudes of this rank's block (degrees_east)
@@ -332,7 +392,11 @@ contains
     integer, intent(in), optional :: inference_rank !! rank (in comm) that runs Python; default 0
     integer, intent(in), optional :: fine_start(2) !! 1-based start of this rank's fine-grid output block
     integer, intent(in), optional :: fine_count(2) !! shape of this rank's fine-grid output block
+    character(len=*), intent(in), optional :: inference !! 'root' (default: one inference rank) or 'per_node'
+    integer, intent(in), optional :: ranks_per_inference !! per_node: groups of this many consecutive ranks instead of nodes (> 0)
     type(mpi_instance) :: work
+    type(MPI_Comm) :: ncomm
+    integer :: mode, rpi, nrank, color, flags4(4)
     integer :: ierr, slot, r, flags(2), info(8), i, j, ratio
     integer, allocatable :: all_info(:, :), cover(:, :)
     real(pd_r8), allocatable :: glon(:), glat(:), buf(:)
@@ -381,6 +445,58 @@ contains
       handle = PD_NO_HANDLE
       return
     end if
+    ! Inference mode: 0 = root (one inference rank), 1 = per node (or per group).
+    mode = 0
+    if (present(inference)) then
+      select case (trim(inference))
+      case ('root')
+        mode = 0
+      case ('per_node')
+        mode = 1
+      case default
+        mode = -1
+      end select
+    end if
+    rpi = 0
+    if (present(ranks_per_inference)) rpi = ranks_per_inference
+    flags4 = [mode, -mode, rpi, -rpi]
+    call MPI_Allreduce(MPI_IN_PLACE, flags4, 4, MPI_INTEGER, MPI_MAX, work%comm, ierr)
+    if (flags4(1) /= -flags4(2) .or. flags4(3) /= -flags4(4) .or. mode < 0 .or. rpi < 0 .or. &
+         (mode == 1 .and. work%root /= 0) .or. (mode == 0 .and. rpi /= 0)) then
+      write (errmsg, '(a,a,i0,a)') ROUTINE_INIT, ': inference must be ''root'' or ''per_node'' &
+           &and ranks_per_inference (per_node only; 0 = one group per node) >= 0, both the &
+           &same on every rank, and per_node needs inference_rank = 0 (this rank: &
+           &ranks_per_inference = ', rpi, ')'
+      errflg = PD_ERR_INVALID_ARGUMENT
+      call label(work%rank, errmsg)
+      call MPI_Comm_free(work%comm, ierr)
+      handle = PD_NO_HANDLE
+      return
+    end if
+    work%split = mode == 1
+    work%infer = work%rank == work%root
+    if (work%split) then
+      ! Node-local groups of the duplicate; the lowest rank of each is an inference rank.
+      if (rpi > 0) then
+        call MPI_Comm_split(work%comm, work%rank/rpi, work%rank, ncomm, ierr)
+      else
+        call MPI_Comm_split_type(work%comm, MPI_COMM_TYPE_SHARED, work%rank, MPI_INFO_NULL, &
+             ncomm, ierr)
+      end if
+      call MPI_Comm_rank(ncomm, nrank, ierr)
+      call MPI_Comm_free(ncomm, ierr)
+      work%infer = nrank == 0
+      color = merge(0, MPI_UNDEFINED, work%infer)
+      call MPI_Comm_split(work%comm, color, work%rank, work%icomm, ierr)
+      if (work%infer) call MPI_Comm_set_name(work%icomm, 'precipdiff_inference', ierr)
+      i = merge(1, 0, work%infer)
+      call MPI_Allreduce(i, work%ninfer, 1, MPI_INTEGER, MPI_SUM, work%comm, ierr)
+      if (work%ninfer == 1) then
+        ! A single node: the root mode's protocol, no member split.
+        if (work%infer) call MPI_Comm_free(work%icomm, ierr)
+        work%split = .false.
+      end if
+    end if
     work%gshape = global_shape
 
     ! Local checks of this rank's block.
@@ -409,7 +525,7 @@ contains
     end if
     call agree(work, errmsg, errflg)
     if (errflg /= 0) then
-      call MPI_Comm_free(work%comm, ierr)
+      call free_comms(work)
       handle = PD_NO_HANDLE
       return
     end if
@@ -454,7 +570,7 @@ contains
       deallocate (cover)
     end if
     if (errflg /= 0) then
-      call MPI_Comm_free(work%comm, ierr)
+      call free_comms(work)
       handle = PD_NO_HANDLE
       return
     end if
@@ -521,19 +637,33 @@ contains
     end if
     deallocate (buf)
 
-    ! Only the inference rank starts Python.
+    ! Only the inference rank(s) start Python.
     fl = 0
-    if (work%rank == work%root .and. errflg == 0) then
-      ! comm: the plugin learns its rank in the host communicator (e.g. for
-      ! &precipdiff_nml output_rank, which must name the inference rank).
-      call precipdiff_init(work%plugin, nml_file, glon, glat, errmsg, errflg, &
-           comm=work%comm%MPI_VAL)
+    if (work%split) then
+      ! The coordinate checks of rank 0, then the global coordinates to every inference rank.
+      call agree(work, errmsg, errflg)
+      if (errflg == 0 .and. work%infer) then
+        call MPI_Bcast(glon, size(glon), MPI_DOUBLE_PRECISION, 0, work%icomm, ierr)
+        call MPI_Bcast(glat, size(glat), MPI_DOUBLE_PRECISION, 0, work%icomm, ierr)
+      end if
+    end if
+    if (work%infer .and. errflg == 0) then
+      if (work%split) then
+        ! The named inference communicator: the plugin splits the members across it.
+        call precipdiff_init(work%plugin, nml_file, glon, glat, errmsg, errflg, &
+             comm=work%icomm%MPI_VAL)
+      else
+        ! comm: the plugin learns its rank in the host communicator (e.g. for
+        ! &precipdiff_nml output_rank, which must name the inference rank).
+        call precipdiff_init(work%plugin, nml_file, glon, glat, errmsg, errflg, &
+             comm=work%comm%MPI_VAL)
+      end if
       if (errflg == 0) then
         call precipdiff_shapes(work%plugin, nl, nt, nlf, nltf, errmsg, errflg)
         fl = [nl, nt, nlf, nltf]
       end if
     end if
-    call share_root(work, errmsg, errflg)
+    call share_inf(work, errmsg, errflg)
     if (errflg == 0) then
       call MPI_Bcast(fl, 4, MPI_INTEGER, work%root, work%comm, ierr)
       work%fshape = fl(3:4)
@@ -577,14 +707,14 @@ contains
       end if
     end if
     if (errflg /= 0) then
-      if (work%rank == work%root .and. work%plugin /= PD_NO_HANDLE) then
+      if (work%infer .and. work%plugin /= PD_NO_HANDLE) then
         call precipdiff_finalize(work%plugin, msg2, flg2)
       end if
-      call MPI_Comm_free(work%comm, ierr)
+      call free_comms(work)
       handle = PD_NO_HANDLE
       return
     end if
-    if (work%rank == work%root) then
+    if (work%infer) then
       allocate (work%out_model(global_shape(1), global_shape(2)))
       allocate (work%out_fine(work%fshape(1), work%fshape(2)))
     else
@@ -598,7 +728,7 @@ contains
 
   !> Create the decomposed plugin with an integer communicator (`use mpi`).
   subroutine pdm_init_int(handle, nml_file, lon, lat, start, global_shape, comm, errmsg, &
-       errflg, inference_rank, fine_start, fine_count)
+       errflg, inference_rank, fine_start, fine_count, inference, ranks_per_inference)
     integer, intent(inout) :: handle              !! PD_NO_HANDLE on entry; > 0 on success
     character(len=*), intent(in) :: nml_file      !! namelist file with &precipdiff_nml
     real(pd_r8), intent(in) :: lon(:)             !! longitudes of this rank's block
@@ -611,10 +741,12 @@ contains
     integer, intent(in), optional :: inference_rank !! rank that runs Python; default 0
     integer, intent(in), optional :: fine_start(2) !! start of this rank's fine block
     integer, intent(in), optional :: fine_count(2) !! shape of this rank's fine block
+    character(len=*), intent(in), optional :: inference !! 'root' (default) or 'per_node'
+    integer, intent(in), optional :: ranks_per_inference !! per_node: ranks per group instead of nodes
     type(MPI_Comm) :: c
     c%MPI_VAL = comm
     call pdm_init_f08(handle, nml_file, lon, lat, start, global_shape, c, errmsg, errflg, &
-         inference_rank, fine_start, fine_count)
+         inference_rank, fine_start, fine_count, inference, ranks_per_inference)
   end subroutine pdm_init_int
 
   ! =============================================================== set_field
@@ -662,26 +794,30 @@ contains
     call agree(inst, errmsg, errflg)
     if (errflg /= 0) return
     g = [inst%gshape(1), inst%gshape(2), max(nlev, 1)]
-    if (inst%rank /= inst%root) g = 0
+    if (.not. inst%infer) g = 0
     if (present(r8v)) then
       allocate (g8(g(1), g(2), g(3)))
       call gather_r8(inst, r8v, size(r8v), max(nlev, 1), g8, ierr)
+      call bcast_inf_r8(inst, g8, ierr)
       if (present(r8p) .and. ierr == MPI_SUCCESS) then
         allocate (p8(g(1), g(2), g(3)))
         call gather_r8(inst, r8p, size(r8p), max(nlev, 1), p8, ierr)
+        call bcast_inf_r8(inst, p8, ierr)
       end if
     else
       allocate (g4(g(1), g(2), g(3)))
       call gather_r4(inst, r4v, size(r4v), max(nlev, 1), g4, ierr)
+      call bcast_inf_r4(inst, g4, ierr)
       if (present(r4p) .and. ierr == MPI_SUCCESS) then
         allocate (p4(g(1), g(2), g(3)))
         call gather_r4(inst, r4p, size(r4p), max(nlev, 1), p4, ierr)
+        call bcast_inf_r4(inst, p4, ierr)
       end if
     end if
     if (ierr /= MPI_SUCCESS) call mpi_failed('MPI_Gatherv', ierr, errmsg, errflg)
     call agree(inst, errmsg, errflg)
     if (errflg /= 0) return
-    if (inst%rank == inst%root) then
+    if (inst%infer) then
       t0 = MPI_Wtime()
       if (present(r8v)) then
         if (nlev == 0) then
@@ -699,7 +835,7 @@ contains
       inst%t_python = inst%t_python + (MPI_Wtime() - t0)
     end if
     t0 = MPI_Wtime()
-    call share_root(inst, errmsg, errflg)
+    call share_inf(inst, errmsg, errflg)
     inst%t_sync = inst%t_sync + (MPI_Wtime() - t0)
   end subroutine set_common
 
@@ -767,13 +903,13 @@ contains
     ready = .false.
     call lookup(handle, 'precipdiff_mpi_step', inst, errmsg, errflg)
     if (errflg /= 0) return
-    if (inst%rank == inst%root) then
+    if (inst%infer) then
       t0 = MPI_Wtime()
       call precipdiff_step(inst%plugin, model_time, dt, ready, errmsg, errflg)
       inst%t_python = inst%t_python + (MPI_Wtime() - t0)
     end if
     t0 = MPI_Wtime()
-    call share_root(inst, errmsg, errflg, ready)
+    call share_inf(inst, errmsg, errflg, ready)
     inst%t_sync = inst%t_sync + (MPI_Wtime() - t0)
     if (errflg /= 0) ready = .false.
     inst%ncalls = inst%ncalls + 1
@@ -806,12 +942,12 @@ contains
     end if
     call agree(inst, errmsg, errflg)
     if (errflg /= 0) return
-    if (inst%rank == inst%root) then
+    if (inst%infer) then
       t0 = MPI_Wtime()
       call precipdiff_get_output(inst%plugin, inst%out_fine, inst%out_model, errmsg, errflg)
       inst%t_python = inst%t_python + (MPI_Wtime() - t0)
     end if
-    call share_root(inst, errmsg, errflg)
+    call share_inf(inst, errmsg, errflg)
     if (errflg /= 0) return
     call scatter_r8(inst, inst%starts, inst%counts, inst%out_model, pr_model, ierr)
     if (ierr == MPI_SUCCESS) then
@@ -978,8 +1114,8 @@ contains
     type(mpi_instance), pointer :: inst
     call lookup(handle, 'precipdiff_mpi_write_restart', inst, errmsg, errflg)
     if (errflg /= 0) return
-    if (inst%rank == inst%root) call precipdiff_write_restart(inst%plugin, path, errmsg, errflg)
-    call share_root(inst, errmsg, errflg)
+    if (inst%infer) call precipdiff_write_restart(inst%plugin, path, errmsg, errflg)
+    call share_inf(inst, errmsg, errflg)
   end subroutine precipdiff_mpi_write_restart
 
   !> Restore the plugin state from a restart file. Collective.
@@ -991,8 +1127,8 @@ contains
     type(mpi_instance), pointer :: inst
     call lookup(handle, 'precipdiff_mpi_read_restart', inst, errmsg, errflg)
     if (errflg /= 0) return
-    if (inst%rank == inst%root) call precipdiff_read_restart(inst%plugin, path, errmsg, errflg)
-    call share_root(inst, errmsg, errflg)
+    if (inst%infer) call precipdiff_read_restart(inst%plugin, path, errmsg, errflg)
+    call share_inf(inst, errmsg, errflg)
   end subroutine precipdiff_mpi_read_restart
 
   ! ================================================================ finalize
@@ -1004,15 +1140,14 @@ contains
     character(len=*), intent(out) :: errmsg !! error message ('' on success)
     integer, intent(out) :: errflg          !! error flag (0 on success)
     type(mpi_instance), pointer :: inst
-    integer :: ierr
     errmsg = ''
     errflg = 0
     if (handle == PD_NO_HANDLE) return
     call lookup(handle, 'precipdiff_mpi_finalize', inst, errmsg, errflg)
     if (errflg /= 0) return
-    if (inst%rank == inst%root) call precipdiff_finalize(inst%plugin, errmsg, errflg)
-    call share_root(inst, errmsg, errflg)
-    call MPI_Comm_free(inst%comm, ierr)
+    if (inst%infer) call precipdiff_finalize(inst%plugin, errmsg, errflg)
+    call share_inf(inst, errmsg, errflg)
+    call free_comms(inst)
     inst%live = .false.
     inst%plugin = PD_NO_HANDLE
     deallocate (inst%starts, inst%counts, inst%fstarts, inst%fcounts, inst%lon_fine, &

@@ -12,6 +12,9 @@
 !!   work=N            synthetic ESM work per step (N relaxation sweeps over the block),
 !!                     timed separately from the plugin calls (benchmarks)
 !!   inference_rank=R  rank running the plugin (default 0)
+!!   inference=MODE    'root' (default) or 'per_node' (one inference rank per node,
+!!                     members split across them)
+!!   ranks_per_inference=N  with per_node: groups of N consecutive ranks stand for nodes
 !! The fields are analytic functions of the global cell and the time, so every
 !! decomposition feeds the plugin the same global arrays. Prints one line
 !! "TIMING rank esm_s plugin_s gather_s python_s scatter_s wait_s checksum steps" per rank and
@@ -27,6 +30,8 @@ program pd_mpi_driver
   real(8) :: dt, t0, t_esm, t_plugin, tg, tp, ts, tw
   character(len=PD_ERRMSG_LEN) :: errmsg
   character(len=512) :: arg, nml, out, rrestart, wrestart, fname
+  character(len=32) :: infer_mode
+  integer :: rpi
   character(len=32) :: req(16)
   real(8), allocatable :: glon(:), glat(:), f(:, :), pr_fine(:, :), pr_model(:, :), state(:, :)
   logical :: ready
@@ -47,6 +52,8 @@ program pd_mpi_driver
   dt = 21600.0d0
   work = 0
   iroot = 0
+  infer_mode = ''
+  rpi = 0
   do i = 1, command_argument_count()
     call get_command_argument(i, arg)
     k = index(arg, '=')
@@ -73,6 +80,10 @@ program pd_mpi_driver
       read (arg(k + 1:), *) work
     case ('inference_rank')
       read (arg(k + 1:), *) iroot
+    case ('inference')
+      infer_mode = arg(k + 1:)
+    case ('ranks_per_inference')
+      read (arg(k + 1:), *) rpi
     case default
       if (rank == 0) write (*, '(a,a)') 'pd_mpi_driver: unknown argument ', trim(arg)
       call MPI_Abort(comm, 2, ierr)
@@ -85,8 +96,14 @@ program pd_mpi_driver
   call decompose(rank, nranks, nlon, nlat, s, c)
 
   h = PD_NO_HANDLE
-  call precipdiff_mpi_init(h, trim(nml), glon(s(1):s(1) + c(1) - 1), glat(s(2):s(2) + c(2) - 1), &
-       s, [nlon, nlat], comm, errmsg, errflg, inference_rank=iroot)
+  if (len_trim(infer_mode) > 0) then
+    call precipdiff_mpi_init(h, trim(nml), glon(s(1):s(1) + c(1) - 1), &
+         glat(s(2):s(2) + c(2) - 1), s, [nlon, nlat], comm, errmsg, errflg, &
+         inference_rank=iroot, inference=trim(infer_mode), ranks_per_inference=rpi)
+  else
+    call precipdiff_mpi_init(h, trim(nml), glon(s(1):s(1) + c(1) - 1), &
+         glat(s(2):s(2) + c(2) - 1), s, [nlon, nlat], comm, errmsg, errflg, inference_rank=iroot)
+  end if
   call check('precipdiff_mpi_init')
   call precipdiff_mpi_shapes(h, nl, nt, nlf, ntf, errmsg, errflg, fine_start=fs)
   call check('precipdiff_mpi_shapes')

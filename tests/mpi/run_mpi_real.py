@@ -18,6 +18,15 @@ with a 2.5-degree fine grid, writes a namelist, and runs ``pd_mpi_driver``
 ``failures``
     a corrupt bundle (one weight file overwritten) and a missing restart file on 3
     ranks: every rank must report the same errflg and exit; a hang hits the timeout.
+``per_node``
+    the opt-in per-node inference (``inference = 'per_node'``) on 4 ranks forced into
+    2 groups (``ranks_per_inference = 2``: inference ranks 0 and 2, 4 members split
+    2 + 2): handed-back fields and the written output stream bit-identical to the
+    1-rank 'root' run for ``return_mode = 'member'`` (a member generated on the second
+    inference rank) and ``'mean'``; lagged ``'cycle'`` with a restart written and read
+    in per-node mode equal to the 1-rank run; per_node on one real node (no forced
+    groups) equal to root; and a failure of one inference rank (plain error and GPU
+    out-of-memory) reaching all 4 ranks with the same errflg, no hang.
 
 Exit status 0 when every check passes, 1 otherwise.
 """
@@ -269,6 +278,189 @@ def failures(args: argparse.Namespace, work: Path, bundle: Path) -> list[str]:
     return problems
 
 
+def read_stream(directory: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Every variable of every netCDF file of an output stream, by file name."""
+    from precipdiff.io import import_netcdf4
+
+    nc4 = import_netcdf4()
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for path in sorted(directory.glob("*.nc")):
+        with nc4.Dataset(path) as ds:
+            ds.set_auto_mask(False)
+            out[path.name] = {name: np.array(var[...]) for name, var in ds.variables.items()}
+    return out
+
+
+def same_stream(
+    a: dict[str, dict[str, np.ndarray]], b: dict[str, dict[str, np.ndarray]]
+) -> list[str]:
+    """Differences (bitwise) between two output streams, as messages."""
+    if not a:
+        return ["reference run wrote no output stream"]
+    if sorted(a) != sorted(b):
+        return [f"stream files differ: {sorted(a)} vs {sorted(b)}"]
+    problems = []
+    for name in a:
+        if sorted(a[name]) != sorted(b[name]):
+            problems.append(f"{name}: variables {sorted(a[name])} vs {sorted(b[name])}")
+            continue
+        for var, arr in a[name].items():
+            other = b[name][var]
+            if arr.shape != other.shape or arr.tobytes() != other.tobytes():
+                problems.append(f"{name}: variable {var} differs")
+    return problems
+
+
+def per_node(args: argparse.Namespace, work: Path, bundle: Path) -> list[str]:
+    """Per-node inference (2 forced groups on 4 ranks) against the 1-rank root run."""
+    problems: list[str] = []
+    split = ["inference=per_node", "ranks_per_inference=2"]
+    # Bad opt-in arguments: the same errflg on every rank at init, no plugin started.
+    nml = write_namelist(work / "pn_args.nml", bundle)
+    for bad in (
+        ["inference=tiles"],
+        ["inference=root", "ranks_per_inference=2"],
+        [*split, "inference_rank=1"],
+    ):
+        out = run_driver(args, 2, [f"nml={nml}", "last=1", *bad], expect_failure=True)
+        flags = [ln for ln in out.splitlines() if ln.startswith("ERRFLG ")]
+        if (
+            len(flags) != 2
+            or len({ln.split()[1] for ln in flags}) != 1
+            or not all("precipdiff_mpi_init" in ln and "per_node" in ln for ln in flags)
+        ):
+            problems.append(f"init with {bad}: expected one init ERRFLG on 2 ranks, got {flags}")
+    # mean: device = 'auto' (the per-node GPU choice; the CPU here) in both runs.
+    for mode, extra in (("member", {"return_member": 3}), ("mean", {"device": "auto"})):
+        runs = {}
+        streams = {}
+        for tag, np_, params in (("root", 1, []), ("split", 4, split)):
+            stream = work / f"stream_{mode}_{tag}"
+            shutil.rmtree(stream, ignore_errors=True)
+            nml = write_namelist(
+                work / f"pn_{mode}_{tag}.nml",
+                bundle,
+                members=4,
+                return_mode=mode,
+                output_dir=str(stream),
+                reference_time="2000-01-01 00:00:00",
+                **extra,
+            )
+            prefix = work / f"pn_{mode}_{tag}"
+            run_driver(
+                args, np_, [f"nml={nml}", "first=1", "last=8", f"dt={DT}", f"out={prefix}", *params]
+            )
+            runs[tag] = read_windows(prefix, np_)
+            streams[tag] = read_stream(stream)
+        print(
+            f"return_mode={mode}: windows {sorted(runs['split'])}, files {sorted(streams['split'])}"
+        )
+        if len(runs["root"]) != 2:
+            problems.append(f"{mode}: expected 2 windows, got {len(runs['root'])}")
+        problems += check_physical(runs["root"])
+        problems += [
+            f"{mode}, per_node np=4 vs root np=1: {p}" for p in same(runs["root"], runs["split"])
+        ]
+        problems += [
+            f"{mode}, output stream: {p}" for p in same_stream(streams["root"], streams["split"])
+        ]
+    # Lagged 'cycle' with a restart in per-node mode (pending result crosses the restart).
+    nml = write_namelist(
+        work / "pn_lagged.nml", bundle, members=4, return_mode="cycle", inference="lagged"
+    )
+    rst = work / "pn_restart.nc"
+    rst.unlink(missing_ok=True)
+    common = [f"nml={nml}", f"dt={DT}"]
+    run_driver(args, 1, [*common, "first=1", "last=16", f"out={work / 'pn_full'}"])
+    run_driver(
+        args,
+        4,
+        [*common, "first=1", "last=8", f"out={work / 'pn_part1'}", f"write_restart={rst}", *split],
+    )
+    run_driver(
+        args,
+        4,
+        [*common, "first=9", "last=16", f"out={work / 'pn_part2'}", f"read_restart={rst}", *split],
+    )
+    full = read_windows(work / "pn_full", 1)
+    part1 = read_windows(work / "pn_part1", 4)
+    part2 = read_windows(work / "pn_part2", 4)
+    print(f"lagged: full {sorted(full)}; part1 {sorted(part1)}; part2 {sorted(part2)}")
+    if len(full) != 3:
+        problems.append(f"lagged: expected 3 handed-back windows in 4 days, got {len(full)}")
+    problems += [
+        f"lagged first half: {p}" for p in same({k: v for k, v in full.items() if k <= 8}, part1)
+    ]
+    problems += [
+        f"lagged after restart: {p}" for p in same({k: v for k, v in full.items() if k > 8}, part2)
+    ]
+    # per_node without forced groups: one node here, so one inference rank (root protocol).
+    nml = write_namelist(work / "pn_one_node.nml", bundle, members=4, return_mode="mean")
+    ref = read_windows(work / "pn_mean_root", 1)
+    run_driver(
+        args,
+        2,
+        [
+            f"nml={nml}",
+            "first=1",
+            "last=8",
+            f"dt={DT}",
+            f"out={work / 'pn_node'}",
+            "inference=per_node",
+        ],
+    )
+    problems += [f"per_node on one node: {p}" for p in same(ref, read_windows(work / "pn_node", 2))]
+    # One inference rank fails (the second, host rank 2): every rank gets the same errflg.
+    for kind in ("python", "oom"):
+        nml = write_namelist(work / f"pn_fail_{kind}.nml", bundle, members=4)
+        with open(nml, "a") as f:
+            f.write(
+                f"&mpi_fake_nml\n  fail_window = 1\n  fail_inference_rank = 1\n"
+                f"  fail_kind = '{kind}'\n/\n"
+            )
+        for inference in ("sync", "lagged"):
+            text = nml.read_text().replace(
+                "&precipdiff_nml", f"&precipdiff_nml\n  inference = '{inference}'"
+            )
+            nml_i = work / f"pn_fail_{kind}_{inference}.nml"
+            nml_i.write_text(text)
+            env_before = os.environ.get("PRECIPDIFF_PLUGIN_CLASS")
+            os.environ["PRECIPDIFF_PLUGIN_CLASS"] = "pd_mpi_fake_plugin:MemberRankFailingPlugin"
+            try:
+                out = run_driver(
+                    args, 4, [f"nml={nml_i}", "last=12", f"dt={DT}", *split], expect_failure=True
+                )
+            finally:
+                if env_before is None:
+                    os.environ.pop("PRECIPDIFF_PLUGIN_CLASS", None)
+                else:
+                    os.environ["PRECIPDIFF_PLUGIN_CLASS"] = env_before
+            flags = [ln for ln in out.splitlines() if ln.startswith("ERRFLG ")]
+            print(f"failure {kind}/{inference}: {flags[:1]}")
+            codes = {int(ln.split()[1]) for ln in flags}
+            if len(flags) != 4 or len(codes) != 1:
+                problems.append(
+                    f"failure {kind}/{inference}: expected one ERRFLG on 4 ranks, got {flags}"
+                )
+            elif not all("inference rank 1" in ln or "simulated" in ln for ln in flags):
+                problems.append(
+                    f"failure {kind}/{inference}: message does not name the failure: {flags}"
+                )
+            if kind == "oom":
+                expected = oom_code()
+                if codes != {expected}:
+                    problems.append(f"failure oom/{inference}: errflg {codes}, expected {expected}")
+    return problems
+
+
+def oom_code() -> int:
+    """The bridge's status code for a GPU out-of-memory (DeviceError)."""
+    from precipdiff.errors import DeviceError
+    from precipdiff.server.capi import status_of
+
+    return int(status_of(DeviceError("x")))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -277,14 +469,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mpiexec", default="mpiexec")
     p.add_argument("--numproc-flag", default="-n")
     p.add_argument("--workdir", required=True, type=Path)
-    p.add_argument("check", choices=["decomposition", "restart", "failures"])
+    p.add_argument("check", choices=["decomposition", "restart", "failures", "per_node"])
     args = p.parse_args(argv)
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     for old in work.glob("*.bin"):
         old.unlink()
     bundle = tiny_bundle(work / "tiny_bundle")
-    checks = {"decomposition": decomposition, "restart": restart, "failures": failures}
+    checks = {
+        "decomposition": decomposition,
+        "restart": restart,
+        "failures": failures,
+        "per_node": per_node,
+    }
     problems = checks[args.check](args, work, bundle)
     for msg in problems:
         print(f"FAIL: {msg}")

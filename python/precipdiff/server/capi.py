@@ -191,6 +191,28 @@ def _mpi_rank(comm_f: int) -> int | None:
         return None
 
 
+#: Name the MPI layer gives the communicator of the inference ranks that share the
+#: ensemble (per-node mode of ``precipdiff_mpi``); see docs/scaling.md.
+INFERENCE_COMM_NAME = "precipdiff_inference"
+
+
+def _member_comm(comm_f: int) -> Any:
+    """Return the mpi4py communicator of ``comm_f`` if it is the inference communicator.
+
+    The MPI layer names it ``INFERENCE_COMM_NAME`` when members are split across its
+    ranks; any other communicator gives None.
+    """
+    try:
+        from mpi4py import MPI  # imported (without initialising MPI) by _mpi_rank
+
+        if not MPI.Is_initialized() or MPI.Is_finalized():
+            return None
+        comm = MPI.Comm.f2py(comm_f)
+        return comm if comm.Get_name() == INFERENCE_COMM_NAME else None
+    except ImportError:
+        return None
+
+
 @dataclass
 class _Instance:
     plugin: _PluginLike
@@ -310,6 +332,9 @@ class Bridge:
         rank = _mpi_rank(comm_f) if comm_f is not None else None
         cls = load_plugin_class()
         kwargs: dict[str, Any] = {} if rank is None else {"rank": rank}
+        member_comm = _member_comm(comm_f) if comm_f is not None and rank is not None else None
+        if member_comm is not None:
+            kwargs["member_comm"] = member_comm
         plugin = cls.from_namelist(nml_path, np.array(lon), np.array(lat), **kwargs)
         if tuple(plugin.model_shape) != (nlat, nlon):
             plugin.close()

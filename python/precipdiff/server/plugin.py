@@ -203,6 +203,61 @@ def detect_rank() -> int:
     return 0
 
 
+def inference_auto_device(member_comm: Any) -> str:
+    """Resolve ``device = 'auto'`` for an inference rank of the per-node MPI mode.
+
+    Collective over ``member_comm``: the inference ranks on one node are numbered
+    0, 1, ... (``MPI_Comm_split_type`` SHARED) and rank ``i`` takes
+    ``cuda:(i mod visible GPUs)`` (:func:`precipdiff.server.placement.auto_device`), so
+    inference ranks forced onto one node use different GPUs; CPU without CUDA.
+
+    Parameters
+    ----------
+    member_comm : mpi4py.MPI.Comm
+        Communicator of the inference ranks.
+
+    Returns
+    -------
+    str
+        Torch device string.
+    """
+    import torch
+    from mpi4py import MPI
+
+    from precipdiff.server.placement import auto_device
+
+    node = member_comm.Split_type(MPI.COMM_TYPE_SHARED, key=member_comm.Get_rank())
+    try:
+        index = int(node.Get_rank())
+    finally:
+        node.Free()
+    return auto_device(local_rank=index) if torch.cuda.is_available() else "cpu"
+
+
+def member_block(members: int, parts: int, index: int) -> tuple[int, int]:
+    """Contiguous block ``[lo, hi)`` of ``members`` that part ``index`` of ``parts`` generates.
+
+    Parameters
+    ----------
+    members : int
+        Ensemble size.
+    parts : int
+        Number of inference ranks sharing the ensemble.
+    index : int
+        0-based index of this rank among them.
+
+    Returns
+    -------
+    tuple of int
+        ``(lo, hi)``; the first ``members % parts`` parts get one member more, and the
+        blocks in index order cover ``0..members-1`` (some are empty when
+        ``parts > members``).
+    """
+    base, extra = divmod(members, parts)
+    lo = index * base + min(index, extra)
+    return lo, lo + base + (1 if index < extra else 0)
+
+
 class Plugin:
     """Embedded-server plugin: accumulate, remap, generate, hand back.
 
@@ -220,6 +275,15 @@ class Plugin:
     rank : int, optional
         This process's MPI rank (with ``output_rank >= 0`` only that rank writes the output
         stream); detected from the environment when omitted.
+    member_comm : mpi4py.MPI.Comm, optional
+        Communicator of the inference ranks that share the ensemble (the MPI layer's
+        per-node mode, docs/scaling.md). Every rank of it runs an identical plugin on the
+        same fields; rank ``j`` generates the contiguous member block
+        :func:`member_block` ``(members, size, j)`` (engine ``generate`` called with
+        ``member_offset``), and the blocks are exchanged in member order, so every rank
+        then holds the ensemble of a single-rank run bit for bit. Only its rank 0 writes
+        the output stream and restart files. None (default): this plugin generates
+        every member.
     """
 
     def __init__(
@@ -229,12 +293,22 @@ class Plugin:
         lat: np.ndarray,
         engine: InferenceEngine,
         rank: int | None = None,
+        member_comm: Any = None,
     ) -> None:
         from precipdiff.server.output import OutputStream
 
         self.config = config
         self.engine = engine
         self.rank = detect_rank() if rank is None else int(rank)
+        self._member_comm = member_comm
+        self._member_rank = 0 if member_comm is None else int(member_comm.Get_rank())
+        self._member_size = 1 if member_comm is None else int(member_comm.Get_size())
+        if member_comm is not None and config.output_rank not in (-1, 0):
+            raise ConfigError(
+                f"precipdiff_nml: output_rank = {config.output_rank} with members split across "
+                f"{self._member_size} inference ranks: the first inference rank (rank 0) "
+                "writes the output stream; set output_rank = -1 or 0"
+            )
         self._lon = _coords("lon", lon)
         self._lat = _coords("lat", lat)
         self.model_shape: tuple[int, int] = (self._lat.size, self._lon.size)
@@ -284,7 +358,8 @@ class Plugin:
         self._closed = False
 
         self._stream: OutputStream | None = None
-        if config.output_dir and config.output_rank in (-1, self.rank):
+        writes = self._member_rank == 0 if member_comm is not None else True
+        if config.output_dir and writes and config.output_rank in (-1, self.rank):
             self._stream = OutputStream(config, self.fine_lat, self.fine_lon, engine.bundle_id)
 
     # ------------------------------------------------------------------ setup
@@ -297,6 +372,7 @@ class Plugin:
         *,
         rank: int | None = None,
         engine: InferenceEngine | None = None,
+        member_comm: Any = None,
     ) -> Plugin:
         """Build a plugin from a namelist file and the ESM grid.
 
@@ -310,6 +386,8 @@ class Plugin:
             MPI rank of this process (detected from the environment if omitted).
         engine : InferenceEngine, optional
             Use this engine instead of loading ``bundle_path`` (tests, tools).
+        member_comm : mpi4py.MPI.Comm, optional
+            Split the members across the ranks of this communicator (see :class:`Plugin`).
 
         Returns
         -------
@@ -329,7 +407,10 @@ class Plugin:
 
             torch.set_num_threads(config.torch_threads)
         if engine is None:
-            device = resolve_device(config.device, config.strict_device)
+            if member_comm is not None and config.device == "auto":
+                device = inference_auto_device(member_comm)
+            else:
+                device = resolve_device(config.device, config.strict_device)
             engine = GeneratorEngine.from_bundle(
                 config.bundle_path,
                 device=device,
@@ -339,7 +420,7 @@ class Plugin:
                 samples_per_day=86400.0 / config.window_s,
                 calendar=config.calendar,
             )
-        return cls(config, lon, lat, engine, rank=rank)
+        return cls(config, lon, lat, engine, rank=rank, member_comm=member_comm)
 
     # --------------------------------------------------------------- per step
     def set_field(self, name: str, values: np.ndarray, pressure: np.ndarray | None = None) -> None:
@@ -552,7 +633,10 @@ class Plugin:
         self._window = n + 1
         batch = {k: v[None].astype(np.float32) for k, v in predictors.items()}
         if self.config.inference == "sync":
-            self._publish(n, self._infer(n, batch))
+            if self._member_comm is None:
+                self._publish(n, self._infer(n, batch))
+            else:
+                self._publish(n, self._exchange(n, lambda: self._infer(n, batch)))
             return True
         previous = self._pending
         if self._executor is None:
@@ -560,8 +644,46 @@ class Plugin:
         self._pending = (n, self._executor.submit(self._infer, n, batch))
         if previous is None:
             return False
-        self._publish(previous[0], _resolve(previous[1]))
+        self._publish(previous[0], self._resolve_pending(previous))
         return True
+
+    def _resolve_pending(self, pending: tuple[int, Future[np.ndarray] | np.ndarray]) -> np.ndarray:
+        """All members of a pending window (exchanged across ``member_comm`` when split)."""
+        n, value = pending
+        if self._member_comm is None or (
+            isinstance(value, np.ndarray) and value.shape[0] == self.config.members
+        ):
+            return _resolve(value)
+        return self._exchange(n, lambda: _resolve(value))
+
+    def _exchange(self, n: int, local: Callable[[], np.ndarray]) -> np.ndarray:
+        """Gather every rank's member block over ``member_comm``, in member order.
+
+        Every rank reaches the one ``allgather`` whether its own block succeeded or not
+        (MPI calls stay on the calling thread, never in the lagged worker), so a failure
+        on one inference rank is raised on all of them and none waits forever.
+        """
+        comm = self._member_comm
+        block: np.ndarray | None = None
+        failure: BaseException | None = None
+        try:
+            block = local()
+        except Exception as exc:
+            failure = exc
+        err = None if failure is None else (type(failure).__name__, str(failure))
+        parts = comm.allgather((block, err))
+        if failure is not None:
+            raise failure
+        for j, (_, e) in enumerate(parts):
+            if e is not None:
+                # The failing rank's error class (so e.g. a GPU out-of-memory keeps its code).
+                import precipdiff.errors as errs
+
+                cls = getattr(errs, e[0], None)
+                if not (isinstance(cls, type) and issubclass(cls, PrecipDiffError)):
+                    cls = PrecipDiffError
+                raise cls(f"inference rank {j} (members split across ranks): {e[1]}")
+        return np.concatenate([np.asarray(b) for b, _ in parts], axis=0)
 
     def _window_date(self, n: int) -> Any:
         """Date (in the ESM calendar) of the middle of window ``n``."""
@@ -572,10 +694,24 @@ class Plugin:
 
     def _infer(self, n: int, batch: dict[str, np.ndarray]) -> np.ndarray:
         c = self.config
+        lo, hi = member_block(c.members, self._member_size, self._member_rank)
+        if hi <= lo:
+            return np.zeros((0, *self.fine_shape), dtype=np.float64)
         try:
-            out = self.engine.generate(
-                batch, c.members, c.seed, n, c.sampler_steps or None, c.conserve_mass
-            )
+            if self._member_comm is None:
+                out = self.engine.generate(
+                    batch, c.members, c.seed, n, c.sampler_steps or None, c.conserve_mass
+                )
+            else:
+                out = self.engine.generate(  # type: ignore[call-arg]
+                    batch,
+                    hi - lo,
+                    c.seed,
+                    n,
+                    c.sampler_steps or None,
+                    c.conserve_mass,
+                    member_offset=lo,
+                )
         except PrecipDiffError:
             raise
         except Exception as exc:
@@ -588,7 +724,7 @@ class Plugin:
                 f"inference failed for window {n}: {type(exc).__name__}: {exc}"
             ) from exc
         arr = np.asarray(out, dtype=np.float64)
-        expected = (self.config.members, *self.fine_shape)
+        expected = (hi - lo, *self.fine_shape)
         if arr.shape != expected:
             raise PrecipDiffError(
                 f"inference for window {n} returned shape {arr.shape}, expected {expected}"
@@ -635,7 +771,7 @@ class Plugin:
         pending = None
         if self._pending is not None:
             pending_window = self._pending[0]
-            pending = _resolve(self._pending[1])
+            pending = self._resolve_pending(self._pending)
             self._pending = (pending_window, pending)
         state = RestartState(
             sums=self._sum,
@@ -649,6 +785,8 @@ class Plugin:
             pending=pending,
             bias_state=self.engine.bias_state(),
         )
+        if self._member_rank != 0:
+            return  # split members: the first inference rank writes the file
         write_restart_file(path, state, self._restart_identity())
 
     def read_restart(self, path: str) -> None:
@@ -962,6 +1100,7 @@ class GeneratorEngine:
         window: int,
         steps: int | None,
         conserve_mass: bool,
+        member_offset: int = 0,
     ) -> np.ndarray:
         """Generate all members of one window (see :class:`InferenceEngine`).
 
@@ -979,6 +1118,9 @@ class GeneratorEngine:
             Sampler steps (None: bundle default).
         conserve_mass : bool
             Passed to the generator.
+        member_offset : int
+            Index of the first member (members ``member_offset .. member_offset +
+            members - 1`` of the ensemble; their seeds do not depend on the offset split).
 
         Returns
         -------
@@ -993,6 +1135,7 @@ class GeneratorEngine:
             conserve_mass=conserve_mass,
             units="mm/day",
             time_offset=window,
+            member_offset=member_offset,
         )
         return np.asarray(res.fine[0])
 

@@ -7,6 +7,10 @@ prints it as a one-line message and the Fortran bridge turns it into
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
 
 class PrecipDiffError(Exception):
     """Base class of every user-facing precipdiff error."""
@@ -30,3 +34,29 @@ class GridError(InputError):
 
 class DeviceError(PrecipDiffError):
     """A requested compute device is unavailable (e.g. CUDA asked for, none present)."""
+
+
+def reject_unknown_keys(cls: type, data: Mapping[str, Any], what: str) -> None:
+    """Raise :class:`ConfigError` when ``data`` has keys that are not fields of ``cls``.
+
+    The shared check behind every ``from_dict`` of a config dataclass (configs are
+    loaded strictly: a misspelt key is an error, never silently ignored).
+
+    Parameters
+    ----------
+    cls
+        The dataclass whose field names are the accepted keys.
+    data
+        The mapping about to be turned into ``cls``.
+    what
+        What the mapping configures, for the message (e.g. ``"sampler settings"``).
+
+    Raises
+    ------
+    ConfigError
+        Naming the unknown keys and the accepted ones.
+    """
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {what}; expected {sorted(known)}")

@@ -10,13 +10,13 @@ generated precipitation is never negative, whatever the network outputs.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
-from precipdiff.errors import ConfigError
+from precipdiff.errors import ConfigError, reject_unknown_keys
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
@@ -130,10 +130,5 @@ class PrecipTransform:
         PrecipTransform
             The transform.
         """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown key(s) {unknown} in transform; expected a subset of {sorted(known)}"
-            )
+        reject_unknown_keys(cls, data, "transform")
         return cls(**data)

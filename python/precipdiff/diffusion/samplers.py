@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from precipdiff.errors import ConfigError
+from precipdiff.errors import ConfigError, reject_unknown_keys
 
 #: ``denoise_fn(x, sigma, cond) -> D(x; sigma, cond)``; ``sigma`` is a 0-d tensor.
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -158,12 +158,7 @@ class SamplerConfig:
         SamplerConfig
             The configuration.
         """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown key(s) {unknown} in sampler settings; expected {sorted(known)}"
-            )
+        reject_unknown_keys(cls, data, "sampler settings")
         return cls(**data)
 
 

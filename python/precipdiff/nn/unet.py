@@ -19,14 +19,14 @@ identically.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from precipdiff.errors import ConfigError
+from precipdiff.errors import ConfigError, reject_unknown_keys
 
 
 @dataclass(frozen=True)
@@ -144,10 +144,7 @@ class UNetConfig:
         UNetConfig
             The configuration.
         """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown key(s) {unknown} in UNetConfig; expected {sorted(known)}")
+        reject_unknown_keys(cls, data, "UNetConfig")
         missing = sorted(k for k in ("in_channels",) if k not in data)
         if missing:
             raise ConfigError(f"UNetConfig is missing required key(s) {missing}")

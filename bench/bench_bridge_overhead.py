@@ -132,7 +132,7 @@ def bench_overhead(build: Path, work: Path, repeat: int, nlat: int, nlon: int) -
 
 def bench_model(build: Path, work: Path, repeat: int, bundle: Path | None) -> dict[str, float]:
     from precipdiff.grids import LatLonGrid
-    from precipdiff.testing_models import make_tiny_bundle
+    from precipdiff.testing.models import make_tiny_bundle
 
     if bundle is None:
         coarse = LatLonGrid.regular(1.0, lat_min=20.5, lat_max=51.5, lon_min=0.5, lon_max=63.5)

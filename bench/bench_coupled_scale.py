@@ -66,7 +66,7 @@ DAY_LINE = re.compile(r"^toy_esm:\s+(\d+)\s")
 def tiny_bundle(path: Path, nlon: int, nlat: int) -> Path:
     """Tiny u10/v10/msl bundle on the toy grid's pole-to-pole grid, 4x finer fine grid."""
     from precipdiff.grids import LatLonGrid
-    from precipdiff.testing_models import make_tiny_bundle
+    from precipdiff.testing.models import make_tiny_bundle
 
     dlon = 360.0 / nlon
     coarse = LatLonGrid(lat=np.linspace(-90.0, 90.0, nlat + 1), lon=np.arange(nlon) * dlon)

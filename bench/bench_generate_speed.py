@@ -37,7 +37,7 @@ def child(args: argparse.Namespace) -> None:
     from precipdiff.bundle import default_sampler
     from precipdiff.diffusion import SamplerConfig
     from precipdiff.generator import PrecipGenerator
-    from precipdiff.testing_models import DEFAULT_VARIABLES, random_predictors
+    from precipdiff.testing.models import DEFAULT_VARIABLES, random_predictors
 
     torch.set_num_threads(args.threads)
     gen = PrecipGenerator.from_bundle(
@@ -85,7 +85,7 @@ def interleaved(args: argparse.Namespace) -> None:
     import torch
 
     from precipdiff.bundle import load_bundle
-    from precipdiff.export import load_compiled
+    from precipdiff.bundle.compiled import load_compiled
 
     torch.set_num_threads(args.threads)
     b = load_bundle(args.bundle, args.device)
@@ -142,7 +142,7 @@ def main() -> None:
         interleaved(args)
         return
     from precipdiff.grids import LatLonGrid
-    from precipdiff.testing_models import make_tiny_bundle
+    from precipdiff.testing.models import make_tiny_bundle
 
     tmp = tempfile.mkdtemp(prefix="bench_speed_")
     if args.bundle is None:
@@ -158,7 +158,7 @@ def main() -> None:
         )
     modes = ["default-eager"] + ([] if args.skip_reference else ["reference-eager"])
     if args.compiled:
-        from precipdiff.export import export_bundle
+        from precipdiff.offline.export import export_bundle
 
         t0 = time.perf_counter()
         export_bundle(args.bundle, args.device)

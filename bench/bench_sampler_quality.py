@@ -10,7 +10,7 @@ them in one run:
 * CRPS of the ensemble against the E-OBS truth (land cells, mm/day);
 * mean bias against the truth (mm/day);
 * radially averaged power spectrum: mean |log10 ratio| to the reference's;
-* spread-skill ratio (``precipdiff.metrics.spread_skill``; 1 = calibrated; Markdown table);
+* spread-skill ratio (``precipdiff.offline.metrics.spread_skill``; 1 = calibrated; Markdown table);
 * ratios of each to the reference (18-step Heun, from pure noise).
 
 Usage::
@@ -43,9 +43,9 @@ from precipdiff.diffusion import EDMPrecond, SamplerConfig, add_condition_noise,
 from precipdiff.diffusion.samplers import member_generators
 from precipdiff.generator import MassConserver
 from precipdiff.grids import LatLonGrid, Regridder, coarsen_block_mean, coarsen_grid
-from precipdiff.metrics import crps_ensemble, power_spectrum_radial
-from precipdiff.metrics import spread_skill as spread_skill_ratio
 from precipdiff.nn import UNet, UNetConfig
+from precipdiff.offline.metrics import crps_ensemble, power_spectrum_radial
+from precipdiff.offline.metrics import spread_skill as spread_skill_ratio
 from precipdiff.testing import shared_data_dir
 from precipdiff.transforms import PrecipTransform
 
@@ -114,7 +114,7 @@ def prepare_for_bundle(rr_all: np.ndarray, grid_all: LatLonGrid, bundle_path: st
     norm = bundle.manifest.normalisation["precip"]
     mu, sd = float(norm["mean"]), float(norm["std"])
     k = fine.shape[0] // coarse.shape[0]
-    # plain block mean, as precipdiff.train.data.StageData defines the coarse target
+    # plain block mean, as precipdiff.offline.train.data.StageData defines the coarse target
     rc = coarsen_block_mean(rr, k, min_valid_fraction=0.5)
     cm = np.isfinite(rc)
     c = np.where(cm, (tf.forward(np.where(cm, rc, 0.0).astype(np.float32)) - mu) / sd, 0.0)
@@ -126,8 +126,8 @@ def prepare_for_bundle(rr_all: np.ndarray, grid_all: LatLonGrid, bundle_path: st
 def prepare_from_config(config_path: str, bundle_path: str):
     """The validation split of a training config's diffusion stage, for any bundle."""
     from precipdiff.bundle import load_bundle
-    from precipdiff.train.config import load_config
-    from precipdiff.train.data import StageData, Stats
+    from precipdiff.offline.train.config import load_config
+    from precipdiff.offline.train.data import StageData, Stats
 
     cfg = load_config(config_path)
     if cfg.diffusion is None:

@@ -112,7 +112,7 @@ def bench_step_cost() -> None:
 
 
 def bench_lag(days: int) -> None:
-    from precipdiff.testing_models import make_tiny_bundle
+    from precipdiff.testing.models import make_tiny_bundle
 
     coarse = LatLonGrid.regular(2.0, lat_min=20.0, lat_max=58.0, lon_min=0.0, lon_max=78.0)
     fine = LatLonGrid.regular(0.5, lat_min=19.25, lat_max=58.75, lon_min=-0.75, lon_max=78.75)

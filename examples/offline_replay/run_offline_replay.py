@@ -72,7 +72,7 @@ def shipped_bundle(data: Path) -> Path | None:
 def tiny_bundle(path: Path) -> Path:
     """Tiny bundle on the demo grids: 2° coarse (4×7) and 0.5° fine (16×28) over Iberia."""
     from precipdiff.grids import LatLonGrid
-    from precipdiff.testing_models import make_tiny_bundle
+    from precipdiff.testing.models import make_tiny_bundle
 
     coarse = LatLonGrid(lat=np.arange(36.0, 42.1, 2.0), lon=np.arange(-9.0, 3.1, 2.0))
     fine = LatLonGrid(lat=np.arange(35.25, 42.8, 0.5), lon=np.arange(-9.75, 3.8, 0.5))

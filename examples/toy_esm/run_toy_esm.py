@@ -36,7 +36,7 @@ TEST_NLON, TEST_NLAT = 90, 45
 def tiny_bundle(path: Path) -> Path:
     """Make a tiny u10/v10/msl bundle on a 4° global coarse grid and a 1° fine grid."""
     from precipdiff.grids import LatLonGrid
-    from precipdiff.testing_models import make_tiny_bundle
+    from precipdiff.testing.models import make_tiny_bundle
 
     coarse = LatLonGrid(lat=np.linspace(90.0, -90.0, 46), lon=np.arange(0.0, 360.0, 4.0))
     fine = LatLonGrid(lat=np.linspace(90.0, -90.0, 181), lon=np.arange(0.0, 360.0, 1.0))

@@ -1,5 +1,5 @@
 """Allow ``python -m precipdiff``."""
 
-from precipdiff.cli.main import main
+from precipdiff.offline.cli.main import main
 
 raise SystemExit(main())

@@ -33,9 +33,11 @@ import scipy.sparse as sp
 import torch
 
 from precipdiff.bundle import Bundle, load_bundle
+from precipdiff.bundle.compiled import load_compiled
+from precipdiff.device import resolve_device
 from precipdiff.diffusion.edm import add_condition_noise
 from precipdiff.diffusion.samplers import SamplerConfig, member_generators, sample
-from precipdiff.errors import ConfigError, DeviceError, GridError, InputError
+from precipdiff.errors import ConfigError, GridError, InputError
 from precipdiff.grids import LatLonGrid, Regridder
 from precipdiff.variables import VariableSpec, check_finite, check_range, resolve_variable
 
@@ -44,37 +46,6 @@ SECONDS_PER_DAY = 86400.0
 UNITS = ("mm/day", "kg m-2 s-1")
 
 ProgressFn = Callable[[int, int], None]
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """Turn ``"auto"|"cpu"|"cuda"[:n]`` into a device, checking CUDA is present.
-
-    Parameters
-    ----------
-    device
-        Requested device; ``"auto"`` picks CUDA when available, else CPU.
-
-    Returns
-    -------
-    torch.device
-        The device.
-    """
-    if isinstance(device, torch.device):
-        device = str(device)
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise DeviceError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(
-            f"device {device!r} requested but CUDA is not available "
-            f"(torch {torch.__version__}); use --device cpu or auto"
-        )
-    if dev.type not in ("cpu", "cuda"):
-        raise DeviceError(f"device {device!r} is not supported; use 'auto', 'cpu' or 'cuda'")
-    return dev
 
 
 @dataclass
@@ -235,8 +206,6 @@ class PrecipGenerator:
         )
         self.compiled = False
         if use_compiled is not False:
-            from precipdiff.export import load_compiled
-
             compiled = load_compiled(bundle, required=use_compiled is True)
             if compiled is not None:
                 self.regression_fn, self.denoise_fn = compiled

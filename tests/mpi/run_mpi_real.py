@@ -49,7 +49,7 @@ DT = 21600.0  # 4 steps per daily window
 def tiny_bundle(path: Path) -> Path:
     """Tiny u10/v10/msl bundle: 10-degree coarse grid with poles, 2.5-degree fine grid."""
     from precipdiff.grids import LatLonGrid
-    from precipdiff.testing_models import make_tiny_bundle
+    from precipdiff.testing.models import make_tiny_bundle
 
     coarse = LatLonGrid(lat=np.linspace(-90.0, 90.0, 19), lon=np.arange(0.0, 360.0, 10.0))
     fine = LatLonGrid(lat=np.linspace(-90.0, 90.0, 73), lon=np.arange(0.0, 360.0, 2.5))

@@ -21,7 +21,7 @@ from bridge_helpers import driver_path, run_driver
 
 from precipdiff.grids import LatLonGrid
 from precipdiff.server import Plugin
-from precipdiff.testing_models import make_tiny_bundle
+from precipdiff.testing.models import make_tiny_bundle
 
 pytestmark = [pytest.mark.needs_build, pytest.mark.slow]
 

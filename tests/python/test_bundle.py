@@ -16,7 +16,7 @@ from precipdiff.bundle import (
 from precipdiff.errors import BundleError
 from precipdiff.generator import PrecipGenerator
 from precipdiff.grids import LatLonGrid, coarsen_grid
-from precipdiff.testing_models import DEFAULT_VARIABLES, make_tiny_bundle, random_predictors
+from precipdiff.testing.models import DEFAULT_VARIABLES, make_tiny_bundle, random_predictors
 
 FIXTURE_V1 = Path(__file__).parent / "fixtures" / "bundle_v1"
 FINE = LatLonGrid.regular(0.5, lat_min=40.25, lat_max=47.75, lon_min=0.25, lon_max=9.75)

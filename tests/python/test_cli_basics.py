@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import precipdiff
-from precipdiff.cli.main import build_parser, main
+from precipdiff.offline.cli.main import build_parser, main
 
 
 def test_version_string() -> None:

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from precipdiff.cli.main import main
 from precipdiff.grids import LatLonGrid, coarsen_grid
-from precipdiff.testing_models import make_tiny_bundle
+from precipdiff.offline.cli.main import main
+from precipdiff.testing.models import make_tiny_bundle
 
 netCDF4 = pytest.importorskip("netCDF4")
 

@@ -1,4 +1,4 @@
-"""Tests of precipdiff.evaluate and the ``precipdiff evaluate`` / ``precipdiff qdm`` commands."""
+"""Tests of precipdiff.offline.evaluate and the ``precipdiff evaluate``/``qdm`` commands."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from precipdiff.cli.main import main
-from precipdiff.evaluate.report import (
+from precipdiff.offline.cli.main import main
+from precipdiff.offline.evaluate.report import (
     Report,
     evaluate_ensemble,
     figures_for,
@@ -120,7 +120,7 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys) -> None:
 def test_qdm_check_on_isimip_gcm(shared_data: Path, tmp_path: Path) -> None:
     """Real biased GCM: historical bias removed, change per quantile preserved (with figures)."""
     xr = pytest.importorskip("xarray")
-    from precipdiff.evaluate.qdm_check import QUANTILES, run_qdm_check
+    from precipdiff.offline.evaluate.qdm_check import QUANTILES, run_qdm_check
 
     res = run_qdm_check(shared_data, tmp_path)
     # the GCM has too many wet days; QDM brings the frequency to the observed one
@@ -155,9 +155,9 @@ def _iberia_grids(shared_data: Path):
 @pytest.mark.slow
 def test_iberia_experiment_quick_run(shared_data: Path, tmp_path: Path) -> None:
     """The whole experiment end to end with a tiny random bundle and a few days."""
-    from precipdiff.evaluate.iberia import IberiaConfig, run_iberia
+    from precipdiff.offline.evaluate.iberia import IberiaConfig, run_iberia
     from precipdiff.qdm import QDMTables
-    from precipdiff.testing_models import make_tiny_bundle
+    from precipdiff.testing.models import make_tiny_bundle
 
     coarse, fine = _iberia_grids(shared_data)
     bundle = make_tiny_bundle(
@@ -191,7 +191,7 @@ def test_iberia_experiment_quick_run(shared_data: Path, tmp_path: Path) -> None:
 def test_cli_qdm_fit_attach_apply(shared_data: Path, tmp_path: Path) -> None:
     xr = pytest.importorskip("xarray")
     from precipdiff.bundle import read_manifest
-    from precipdiff.testing_models import make_tiny_bundle
+    from precipdiff.testing.models import make_tiny_bundle
 
     coarse, fine = _iberia_grids(shared_data)
     bundle = make_tiny_bundle(
@@ -234,7 +234,7 @@ def test_cli_qdm_fit_attach_apply(shared_data: Path, tmp_path: Path) -> None:
 
 def test_day_keys_match_across_calendars() -> None:
     cftime = pytest.importorskip("cftime")
-    from precipdiff.evaluate.report import day_keys
+    from precipdiff.offline.evaluate.report import day_keys
 
     greg = np.array(["2000-02-28T12", "2000-02-29", "2000-03-01"], dtype="datetime64[ns]")
     d360 = cftime.num2date([57, 58, 59], "days since 2000-01-01", calendar="360_day")

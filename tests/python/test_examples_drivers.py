@@ -20,7 +20,7 @@ import pytest
 
 from precipdiff.grids import LatLonGrid
 from precipdiff.server.config import PluginConfig
-from precipdiff.testing_models import make_tiny_bundle
+from precipdiff.testing.models import make_tiny_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 

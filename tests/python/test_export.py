@@ -10,7 +10,7 @@ from precipdiff.bundle import read_manifest
 from precipdiff.errors import BundleError
 from precipdiff.generator import PrecipGenerator
 from precipdiff.grids import LatLonGrid, coarsen_grid
-from precipdiff.testing_models import DEFAULT_VARIABLES, make_tiny_bundle, random_predictors
+from precipdiff.testing.models import DEFAULT_VARIABLES, make_tiny_bundle, random_predictors
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +20,7 @@ COARSE = coarsen_grid(FINE, 4)
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from precipdiff.export import export_bundle
+    from precipdiff.offline.export import export_bundle
 
     mp = pytest.MonkeyPatch()
     mp.setenv("TORCHINDUCTOR_COMPILE_THREADS", "1")

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from precipdiff.errors import ConfigError, DeviceError, GridError, InputError
-from precipdiff.generator import SECONDS_PER_DAY, PrecipGenerator, resolve_device
+from precipdiff.errors import ConfigError, GridError, InputError
+from precipdiff.generator import SECONDS_PER_DAY, PrecipGenerator
 from precipdiff.grids import LatLonGrid, Regridder, coarsen_grid
-from precipdiff.testing_models import DEFAULT_VARIABLES, make_tiny_bundle, random_predictors
+from precipdiff.testing.models import DEFAULT_VARIABLES, make_tiny_bundle, random_predictors
 
 FINE = LatLonGrid.regular(0.5, lat_min=40.25, lat_max=47.75, lon_min=0.25, lon_max=9.75)
 COARSE = coarsen_grid(FINE, 4)
@@ -121,16 +121,6 @@ def test_nan_and_range_errors(gen, x):
     shape["va850"] = x["va850"][:1]
     with pytest.raises(InputError, match="different shapes"):
         gen.generate(shape)
-
-
-def test_device_resolution():
-    assert resolve_device("cpu").type == "cpu"
-    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(DeviceError, match="CUDA is not available"):
-            resolve_device("cuda")
-    with pytest.raises(DeviceError):
-        resolve_device("tpu")
 
 
 @pytest.mark.gpu

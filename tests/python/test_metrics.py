@@ -1,12 +1,12 @@
-"""Unit tests of precipdiff.metrics against hand computations and reference packages."""
+"""Unit tests of precipdiff.offline.metrics against hand computations and reference packages."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from precipdiff import metrics
 from precipdiff.errors import InputError
+from precipdiff.offline import metrics
 
 
 def _ens(seed: int = 0, t: int = 6, m: int = 5, ny: int = 4, nx: int = 6):

@@ -260,7 +260,7 @@ def test_output_rank_other_than_first_inference_rank_is_rejected(tmp_path: Path)
 
 def test_generator_member_blocks_equal_full_ensemble(tmp_path: Path) -> None:
     """The real generator: member k does not depend on who computes it (member_offset)."""
-    from precipdiff.testing_models import DEFAULT_VARIABLES, make_tiny_bundle, random_predictors
+    from precipdiff.testing.models import DEFAULT_VARIABLES, make_tiny_bundle, random_predictors
 
     bundle = make_tiny_bundle(tmp_path / "b", coarse_grid=COARSE, fine_grid=FINE, seed=1)
     engine = GeneratorEngine.from_bundle(str(bundle), device="cpu")

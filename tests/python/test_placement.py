@@ -1,73 +1,15 @@
-"""GPU placement logic (precipdiff.server.placement) with mocked device counts.
+"""Inference-rank placement logic (precipdiff.server.placement) with mocked GPU counts.
 
-The mapping is pure logic over (node names, GPU counts, local ranks), tested here
-on the CPU; test_auto_device_on_gpu exercises it on a real GPU when one is present.
+The mapping is pure logic over (node names, GPU counts, local ranks), tested on the CPU.
 """
 
 from __future__ import annotations
 
 import pytest
-import torch
 
 from precipdiff.errors import ConfigError
 from precipdiff.server import placement
-from precipdiff.server.placement import auto_device, node_local_rank, plan_placement
-from precipdiff.server.plugin import resolve_device
-
-
-def test_node_local_rank_from_launchers() -> None:
-    assert node_local_rank({}) is None
-    assert node_local_rank({"OMPI_COMM_WORLD_LOCAL_RANK": "3"}) == 3
-    assert node_local_rank({"MPI_LOCALRANKID": "2"}) == 2
-    assert node_local_rank({"SLURM_LOCALID": "5"}) == 5
-    # Open MPI wins over Slurm (srun + mpirun), garbage is skipped.
-    assert node_local_rank({"OMPI_COMM_WORLD_LOCAL_RANK": "1", "SLURM_LOCALID": "7"}) == 1
-    assert node_local_rank({"OMPI_COMM_WORLD_LOCAL_RANK": "x", "SLURM_LOCALID": "7"}) == 7
-
-
-@pytest.mark.parametrize(
-    ("n_devices", "local_rank", "expected"),
-    [
-        (0, 0, "cpu"),
-        (0, 5, "cpu"),
-        (1, 0, "cuda:0"),
-        (1, 3, "cuda:0"),
-        (4, 2, "cuda:2"),
-        (4, 6, "cuda:2"),
-    ],
-)
-def test_auto_device_maps_local_rank(n_devices: int, local_rank: int, expected: str) -> None:
-    assert auto_device(n_devices, local_rank) == expected
-
-
-def test_auto_device_reads_launcher_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in placement.LOCAL_RANK_VARIABLES:
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_RANK", "3")
-    assert auto_device(2) == "cuda:1"
-    monkeypatch.delenv("OMPI_COMM_WORLD_LOCAL_RANK")
-    assert auto_device(2) == "cuda:0"  # no launcher: local rank 0
-
-
-def test_auto_device_rejects_negative() -> None:
-    with pytest.raises(ConfigError, match="n_devices = -1"):
-        auto_device(-1, 0)
-    with pytest.raises(ConfigError, match="local_rank = -2"):
-        auto_device(1, -2)
-
-
-def test_resolve_device_auto_uses_placement(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Mock a node with 4 GPUs; this process is node-local rank 6 -> cuda:2.
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_RANK", "6")
-    assert resolve_device("auto", strict=False) == "cuda:2"
-
-
-def test_resolve_device_auto_without_cuda_is_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_RANK", "6")
-    assert resolve_device("auto", strict=False) == "cpu"
+from precipdiff.server.placement import plan_placement
 
 
 def test_plan_root_mode() -> None:
@@ -119,14 +61,3 @@ def test_placement_validates_consistency() -> None:
         placement.Placement((0,), (0, 1), {0: "cpu"})
     with pytest.raises(ConfigError, match="exactly one device"):
         placement.Placement((0, 1), (0, 1), {0: "cpu"})
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_auto_device_on_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    n = torch.cuda.device_count()
-    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_RANK", str(n + 1))
-    dev = resolve_device("auto", strict=True)
-    assert dev == f"cuda:{(n + 1) % n}"
-    x = torch.ones(4, device=dev)
-    assert float(x.sum().cpu()) == 4.0

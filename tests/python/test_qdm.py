@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from precipdiff.errors import BundleError, ConfigError, InputError
-from precipdiff.qdm import OnlineQDM, QDMConfig, QDMTables, apply_qdm, fit_qdm
+from precipdiff.offline.qdm_fit import apply_qdm, fit_qdm
+from precipdiff.qdm import OnlineQDM, QDMConfig, QDMTables
 
 cftime = pytest.importorskip("cftime")
 

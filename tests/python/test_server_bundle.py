@@ -12,7 +12,7 @@ import torch
 from precipdiff.errors import BundleError, ConfigError, DeviceError
 from precipdiff.grids import LatLonGrid, Regridder
 from precipdiff.server import Plugin
-from precipdiff.testing_models import make_tiny_bundle
+from precipdiff.testing.models import make_tiny_bundle
 
 MODEL = LatLonGrid.regular(2.0, lat_min=31.0, lat_max=49.0, lon_min=1.0, lon_max=19.0)
 COARSE = LatLonGrid.regular(4.0, lat_min=32.0, lat_max=48.0, lon_min=2.0, lon_max=18.0)
@@ -143,7 +143,8 @@ def test_bias_correction_without_tables_is_a_config_error(tmp_path: Path, bundle
 
 
 def test_online_qdm_changes_inputs_and_restarts_exactly(tmp_path: Path, bundle: Path) -> None:
-    from precipdiff.qdm import QDMConfig, fit_qdm
+    from precipdiff.offline.qdm_fit import fit_qdm
+    from precipdiff.qdm import QDMConfig
 
     qb = tmp_path / "qdm_bundle"
     shutil.copytree(bundle, qb)

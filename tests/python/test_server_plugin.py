@@ -21,7 +21,6 @@ from precipdiff.server import (
     Plugin,
     PluginConfig,
     PredictorSpec,
-    resolve_device,
     window_seed_sequence,
 )
 
@@ -329,21 +328,6 @@ def test_closed_plugin_refuses_calls(tmp_path: Path) -> None:
         plugin.step(3600.0, 3600.0)
 
 
-def test_device_resolution(tmp_path: Path) -> None:
-    import torch
-
-    assert resolve_device("cpu", strict=True) == "cpu"
-    if torch.cuda.is_available():
-        assert resolve_device("auto", strict=True) == "cuda"
-        assert resolve_device("cuda", strict=True) == "cuda"
-        return
-    assert resolve_device("auto", strict=True) == "cpu"
-    with pytest.warns(RuntimeWarning, match="no CUDA device"):
-        assert resolve_device("cuda:0", strict=False) == "cpu"
-    with pytest.raises(DeviceError, match=r"device = 'cuda:1'.*strict_device"):
-        resolve_device("cuda:1", strict=True)
-
-
 def test_missing_weight_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"weights_to_bundle.*does not exist"):
         make_plugin(tmp_path, weights_to_bundle=str(tmp_path / "w.nc"))
@@ -352,9 +336,10 @@ def test_missing_weight_file_is_named(tmp_path: Path) -> None:
 def test_scrip_weights_for_unstructured_grid(tmp_path: Path) -> None:
     """ESM columns as a (1, ncol) array, remapped with SCRIP files both ways."""
     from precipdiff.grids import Regridder
+    from precipdiff.io.scrip import write_scrip_weights
 
-    Regridder(MODEL, COARSE, method="conservative").to_scrip(tmp_path / "to_bundle.nc")
-    Regridder(FINE, MODEL, method="conservative").to_scrip(tmp_path / "to_model.nc")
+    write_scrip_weights(Regridder(MODEL, COARSE, method="conservative"), tmp_path / "to_bundle.nc")
+    write_scrip_weights(Regridder(FINE, MODEL, method="conservative"), tmp_path / "to_model.nc")
     ncol = MODEL.size
     eng = NumpyEngine()
     cfg = PluginConfig(

@@ -10,8 +10,8 @@ import pytest
 import yaml
 from train_helpers import tiny_config
 
-from precipdiff.cli.main import main
-from precipdiff.train.config import to_dict
+from precipdiff.offline.cli.main import main
+from precipdiff.offline.train.config import to_dict
 
 
 @pytest.mark.needs_data

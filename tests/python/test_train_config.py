@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from precipdiff.errors import ConfigError
-from precipdiff.train.config import (
+from precipdiff.offline.train.config import (
     DataConfig,
     OptimConfig,
     TrainConfig,

@@ -10,8 +10,8 @@ import xarray as xr
 from train_helpers import tiny_config
 
 from precipdiff.errors import ConfigError, InputError
-from precipdiff.train.config import DataConfig, SplitConfig, VariableSource
-from precipdiff.train.data import RegressionDataset, StageData, TimeSeriesSource
+from precipdiff.offline.train.config import DataConfig, SplitConfig, VariableSource
+from precipdiff.offline.train.data import RegressionDataset, StageData, TimeSeriesSource
 from precipdiff.transforms import PrecipTransform
 
 pytestmark = pytest.mark.needs_data
@@ -118,7 +118,7 @@ def test_unknown_predictor_name_rejected(shared_data: Path) -> None:
 def test_hourly_era5_accumulations_become_mm_per_day_samples(shared_data: Path) -> None:
     from train_helpers import REPO
 
-    from precipdiff.train.config import load_config
+    from precipdiff.offline.train.config import load_config
 
     cfg = load_config(REPO / "configs" / "era5_global_shape.yaml")
     assert cfg.diffusion is not None

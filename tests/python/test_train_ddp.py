@@ -15,9 +15,9 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 from train_helpers import tiny_config
 
-from precipdiff.train.ddp import DistContext, setup, teardown
-from precipdiff.train.diffusion import train_diffusion
-from precipdiff.train.regression import train_regression
+from precipdiff.offline.train.ddp import DistContext, setup, teardown
+from precipdiff.offline.train.diffusion import train_diffusion
+from precipdiff.offline.train.regression import train_regression
 
 STEPS = 6
 BATCH = 8

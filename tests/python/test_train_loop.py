@@ -13,11 +13,11 @@ import torch
 from safetensors.torch import load_file
 from train_helpers import tiny_config
 
-from precipdiff.train.config import OptimConfig
-from precipdiff.train.ddp import DistContext
-from precipdiff.train.diffusion import train_diffusion
-from precipdiff.train.loop import lr_factor
-from precipdiff.train.regression import masked_mse, train_regression
+from precipdiff.offline.train.config import OptimConfig
+from precipdiff.offline.train.ddp import DistContext
+from precipdiff.offline.train.diffusion import train_diffusion
+from precipdiff.offline.train.loop import lr_factor
+from precipdiff.offline.train.regression import masked_mse, train_regression
 
 CPU = DistContext(0, 1, torch.device("cpu"))
 
@@ -119,7 +119,7 @@ def test_cuda_bf16_training_reduces_loss(tmp_path: Path, shared_data: Path) -> N
     cfg = tiny_config(tmp_path / "run", shared_data, steps=40, batch=16)
     cfg.device = "cuda"
     cfg.precision = "bf16"
-    from precipdiff.train.ddp import setup
+    from precipdiff.offline.train.ddp import setup
 
     res = train_diffusion(cfg, setup("cuda"))
     assert np.mean(res.train_losses[-5:]) < 0.8 * np.mean(res.train_losses[:5])
@@ -129,7 +129,7 @@ def test_cuda_requested_without_gpu_names_problem() -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     from precipdiff.errors import DeviceError
-    from precipdiff.train.ddp import setup
+    from precipdiff.offline.train.ddp import setup
 
     with pytest.raises(DeviceError, match="CUDA"):
         setup("cuda")

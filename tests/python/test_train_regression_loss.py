@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from precipdiff.errors import ConfigError
-from precipdiff.train.config import RegressionStageConfig, from_dict, load_config
-from precipdiff.train.regression import RegressionLoss, masked_mse
+from precipdiff.offline.train.config import RegressionStageConfig, from_dict, load_config
+from precipdiff.offline.train.regression import RegressionLoss, masked_mse
 from precipdiff.transforms import PrecipTransform
 
 EPS = 0.1
@@ -120,8 +120,8 @@ def test_demo_config_uses_a_mean_seeking_loss() -> None:
 def test_mse_physical_trains_on_real_data(tmp_path: Path, shared_data: Path) -> None:
     from train_helpers import tiny_config
 
-    from precipdiff.train.ddp import DistContext
-    from precipdiff.train.regression import prepare_regression, train_regression
+    from precipdiff.offline.train.ddp import DistContext
+    from precipdiff.offline.train.regression import prepare_regression, train_regression
 
     cfg = tiny_config(tmp_path / "run", shared_data, steps=30, batch=16)
     assert cfg.regression is not None

@@ -12,9 +12,9 @@ from precipdiff.bundle import load_bundle, read_manifest
 from precipdiff.diffusion.samplers import SamplerConfig
 from precipdiff.errors import ConfigError
 from precipdiff.grids import LatLonGrid
-from precipdiff.testing_models import make_tiny_bundle
-from precipdiff.train.bundle import MAX_DEFAULT_NFE, set_default_sampler
-from precipdiff.train.config import load_config
+from precipdiff.offline.train.bundle import MAX_DEFAULT_NFE, set_default_sampler
+from precipdiff.offline.train.config import load_config
+from precipdiff.testing.models import make_tiny_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 

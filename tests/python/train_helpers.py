@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from precipdiff.train.config import TrainConfig, load_config
+from precipdiff.offline.train.config import TrainConfig, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -2,22 +2,25 @@
 
 :class:`~precipdiff.server.plugin.Plugin` is the object the C ABI
 (:mod:`precipdiff.server.capi`) creates per Fortran handle. It is configured by
-the ``&precipdiff_nml`` namelist (:class:`~precipdiff.server.config.PluginConfig`),
-accumulates the ESM's fields over the averaging window, interpolates 3-D fields
-to pressure levels (:mod:`precipdiff.server.vertical`), runs the generator when
-the window closes, writes the optional output stream
-(:mod:`precipdiff.server.output`) and its restart files
-(:mod:`precipdiff.server.restart`).
+the ``&precipdiff_nml`` namelist (:mod:`~precipdiff.server.config`) and built from
+one-noun pieces:
+
+- :mod:`~precipdiff.server.clock` -- which averaging window a step belongs to;
+- :mod:`~precipdiff.server.accumulator` -- window sums of the ESM's fields (3-D
+  fields interpolated to pressure levels by :mod:`~precipdiff.server.vertical`);
+- :mod:`~precipdiff.server.remap` -- ESM grid <-> the bundle's grids;
+- :mod:`~precipdiff.server.engine` -- the inference engine over the generator
+  (and online QDM);
+- :mod:`~precipdiff.server.placement` -- inference ranks, devices and member
+  blocks of MPI runs;
+- :mod:`~precipdiff.server.output` -- the optional output stream;
+- :mod:`~precipdiff.server.restart` -- restart files.
 """
 
 from __future__ import annotations
 
 from precipdiff.server.config import PluginConfig
-from precipdiff.server.plugin import (
-    Plugin,
-    PredictorSpec,
-    resolve_device,
-    window_seed_sequence,
-)
+from precipdiff.server.engine import GeneratorEngine, PredictorSpec, window_seed_sequence
+from precipdiff.server.plugin import Plugin
 
-__all__ = ["Plugin", "PluginConfig", "PredictorSpec", "resolve_device", "window_seed_sequence"]
+__all__ = ["GeneratorEngine", "Plugin", "PluginConfig", "PredictorSpec", "window_seed_sequence"]

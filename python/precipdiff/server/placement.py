@@ -5,9 +5,11 @@ launcher's environment and the CUDA device count), so that the logic can be
 tested anywhere with mocked values:
 
 1. Which device does ``device = 'auto'`` mean for *this* process?
-   :func:`auto_device`: the node-local rank modulo the number of visible GPUs
-   (``cuda:k``), or ``"cpu"`` when none is visible. With one GPU per rank made
-   visible by the launcher (``CUDA_VISIBLE_DEVICES`` per rank) this is ``cuda:0``.
+   :func:`precipdiff.device.auto_device`: the node-local rank modulo the number of
+   visible GPUs (``cuda:k``), or ``"cpu"`` when none is visible. With one GPU per
+   rank made visible by the launcher (``CUDA_VISIBLE_DEVICES`` per rank) this is
+   ``cuda:0``. In the per-node mode the inference ranks of a node are numbered
+   among themselves (:func:`node_inference_rank`).
 2. Which ranks run inference and which rank serves which?
    :func:`plan_placement`: ``mode="root"`` (default of the Fortran MPI layer):
    one inference rank, rank 0, serving every rank. ``mode="per_node"``: on a node
@@ -18,103 +20,20 @@ tested anywhere with mocked values:
 The Fortran layer (``module precipdiff_mpi``, docs/scaling.md) gathers to a single
 inference rank (``inference_rank``, default 0); :func:`plan_placement` tells a
 host which rank that should be (the first inference rank of the plan) and which
-device it gets.
+device it gets. In the per-node mode the ensemble is split across the inference
+ranks in contiguous member blocks (:func:`member_block`).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from precipdiff.device import auto_device
 from precipdiff.errors import ConfigError
 
-__all__ = [
-    "LOCAL_RANK_VARIABLES",
-    "Placement",
-    "auto_device",
-    "cuda_device_count",
-    "node_local_rank",
-    "plan_placement",
-]
-
-#: Environment variables holding the node-local rank, in the order they are tried:
-#: Open MPI, MPICH/Hydra, Intel MPI/PMI, Slurm, torchrun.
-LOCAL_RANK_VARIABLES: tuple[str, ...] = (
-    "OMPI_COMM_WORLD_LOCAL_RANK",
-    "MPI_LOCALRANKID",
-    "PMI_LOCAL_RANK",
-    "SLURM_LOCALID",
-    "LOCAL_RANK",
-)
-
-
-def node_local_rank(environ: Mapping[str, str] | None = None) -> int | None:
-    """Return this process's rank among the ranks of its node, from the launcher.
-
-    Parameters
-    ----------
-    environ : Mapping[str, str], optional
-        Environment to read (default ``os.environ``).
-
-    Returns
-    -------
-    int or None
-        The first valid value of :data:`LOCAL_RANK_VARIABLES`, or None when the
-        process was not started by a known launcher.
-    """
-    env = os.environ if environ is None else environ
-    for var in LOCAL_RANK_VARIABLES:
-        val = env.get(var, "").strip()
-        if val.isdigit():
-            return int(val)
-    return None
-
-
-def cuda_device_count() -> int:
-    """Return the number of CUDA devices this process can use (0 without CUDA).
-
-    Returns
-    -------
-    int
-        ``torch.cuda.device_count()`` when CUDA is available, else 0.
-    """
-    import torch
-
-    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
-
-
-def auto_device(n_devices: int | None = None, local_rank: int | None = None) -> str:
-    """Return the device ``device = 'auto'`` stands for in this process.
-
-    Parameters
-    ----------
-    n_devices : int, optional
-        Visible CUDA devices (default: :func:`cuda_device_count`).
-    local_rank : int, optional
-        Node-local rank (default: :func:`node_local_rank`, 0 when unknown).
-
-    Returns
-    -------
-    str
-        ``"cpu"`` when no GPU is visible, else ``"cuda:k"`` with
-        ``k = local_rank % n_devices`` (ranks beyond the GPU count share).
-
-    Raises
-    ------
-    ConfigError
-        When ``n_devices`` or ``local_rank`` is negative.
-    """
-    n = cuda_device_count() if n_devices is None else int(n_devices)
-    if n < 0:
-        raise ConfigError(f"placement: n_devices = {n} must be >= 0")
-    if local_rank is None:
-        local_rank = node_local_rank() or 0
-    if local_rank < 0:
-        raise ConfigError(f"placement: local_rank = {local_rank} must be >= 0")
-    if n == 0:
-        return "cpu"
-    return f"cuda:{local_rank % n}"
+__all__ = ["Placement", "member_block", "node_inference_rank", "plan_placement"]
 
 
 @dataclass(frozen=True)
@@ -236,3 +155,54 @@ def plan_placement(
         for r in ranks:
             server_of[r] = servers[local[r] % len(servers)]
     return Placement(tuple(sorted(device_of)), tuple(server_of), device_of)
+
+
+def node_inference_rank(member_comm: Any) -> int:
+    """Return this inference rank's index among the inference ranks of its node.
+
+    Collective over ``member_comm`` (``MPI_Comm_split_type`` SHARED). In the per-node
+    MPI mode it is the ``local_rank`` that picks the GPU for ``device = 'auto'``
+    (:func:`precipdiff.device.resolve_device`), so inference ranks forced onto one
+    node use different GPUs.
+
+    Parameters
+    ----------
+    member_comm : mpi4py.MPI.Comm
+        Communicator of the inference ranks.
+
+    Returns
+    -------
+    int
+        0, 1, ... in rank order within the node.
+    """
+    from mpi4py import MPI
+
+    node = member_comm.Split_type(MPI.COMM_TYPE_SHARED, key=member_comm.Get_rank())
+    try:
+        return int(node.Get_rank())
+    finally:
+        node.Free()
+
+
+def member_block(members: int, parts: int, index: int) -> tuple[int, int]:
+    """Contiguous block ``[lo, hi)`` of ``members`` that part ``index`` of ``parts`` generates.
+
+    Parameters
+    ----------
+    members : int
+        Ensemble size.
+    parts : int
+        Number of inference ranks sharing the ensemble.
+    index : int
+        0-based index of this rank among them.
+
+    Returns
+    -------
+    tuple of int
+        ``(lo, hi)``; the first ``members % parts`` parts get one member more, and the
+        blocks in index order cover ``0..members-1`` (some are empty when
+        ``parts > members``).
+    """
+    base, extra = divmod(members, parts)
+    lo = index * base + min(index, extra)
+    return lo, lo + base + (1 if index < extra else 0)

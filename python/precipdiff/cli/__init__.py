@@ -1,1 +1,0 @@
-"""Command-line interface: one module per subcommand (see :mod:`precipdiff.cli.main`)."""

@@ -68,6 +68,7 @@ def make_tiny_bundle(
     channel_mult: tuple[int, ...] = (1, 2),
     static_fields: Sequence[str] = (),
     sampler: SamplerConfig | None = None,
+    precip_stats: tuple[float, float] = (1.0, 1.5),
     overwrite: bool = False,
 ) -> Path:
     """Write a valid bundle with tiny random-weight networks.
@@ -96,6 +97,12 @@ def make_tiny_bundle(
         Sampler defaults (default: 2 Heun steps from the condition noised at
         sigma 1, 3 network evaluations, to keep tests fast; a random-weight
         denoiser started from pure noise gives meaningless huge values).
+    precip_stats
+        Mean and standard deviation of the transformed precipitation
+        (``log1p(P / 0.1 mm/day)``) stored as the bundle's normalisation; the
+        default gives ~0.2 mm/day for a zero network output, ``(3.4, 0.5)`` ~3 mm/day
+        (a host model whose water budget depends on the plugin, e.g. SPEEDY's
+        interactive mode, needs a plausible magnitude).
     overwrite
         Replace an existing bundle.
 
@@ -139,7 +146,7 @@ def make_tiny_bundle(
         coarse_grid=coarse_grid,
         fine_grid=fine_grid,
         predictor_stats={s.name: typical_stats(s) for s in specs},
-        precip_stats=(1.0, 1.5),
+        precip_stats=precip_stats,
         regression=reg,
         denoiser=denoiser,
         sigma_c=sigma_c,

@@ -350,39 +350,67 @@ _BASE_SPECS = [
         "hus",
         "specific_humidity",
         "kg kg-1",
-        aliases=("q", "shum", "spfh"),
+        aliases=("q", "shum", "spfh", "specific_humidity"),
         valid_range=(0.0, 0.05),
     ),
     VariableSpec(
-        "ua", "eastward_wind", "m s-1", aliases=("u", "uwnd"), valid_range=(-150.0, 150.0)
+        "ua",
+        "eastward_wind",
+        "m s-1",
+        aliases=("u", "uwnd", "u_component_of_wind"),
+        valid_range=(-150.0, 150.0),
     ),
     VariableSpec(
-        "va", "northward_wind", "m s-1", aliases=("v", "vwnd"), valid_range=(-150.0, 150.0)
+        "va",
+        "northward_wind",
+        "m s-1",
+        aliases=("v", "vwnd", "v_component_of_wind"),
+        valid_range=(-150.0, 150.0),
     ),
-    VariableSpec("ta", "air_temperature", "K", aliases=("t", "air"), valid_range=(150.0, 350.0)),
     VariableSpec(
-        "uas", "eastward_wind", "m s-1", aliases=("u10", "10u"), valid_range=(-100.0, 100.0)
+        "ta",
+        "air_temperature",
+        "K",
+        aliases=("t", "air", "temperature"),
+        valid_range=(150.0, 350.0),
     ),
     VariableSpec(
-        "vas", "northward_wind", "m s-1", aliases=("v10", "10v"), valid_range=(-100.0, 100.0)
+        "uas",
+        "eastward_wind",
+        "m s-1",
+        aliases=("u10", "10u", "10m_u_component_of_wind"),
+        valid_range=(-100.0, 100.0),
+    ),
+    VariableSpec(
+        "vas",
+        "northward_wind",
+        "m s-1",
+        aliases=("v10", "10v", "10m_v_component_of_wind"),
+        valid_range=(-100.0, 100.0),
     ),
     VariableSpec(
         "psl",
         "air_pressure_at_mean_sea_level",
         "Pa",
-        aliases=("msl", "slp", "mslp", "prmsl"),
+        aliases=("msl", "slp", "mslp", "prmsl", "mean_sea_level_pressure"),
         valid_range=(85_000.0, 110_000.0),
     ),
     VariableSpec(
-        "tas", "air_temperature", "K", aliases=("t2m", "2t", "t2"), valid_range=(170.0, 345.0)
+        "tas",
+        "air_temperature",
+        "K",
+        aliases=("t2m", "2t", "t2", "2m_temperature"),
+        valid_range=(170.0, 345.0),
     ),
+    # The long names (``specific_humidity``, ``10m_u_component_of_wind``, ...) are those of the
+    # ARCO-ERA5 and WeatherBench2 Zarr stores.
     # Reanalysis precipitation has tiny negative values (NCEP: -1e-10 kg m-2 s-1):
     # tolerate them in the range check; the transform clamps at zero.
     VariableSpec(
         "pr",
         "lwe_precipitation_rate",
         "mm/day",
-        aliases=("tp", "rr", "precip", "prate", "precipitation"),
+        aliases=("tp", "rr", "precip", "prate", "precipitation", "total_precipitation"),
         valid_range=(-0.01, 2000.0),
     ),
 ]

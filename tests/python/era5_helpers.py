@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from precipdiff.train.config import TrainConfig, from_dict
+from precipdiff.offline.train.config import TrainConfig, from_dict
 
 LEVELS = (500, 850, 1000)
 #: ERA5 long names (ARCO-ERA5 store) -> short names (CDS netCDF files).

@@ -27,14 +27,23 @@ def test_console_script_help() -> None:
         [sys.executable, "-m", "precipdiff", "--help"], capture_output=True, text=True, check=True
     )
     assert "usage: precipdiff" in out.stdout
-    for sub in ("inspect", "generate", "export", "train", "qdm", "evaluate", "info"):
+    for sub in ("inspect", "generate", "export", "prepare", "train", "qdm", "evaluate", "info"):
         assert sub in out.stdout
 
 
 def test_every_subcommand_has_help() -> None:
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert set(sub.choices) == {"inspect", "generate", "export", "train", "qdm", "evaluate", "info"}
+    assert set(sub.choices) == {
+        "inspect",
+        "generate",
+        "export",
+        "prepare",
+        "train",
+        "qdm",
+        "evaluate",
+        "info",
+    }
     for name, p in sub.choices.items():
         assert p.format_help(), name
 

@@ -20,6 +20,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "inspect",
     "generate",
     "export",
+    "prepare",
     "train",
     "qdm",
     "evaluate",

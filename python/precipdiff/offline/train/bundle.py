@@ -26,8 +26,9 @@ from precipdiff.errors import ConfigError
 from precipdiff.grids import LatLonGrid
 from precipdiff.nn.unet import UNet, UNetConfig
 from precipdiff.offline.train.config import TrainConfig, to_dict
-from precipdiff.offline.train.data import StageData, Stats
+from precipdiff.offline.train.data import Stats
 from precipdiff.offline.train.regression import stage_dir
+from precipdiff.offline.train.store_data import open_stage_data
 from precipdiff.transforms import PrecipTransform
 from precipdiff.variables import get_variable
 
@@ -199,8 +200,8 @@ def evaluate_bundle(cfg: TrainConfig, dest: Path) -> dict[str, Any]:
     transform = PrecipTransform.from_dict(cfg.transform)
     reg_meta, _ = _stage_meta(cfg, "regression")
     stats = Stats.from_dict(reg_meta["stats"])
-    reg_data = StageData(cfg.regression.data, transform, base=cfg.source_dir, stats=stats)
-    den_data = StageData(cfg.diffusion.data, transform, base=cfg.source_dir, stats=stats)
+    reg_data = open_stage_data(cfg.regression.data, transform, base=cfg.source_dir, stats=stats)
+    den_data = open_stage_data(cfg.diffusion.data, transform, base=cfg.source_dir, stats=stats)
     n_max = cfg.bundle.max_eval_samples
     m = cfg.bundle.members
     scores: dict[str, Any] = {"members": m, "sampler": bundle.manifest.sampler}

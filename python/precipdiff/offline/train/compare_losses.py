@@ -34,6 +34,7 @@ from precipdiff.offline.train.evaluation import (
     predict_linear_baseline,
 )
 from precipdiff.offline.train.regression import build_regression_net
+from precipdiff.offline.train.store_data import open_stage_data
 from precipdiff.transforms import PrecipTransform
 
 
@@ -78,7 +79,7 @@ def compare_runs(cfg: TrainConfig, runs: list[Path]) -> dict[str, dict[str, Any]
             cfg.regression, model=reg["model"], loss=reg.get("loss", "mse_transformed")
         )
         stats = Stats.from_dict(meta["stats"])
-        data = StageData(cfg.regression.data, transform, base=cfg.source_dir, stats=stats)
+        data = open_stage_data(cfg.regression.data, transform, base=cfg.source_dir, stats=stats)
         net = build_regression_net(stage, len(data.predictors))
         net.load_state_dict(load_file(str(run / "regression" / "best.safetensors")))
         net.eval()

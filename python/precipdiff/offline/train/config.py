@@ -28,7 +28,7 @@ T = TypeVar("T")
 
 @dataclass
 class VariableSource:
-    """One variable read from netCDF.
+    """One variable read from netCDF files or a Zarr store.
 
     Parameters
     ----------
@@ -38,7 +38,11 @@ class VariableSource:
         reader (:func:`precipdiff.io.readers.open_predictors`) converts the file's
         units to the canonical ones (precipitation: mm/day).
     path
-        File path or glob (many yearly files), relative to ``DataConfig.data_root``.
+        File path or glob (many yearly or monthly files), or a Zarr store (a
+        directory or a URL such as an ARCO-ERA5 ``gs://`` store), relative to
+        ``data_root`` unless absolute or a URL. Empty (omitted) only in a stage's
+        data section that reads a prepared training store (``DataConfig.store``):
+        the variable is then taken from the store.
     variable
         Name of the variable inside the files when it is not one of the known
         aliases of ``name``.
@@ -47,15 +51,13 @@ class VariableSource:
     """
 
     name: str
-    path: str
+    path: str = ""
     variable: str | None = None
     scale: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.name:
             raise ConfigError("variable source: 'name' must be a non-empty string")
-        if not self.path:
-            raise ConfigError(f"variable {self.name!r}: 'path' must be a non-empty string")
         if not np.isfinite(self.scale) or self.scale == 0:
             raise ConfigError(f"variable {self.name!r}: scale must be finite and non-zero")
         from precipdiff.variables import get_variable
@@ -99,6 +101,48 @@ class SplitConfig:
             )
 
 
+def _need_paths(sources: list[VariableSource], where: str) -> None:
+    for src in sources:
+        if not src.path:
+            raise ConfigError(f"{where}: variable {src.name!r} needs a 'path'")
+
+
+def resolve_data_root(data_root: str | None, base: Path | None, where: str) -> Path:
+    """Resolve a configured data root directory.
+
+    Parameters
+    ----------
+    data_root
+        The configured value; ``None`` uses the shared data directory
+        (``$PRECIPDIFF_SHARED_DATA`` or ``../shared/data``).
+    base
+        Directory relative roots are resolved against (the config file's).
+    where
+        Config section named in error messages (e.g. ``data``).
+
+    Returns
+    -------
+    pathlib.Path
+        The directory; raises :class:`ConfigError` when it cannot be found.
+    """
+    from precipdiff.testing import shared_data_dir
+
+    if data_root is None:
+        found = shared_data_dir()
+        if found is None:
+            raise ConfigError(
+                f"{where}.data_root is not set and the shared data directory was not "
+                f"found (set PRECIPDIFF_SHARED_DATA or {where}.data_root)"
+            )
+        return found
+    root = Path(os.path.expandvars(data_root)).expanduser()
+    if not root.is_absolute() and base is not None:
+        root = base / root
+    if not root.is_dir():
+        raise ConfigError(f"{where}.data_root {root} is not a directory")
+    return root
+
+
 @dataclass
 class DataConfig:
     """Where the samples come from and how the grids are built.
@@ -112,6 +156,15 @@ class DataConfig:
         Train/validation split by time.
     predictors
         Large-scale predictors (regression stage only; empty for diffusion).
+    store
+        A training store written by ``precipdiff prepare`` (path relative to
+        the current directory, like ``run_dir``). The stage then reads only the
+        store: ``target`` and ``predictors`` name the store's variables (no
+        ``path``), the grids, crops, daily means and unit conversions are the
+        store's, and the normalisation statistics of ``split`` come from the
+        store's per-day moments. ``crop_*``, ``data_root``, ``daily``,
+        ``accumulation_hours`` and ``cache_in_memory`` must be left unset;
+        ``coarsen_factor`` and ``min_valid_fraction`` must match the store.
     data_root
         Directory the paths are relative to; ``None`` uses the shared data
         directory (``precipdiff.testing.shared_data_dir()``).
@@ -143,6 +196,7 @@ class DataConfig:
     target: VariableSource
     split: SplitConfig
     predictors: list[VariableSource] = field(default_factory=list)
+    store: str | None = None
     data_root: str | None = None
     crop_lat: list[int] | None = None
     crop_lon: list[int] | None = None
@@ -177,6 +231,33 @@ class DataConfig:
         names = [p.name for p in self.predictors]
         if len(set(names)) != len(names):
             raise ConfigError(f"data.predictors: duplicate names in {names}")
+        if self.store is None:
+            _need_paths([self.target, *self.predictors], "data")
+            return
+        if not self.store:
+            raise ConfigError("data.store must be a non-empty path")
+        with_path = [s.name for s in (self.target, *self.predictors) if s.path or s.variable]
+        if with_path:
+            raise ConfigError(
+                f"data.store is set: variables {with_path} are read from the store; remove "
+                "their 'path'/'variable' (they belong in the prepare section)"
+            )
+        defaults = DataConfig.__dataclass_fields__
+        for key in (
+            "data_root",
+            "crop_lat",
+            "crop_lon",
+            "daily",
+            "accumulation_hours",
+            "cache_in_memory",
+            "time_match",
+            "predictor_regrid",
+        ):
+            if getattr(self, key) != defaults[key].default:
+                raise ConfigError(
+                    f"data.{key} cannot be set with data.store: the store was built with "
+                    "the prepare section's settings"
+                )
 
     def root(self, base: Path | None = None) -> Path:
         """Resolve the data root directory.
@@ -191,22 +272,7 @@ class DataConfig:
         pathlib.Path
             The directory; raises :class:`ConfigError` when it cannot be found.
         """
-        from precipdiff.testing import shared_data_dir
-
-        if self.data_root is None:
-            found = shared_data_dir()
-            if found is None:
-                raise ConfigError(
-                    "data.data_root is not set and the shared data directory was not "
-                    "found (set PRECIPDIFF_SHARED_DATA or data.data_root)"
-                )
-            return found
-        root = Path(os.path.expandvars(self.data_root)).expanduser()
-        if not root.is_absolute() and base is not None:
-            root = base / root
-        if not root.is_dir():
-            raise ConfigError(f"data.data_root {root} is not a directory")
-        return root
+        return resolve_data_root(self.data_root, base, "data")
 
 
 @dataclass
@@ -277,6 +343,12 @@ class LoopConfig:
         Cap on validation samples per validation (``0``: all).
     progress
         Show a progress bar.
+    workers
+        Worker processes reading training batches ahead of the step that needs
+        them (``0``: read in the training process, one batch at a time). The
+        batches are the same either way (:mod:`precipdiff.offline.train.loader`).
+    prefetch
+        Batches each worker keeps ready (with ``workers > 0``).
     """
 
     validate_every: int = 100
@@ -284,6 +356,8 @@ class LoopConfig:
     log_every: int = 10
     max_validation_samples: int = 0
     progress: bool = True
+    workers: int = 0
+    prefetch: int = 2
 
     def __post_init__(self) -> None:
         for key in ("validate_every", "checkpoint_every", "log_every"):
@@ -291,6 +365,10 @@ class LoopConfig:
                 raise ConfigError(f"loop.{key} must be >= 1")
         if self.max_validation_samples < 0:
             raise ConfigError("loop.max_validation_samples must be >= 0")
+        if self.workers < 0:
+            raise ConfigError(f"loop.workers must be >= 0, got {self.workers}")
+        if self.prefetch < 1:
+            raise ConfigError(f"loop.prefetch must be >= 1, got {self.prefetch}")
 
 
 #: Regression losses accepted by ``regression.loss``.
@@ -461,6 +539,140 @@ class BundleSection:
 
 
 @dataclass
+class PrepareConfig:
+    """``precipdiff prepare``: raw (hourly) ERA5 -> a chunked daily training store.
+
+    Read once through :func:`precipdiff.io.readers.open_predictors` (the same
+    variable mapping and unit conversion as everywhere else), averaged to daily
+    means (accumulations to mm/day), predictors regridded onto the coarse grid,
+    precipitation kept on the (cropped) fine grid and block-averaged onto the
+    coarse grid, with per-day moments for the normalisation statistics of any
+    split. See :mod:`precipdiff.offline.train.prepare` and ``docs/training.md``.
+
+    Parameters
+    ----------
+    out
+        The training store to write (a Zarr directory; relative to the current
+        directory, like ``run_dir``).
+    target
+        Precipitation (``pr``) on the fine grid, e.g. ERA5 ``tp``.
+    predictors
+        Large-scale predictors, regridded onto the coarse grid.
+    start, end
+        First and last day written (ISO dates, inclusive).
+    split
+        The split whose training days give the store's statistics (stages may
+        use other splits: their statistics come from the per-day moments).
+    data_root
+        Directory relative paths resolve against (``None``: the shared data
+        directory).
+    storage_options
+        Passed to :func:`xarray.open_zarr` for remote stores (e.g.
+        ``{token: anon}`` for the public ARCO-ERA5 bucket).
+    crop_lat, crop_lon
+        ``[start, stop)`` index crops of the fine grid (latitude ascending) so
+        that it divides by ``coarsen_factor`` (ERA5 0.25°: ``crop_lat: [0, 720]``).
+    coarsen_factor
+        Fine cells per coarse cell along each axis.
+    min_valid_fraction
+        Coarse cells with a smaller valid fraction of fine cells are missing.
+    predictor_regrid
+        ``conservative`` (default: area means, e.g. 0.25° -> 1°) or ``bilinear``.
+    accumulation_hours
+        Accumulation period of amounts in m/mm (hourly ERA5 ``tp``: 1); inferred
+        from the time step when ``None``.
+    accumulations_end_at_stamp
+        Accumulations are stamped at the end of their period (ERA5): the 00:00
+        value belongs to the previous day.
+    fine_chunk
+        ``[lat, lon]`` chunk of the fine precipitation (one day per chunk):
+        small chunks make random patch reads cheap.
+    days_per_task
+        Days per unit of work (the unit of parallelism and of resumption).
+    workers
+        Worker processes (``0``: in this process).
+    """
+
+    out: str
+    target: VariableSource
+    predictors: list[VariableSource]
+    start: str
+    end: str
+    split: SplitConfig
+    data_root: str | None = None
+    storage_options: dict[str, Any] | None = None
+    crop_lat: list[int] | None = None
+    crop_lon: list[int] | None = None
+    coarsen_factor: int = 4
+    min_valid_fraction: float = 0.5
+    predictor_regrid: Literal["bilinear", "conservative"] = "conservative"
+    accumulation_hours: float | None = None
+    accumulations_end_at_stamp: bool = True
+    fine_chunk: list[int] = field(default_factory=lambda: [144, 144])
+    days_per_task: int = 8
+    workers: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.out:
+            raise ConfigError("prepare.out must be a non-empty path")
+        if not self.predictors:
+            raise ConfigError("prepare.predictors must list at least one predictor")
+        _need_paths([self.target, *self.predictors], "prepare")
+        if self.target.name != "pr":
+            raise ConfigError(
+                f"prepare.target must be precipitation 'pr', got {self.target.name!r}"
+            )
+        names = [p.name for p in self.predictors]
+        if len(set(names)) != len(names) or "pr" in names:
+            raise ConfigError(f"prepare.predictors: duplicate or reserved names in {names}")
+        for key in ("start", "end"):
+            try:
+                np.datetime64(getattr(self, key), "D")
+            except ValueError as exc:
+                raise ConfigError(
+                    f"prepare.{key}: {getattr(self, key)!r} is not an ISO date"
+                ) from exc
+        if np.datetime64(self.start, "D") > np.datetime64(self.end, "D"):
+            raise ConfigError(f"prepare: start {self.start} is after end {self.end}")
+        for key in ("crop_lat", "crop_lon"):
+            crop = getattr(self, key)
+            if crop is not None and (len(crop) != 2 or crop[0] < 0 or crop[1] <= crop[0]):
+                raise ConfigError(f"prepare.{key} must be [start, stop) with 0 <= start < stop")
+        if self.coarsen_factor < 1:
+            raise ConfigError(f"prepare.coarsen_factor must be >= 1, got {self.coarsen_factor}")
+        if not 0.0 < self.min_valid_fraction <= 1.0:
+            raise ConfigError("prepare.min_valid_fraction must be in (0, 1]")
+        if self.predictor_regrid not in ("bilinear", "conservative"):
+            raise ConfigError(
+                f"prepare.predictor_regrid must be 'bilinear' or 'conservative', "
+                f"got {self.predictor_regrid!r}"
+            )
+        if self.accumulation_hours is not None and not self.accumulation_hours > 0:
+            raise ConfigError("prepare.accumulation_hours must be > 0")
+        if len(self.fine_chunk) != 2 or any(c < 1 for c in self.fine_chunk):
+            raise ConfigError(f"prepare.fine_chunk must be [lat, lon] > 0, got {self.fine_chunk}")
+        if self.days_per_task < 1:
+            raise ConfigError("prepare.days_per_task must be >= 1")
+        if self.workers < 0:
+            raise ConfigError("prepare.workers must be >= 0")
+
+    def root(self, base: Path | None = None) -> Path:
+        """Resolve the data root directory.
+
+        Parameters
+        ----------
+        base
+            Directory relative roots are resolved against (the config file's).
+
+        Returns
+        -------
+        pathlib.Path
+            The directory.
+        """
+        return resolve_data_root(self.data_root, base, "prepare")
+
+
+@dataclass
 class TrainConfig:
     """A complete training experiment.
 
@@ -475,6 +687,9 @@ class TrainConfig:
         Diffusion stage.
     bundle
         Bundle assembly.
+    prepare
+        ``precipdiff prepare``: raw data -> the training store the stages read
+        (``data.store``).
     seed
         Seed of every random choice (data order, patches, noise, initialisation).
     device
@@ -490,6 +705,7 @@ class TrainConfig:
     regression: RegressionStageConfig | None = None
     diffusion: DiffusionStageConfig | None = None
     bundle: BundleSection | None = None
+    prepare: PrepareConfig | None = None
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -506,8 +722,10 @@ class TrainConfig:
         from precipdiff.transforms import PrecipTransform
 
         PrecipTransform.from_dict(self.transform)  # validates kind/eps, rejects unknown keys
-        if self.regression is None and self.diffusion is None:
-            raise ConfigError("a training config needs a 'regression' or 'diffusion' section")
+        if self.regression is None and self.diffusion is None and self.prepare is None:
+            raise ConfigError(
+                "a training config needs a 'regression', 'diffusion' or 'prepare' section"
+            )
 
 
 # --------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import torch
 
 from precipdiff.errors import ConfigError, InputError
 from precipdiff.grids import LatLonGrid, Regridder, coarsen_block_mean, coarsen_grid
-from precipdiff.offline.train.config import DataConfig, VariableSource
+from precipdiff.offline.train.config import DataConfig, SplitConfig, VariableSource
 from precipdiff.variables import get_variable
 
 
@@ -175,7 +175,28 @@ def align_and_split(
         else np.zeros((0, common.size), np.int64)
     )
     times = target.times[t_idx]
-    s = cfg.split
+    train, val = split_positions(times, cfg.split)
+    return Split(times, t_idx, p_idx, train, val)
+
+
+def split_positions(times: np.ndarray, s: SplitConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the training and validation samples of a time axis.
+
+    Parameters
+    ----------
+    times
+        Sample times (``datetime64``).
+    s
+        The split (dates are whole days; a date-time such as ``2022-08-31T18:00``
+        is an inclusive instant).
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(train, validation)`` positions; raises :class:`ConfigError` when
+        either is empty.
+    """
+    times = np.asarray(times).astype("datetime64[s]")
 
     def end_of(value: str) -> np.datetime64:
         # A date means the whole day; a date-time is an inclusive instant.
@@ -197,7 +218,7 @@ def align_and_split(
         raise ConfigError(
             f"the validation split {s.validation_start}..{s.validation_end} holds no samples"
         )
-    return Split(times, t_idx, p_idx, train, val)
+    return train, val
 
 
 @dataclass

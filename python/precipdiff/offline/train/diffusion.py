@@ -26,8 +26,10 @@ from precipdiff.nn.unet import UNet, UNetConfig
 from precipdiff.offline.train.config import DiffusionStageConfig, TrainConfig
 from precipdiff.offline.train.data import DiffusionDataset, StageData, Stats
 from precipdiff.offline.train.ddp import DistContext
+from precipdiff.offline.train.loader import patch_corner
 from precipdiff.offline.train.loop import FitResult, fit
 from precipdiff.offline.train.regression import stage_dir, write_stage_metadata
+from precipdiff.offline.train.store_data import diffusion_train_set, open_stage_data
 from precipdiff.transforms import PrecipTransform
 
 #: Quantiles of the log-normal noise-level distribution used for validation,
@@ -91,9 +93,10 @@ class DiffusionStage:
         ys, cs, ms = [], [], []
         for i, g in enumerate(gens):
             # Patch corners on whole coarse cells, so the patch's condition is exactly
-            # the upsampled field the runtime builds for the whole grid.
-            r0 = int(torch.randint(0, (h - ph) // f + 1, (1,), generator=g)) * f
-            c0 = int(torch.randint(0, (w - pw) // f + 1, (1,), generator=g)) * f
+            # the upsampled field the runtime builds for the whole grid. A batch the
+            # loader already cut to the patches (h, w = ph, pw) draws (0, 0) here and
+            # leaves g in the same state (train.loader.patch_corner).
+            r0, c0 = patch_corner(g, h, w, ph, pw, f)
             sl = (slice(r0, r0 + ph), slice(c0, c0 + pw))
             ys.append(y[i, :, sl[0], sl[1]])
             ms.append(mask[i, :, sl[0], sl[1]])
@@ -225,11 +228,11 @@ def prepare_diffusion(
     transform = PrecipTransform.from_dict(cfg.transform)
     if stats is None and cfg.regression is not None:
         stats = regression_stats(cfg)
-    data = StageData(cfg.diffusion.data, transform, base=cfg.source_dir, stats=stats)
+    data = open_stage_data(cfg.diffusion.data, transform, base=cfg.source_dir, stats=stats)
     torch.manual_seed(cfg.seed)
     stage = DiffusionStage(
         build_denoiser(cfg.diffusion),
-        DiffusionDataset(data, data.split.train),
+        diffusion_train_set(data, cfg.diffusion),
         DiffusionDataset(data, data.split.validation),
         cfg.diffusion,
     )

@@ -32,22 +32,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from precipdiff.errors import ConfigError
 from precipdiff.offline.train.config import LoopConfig, OptimConfig
 from precipdiff.offline.train.ddp import DistContext, all_reduce_mean, all_reduce_sum
+from precipdiff.offline.train.loader import BatchSource, BatchStream, StepPlan, sample_seeds
 
 #: Columns of ``metrics.csv``.
 METRIC_COLUMNS = ("step", "epoch", "lr", "train_loss", "grad_norm", "val_loss", "elapsed_s")
-
-
-class BatchSource(Protocol):
-    """A dataset that reads whole batches (one read per file)."""
-
-    def __len__(self) -> int: ...
-
-    def batch(self, items: np.ndarray) -> dict[str, torch.Tensor]:
-        """Read the samples ``items`` as one batch of tensors."""
-        ...
 
 
 class Stage(Protocol):
@@ -79,33 +69,6 @@ class Stage(Protocol):
     ) -> torch.Tensor:
         """Per-sample validation losses ``(n,)`` (deterministic given the seeds)."""
         ...
-
-
-def sample_seeds(seed: int, step: int, positions: np.ndarray) -> np.ndarray:
-    """Seeds of the per-sample random choices of one step.
-
-    Parameters
-    ----------
-    seed
-        Run seed.
-    step
-        Optimiser step (``-1`` for validation, which is the same every time).
-    positions
-        Positions of the samples in the global batch.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``int64`` seeds, one per position.
-    """
-    return np.array(
-        [
-            np.random.SeedSequence([seed, step + 1, int(p)]).generate_state(1, np.uint64)[0]
-            >> np.uint64(1)
-            for p in positions
-        ],
-        dtype=np.int64,
-    )
 
 
 def lr_factor(step: int, cfg: OptimConfig) -> float:
@@ -341,16 +304,9 @@ def fit(
     from tqdm.auto import tqdm
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    n_train = len(stage.train_set)
-    global_batch = optim_cfg.batch_size
-    if global_batch % ctx.world_size:
-        raise ConfigError(
-            f"optim.batch_size {global_batch} is not divisible by the {ctx.world_size} processes"
-        )
-    if n_train < global_batch:
-        raise ConfigError(f"optim.batch_size {global_batch} exceeds the {n_train} training samples")
-    local_batch = global_batch // ctx.world_size
-    steps_per_epoch = n_train // global_batch
+    # The data order: which samples (days) each rank reads at each step (train.loader).
+    plan = StepPlan(seed, len(stage.train_set), optim_cfg.batch_size, ctx.rank, ctx.world_size)
+    local_batch = plan.local_batch
 
     model = stage.model.to(ctx.device)
     trained: nn.Module = model
@@ -427,19 +383,25 @@ def fit(
     t0 = time.perf_counter()
     window: list[float] = []
     trained.train()
+    # Batches are read ahead by loop_cfg.workers processes (the same batches as in-process;
+    # on an exception the DataLoader iterator stops its workers when it is collected).
+    batches = BatchStream(
+        stage.train_set,
+        plan,
+        step,
+        end,
+        workers=loop_cfg.workers,
+        prefetch=loop_cfg.prefetch,
+        pin_memory=ctx.device.type == "cuda",
+    )
     while step < end:
-        epoch, within = divmod(step, steps_per_epoch)
-        perm = np.random.default_rng([seed, epoch]).permutation(n_train)
-        positions = np.arange(within * global_batch, (within + 1) * global_batch)
-        mine = positions[ctx.rank * local_batch : (ctx.rank + 1) * local_batch]
-        items = perm[mine]
+        sb = plan.at(step)
+        epoch = sb.epoch
         torch.manual_seed(seed * 1_000_003 + step)
-        batch = {
-            k: v.to(ctx.device, non_blocking=True) for k, v in stage.train_set.batch(items).items()
-        }
+        batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batches.get(step).items()}
         lr = set_lr(step)
         with _autocast(ctx.device, precision):
-            per_sample = stage.loss(trained, batch, sample_seeds(seed, step, mine))
+            per_sample = stage.loss(trained, batch, sb.seeds)
         loss = per_sample.float().mean()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss.item()} at step {step}")
@@ -496,5 +458,6 @@ def fit(
             )
         if ctx.distributed:
             torch.distributed.barrier()
+    batches.close()
     bar.close()
     return FitResult(step, best_val, best_step, losses_this_call, step >= optim_cfg.steps)

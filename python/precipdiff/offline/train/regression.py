@@ -34,6 +34,7 @@ from precipdiff.offline.train.config import RegressionStageConfig, TrainConfig, 
 from precipdiff.offline.train.data import RegressionDataset, StageData, Stats
 from precipdiff.offline.train.ddp import DistContext
 from precipdiff.offline.train.loop import FitResult, fit
+from precipdiff.offline.train.store_data import open_stage_data
 from precipdiff.transforms import PrecipTransform
 
 
@@ -251,7 +252,7 @@ def prepare_regression(
     if cfg.regression is None:
         raise ConfigError("the config has no 'regression' section")
     transform = PrecipTransform.from_dict(cfg.transform)
-    data = StageData(cfg.regression.data, transform, base=cfg.source_dir, stats=stats)
+    data = open_stage_data(cfg.regression.data, transform, base=cfg.source_dir, stats=stats)
     torch.manual_seed(cfg.seed)
     net = build_regression_net(cfg.regression, len(data.predictors))
     stage = RegressionStage(

@@ -1,0 +1,267 @@
+"""The stages' data when they read a prepared training store (``data.store``).
+
+:class:`StoreStageData` gives the regression and diffusion stages, the bundle
+evaluation and the loss comparison the same interface as
+:class:`precipdiff.offline.train.data.StageData` (split, grids, statistics, ``read``,
+normalisation), backed by a :class:`precipdiff.offline.train.store.TrainingStore`:
+predictors and ``pr_coarse`` are read directly on the coarse grid, the fine
+field only when a caller asks for it, and the normalisation statistics of the
+stage's training split are summed from the store's per-day moments.
+
+:class:`PatchDiffusionDataset` is the diffusion stage's training set on a
+store: for each sample it reads only the fine-grid window of that sample's
+random patch (:func:`precipdiff.offline.train.loader.patch_corner`, from the step's
+per-sample seed) and builds the patch's condition from the rows of the
+runtime's bilinear upsampling matrix that the patch needs, so a batch equals
+the whole-field batch of :class:`precipdiff.offline.train.data.DiffusionDataset` cut
+to the same patches, bit for bit -- at a fraction of the reading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from precipdiff.errors import ConfigError
+from precipdiff.grids import Regridder
+from precipdiff.offline.train.config import DataConfig, DiffusionStageConfig, VariableSource
+from precipdiff.offline.train.data import (
+    DiffusionDataset,
+    Split,
+    StageData,
+    Stats,
+    _Moments,
+    split_positions,
+)
+from precipdiff.offline.train.loader import patch_corner
+from precipdiff.offline.train.store import TARGET_MOMENTS, TrainingStore
+
+
+class _StoreVariable:
+    """What callers read of a stage's predictor: its configured source."""
+
+    def __init__(self, source: VariableSource) -> None:
+        self.source = source
+
+
+class _Batch(Mapping[str, np.ndarray]):
+    """``StageData.read`` result whose fine field is read only when accessed."""
+
+    def __init__(self, data: dict[str, np.ndarray], fine: Any) -> None:
+        self._data = data
+        self._fine = fine
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key == "fine" and "fine" not in self._data:
+            self._data["fine"] = self._fine()
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        yield "fine"
+        yield from (k for k in self._data if k != "fine")
+
+    def __len__(self) -> int:
+        return len(self._data) + (0 if "fine" in self._data else 1)
+
+
+class StoreStageData(StageData):
+    """A stage's data read from a training store (same interface as :class:`StageData`).
+
+    Parameters
+    ----------
+    cfg
+        The stage's data section (``store`` set).
+    transform
+        The precipitation transform.
+    stats
+        Statistics to reuse (the regression's, for the diffusion stage); from the
+        store's per-day moments over this stage's training split when ``None``.
+    """
+
+    def __init__(self, cfg: DataConfig, transform: Any, stats: Stats | None = None) -> None:
+        # Not StageData.__init__: nothing is opened but the store.
+        if cfg.store is None:
+            raise ConfigError("StoreStageData needs data.store")
+        self.cfg = cfg
+        self.transform = transform
+        self.store = TrainingStore(cfg.store)
+        st = self.store
+        if cfg.target.name != "pr":
+            raise ConfigError(
+                f"data.target {cfg.target.name!r}: a training store holds precipitation 'pr'"
+            )
+        if cfg.coarsen_factor != st.coarsen_factor:
+            raise ConfigError(
+                f"data.coarsen_factor {cfg.coarsen_factor} differs from the store's "
+                f"{st.coarsen_factor} ({st.path})"
+            )
+        if cfg.min_valid_fraction != st.min_valid_fraction:
+            raise ConfigError(
+                f"data.min_valid_fraction {cfg.min_valid_fraction} differs from the store's "
+                f"{st.min_valid_fraction} ({st.path})"
+            )
+        names = [p.name for p in cfg.predictors]
+        st._check_names(names)
+        self.predictors = [_StoreVariable(p) for p in cfg.predictors]  # type: ignore[misc]
+        times = st.days.astype("datetime64[s]")
+        train, val = split_positions(times, cfg.split)
+        n = times.size
+        positions = np.arange(n)
+        self.split = Split(times, positions, np.tile(positions, (len(names), 1)), train, val)
+        self.fine_grid = st.fine_grid
+        self.coarse_grid = st.coarse_grid
+        self.upsampler = Regridder(self.coarse_grid, self.fine_grid, "bilinear")
+        self._cache = None
+        self.stats = stats if stats is not None else self._store_stats()
+
+    def _store_stats(self) -> Stats:
+        names = [p.source.name for p in self.predictors]
+        d = self.store.stats(self.split.train, names)
+        if self.transform.to_dict() != self.store.transform:
+            # The stored target moments are of another transform: one pass over the
+            # coarse target of the training days (the coarse grid only).
+            m = _Moments()
+            train = self.split.train
+            for start in range(0, train.size, 256):
+                m.add(self.transform.forward(self.store.read_coarse(train[start : start + 256])))
+            d["target_mean"], d["target_std"] = m.result(TARGET_MOMENTS)
+        return Stats.from_dict(d)
+
+    def read(self, pos: np.ndarray) -> dict[str, np.ndarray]:
+        """Read samples at aligned positions (days of the store).
+
+        Parameters
+        ----------
+        pos
+            Positions into ``split.times``.
+
+        Returns
+        -------
+        dict
+            ``fine`` (read on first access), ``coarse`` and one array per
+            predictor, as :meth:`StageData.read`.
+        """
+        days = np.asarray(pos, np.int64)
+        out = self.store.read_predictors(days, [p.source.name for p in self.predictors])
+        out["coarse"] = self.store.read_coarse(days)
+        return _Batch(out, lambda: self.store.read_fine(days))  # type: ignore[return-value]
+
+
+def open_stage_data(
+    cfg: DataConfig, transform: Any, base: Path | None = None, stats: Stats | None = None
+) -> StageData:
+    """Open a stage's data: a prepared training store, or the configured netCDF files.
+
+    Parameters
+    ----------
+    cfg
+        The data section.
+    transform
+        The precipitation transform.
+    base
+        Directory relative ``data_root`` values resolve against (netCDF only).
+    stats
+        Statistics to reuse.
+
+    Returns
+    -------
+    StageData
+        :class:`StoreStageData` when ``cfg.store`` is set, else :class:`StageData`.
+    """
+    if cfg.store is not None:
+        return StoreStageData(cfg, transform, stats)
+    return StageData(cfg, transform, base=base, stats=stats)
+
+
+class PatchDiffusionDataset(DiffusionDataset):
+    """Diffusion training samples cut to their random patch while reading the store.
+
+    Parameters
+    ----------
+    data
+        The stage's store-backed data.
+    positions
+        Aligned positions (days) of the training split.
+    patch_size
+        ``[h, w]`` of the patches (the diffusion stage's ``patch_size``).
+    """
+
+    def __init__(self, data: StoreStageData, positions: np.ndarray, patch_size: list[int]) -> None:
+        super().__init__(data, positions)
+        self.store_data = data
+        self.patch = (int(patch_size[0]), int(patch_size[1]))
+        h, w = data.fine_grid.shape
+        if self.patch[0] > h or self.patch[1] > w:
+            raise ConfigError(
+                f"diffusion.patch_size {list(self.patch)} exceeds the fine grid {h}x{w}"
+            )
+        # float32 rows of the runtime's coarse -> fine bilinear matrix: the same
+        # weights, order and precision as Regridder.__call__ on a float32 field.
+        self._w32 = data.upsampler._w32
+
+    def seeded_batch(self, items: np.ndarray, seeds: np.ndarray) -> dict[str, torch.Tensor]:
+        """Read a batch, each sample cut to the patch its seed draws.
+
+        Parameters
+        ----------
+        items
+            Indices into this dataset.
+        seeds
+            The samples' seeds (:func:`precipdiff.offline.train.loader.sample_seeds`).
+
+        Returns
+        -------
+        dict
+            ``y``, ``mask``, ``cond`` ``(n, 1, ph, pw)``: the whole-field batch
+            of :meth:`DiffusionDataset.batch` cut to the patches.
+        """
+        data = self.store_data
+        store = data.store
+        f = data.cfg.coarsen_factor
+        hf, wf = data.fine_grid.shape
+        ph, pw = self.patch
+        days = self.positions[np.asarray(items, np.int64)]
+        coarse = store.read_coarse(days)
+        c, cm = data.normalise_target(coarse)
+        c = np.where(cm > 0, c, 0.0).astype(np.float32)
+        ys, ms, cs = [], [], []
+        for i, (day, seed) in enumerate(zip(days, seeds, strict=True)):
+            gen = torch.Generator().manual_seed(int(seed))
+            r0, c0 = patch_corner(gen, hf, wf, ph, pw, f)
+            fine = store.read_fine_window(int(day), slice(r0, r0 + ph), slice(c0, c0 + pw))
+            y, m = data.normalise_target(fine)
+            rows = ((np.arange(r0, r0 + ph) * wf)[:, None] + np.arange(c0, c0 + pw)).ravel()
+            up = np.asarray(self._w32[rows] @ c[i].ravel(), np.float32).reshape(ph, pw)
+            ys.append(y)
+            ms.append(m)
+            cs.append(up)
+        return {
+            "y": torch.from_numpy(np.stack(ys)[:, None]),
+            "mask": torch.from_numpy(np.stack(ms)[:, None]),
+            "cond": torch.from_numpy(np.stack(cs)[:, None]),
+        }
+
+
+def diffusion_train_set(data: StageData, cfg: DiffusionStageConfig) -> DiffusionDataset:
+    """Build the diffusion training set: patches cut while reading a store, else whole fields.
+
+    Parameters
+    ----------
+    data
+        The stage's data.
+    cfg
+        The diffusion stage configuration.
+
+    Returns
+    -------
+    DiffusionDataset
+        :class:`PatchDiffusionDataset` for a store with ``patch_size`` set, else
+        the whole-field :class:`DiffusionDataset` (the stage cuts the patches).
+    """
+    if isinstance(data, StoreStageData) and cfg.patch_size is not None:
+        return PatchDiffusionDataset(data, data.split.train, cfg.patch_size)
+    return DiffusionDataset(data, data.split.train)

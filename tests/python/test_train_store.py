@@ -156,3 +156,24 @@ def test_worker_processes_deliver_the_same_batches(experiment: dict[str, Any]) -
             assert a.keys() == b.keys()
             for k in a:
                 torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+@pytest.mark.needs_data
+@pytest.mark.slow
+def test_workers_on_netcdf_sources_deliver_the_same_batches(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """Forked workers reopen the netCDF files they read (inherited HDF5 handles are dropped)."""
+    from train_helpers import tiny_config
+
+    cfg = tiny_config(tmp_path / "run", shared_data)
+    reg, _ = prepare_regression(cfg)
+    plan = StepPlan(seed=1, n_train=len(reg.train_set), global_batch=8)
+    reg.train_set.batch(np.arange(4))  # the parent has the files open when it forks
+    with BatchStream(reg.train_set, plan, 0, 4) as inline:
+        ref = [inline.get(s) for s in range(4)]
+    with BatchStream(reg.train_set, plan, 0, 4, workers=2) as ahead:
+        got = [ahead.get(s) for s in range(4)]
+    for a, b in zip(ref, got, strict=True):
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)

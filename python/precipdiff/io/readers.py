@@ -28,7 +28,9 @@ converted to rates in mm/day, so the daily mean rate is the daily total.
 from __future__ import annotations
 
 import glob
+import os
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -217,6 +219,17 @@ def _open_source(source: Source, nc4: Any, storage_options: Mapping[str, Any] | 
 # File handles (LRU, thread-safe): many yearly files, few open at a time
 # ---------------------------------------------------------------------------
 
+_CACHES: weakref.WeakSet[_HandleCache] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for cache in list(_CACHES):
+        cache._forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 class _HandleCache:
     def __init__(
@@ -229,6 +242,13 @@ class _HandleCache:
         self._lock = threading.Lock()
         self.maxsize = maxsize
         self.storage_options = storage_options
+        _CACHES.add(self)
+
+    def _forget_after_fork(self) -> None:
+        # A forked child (e.g. a training loader worker) must not use the HDF5 handles
+        # or the lock it inherited: it reopens the files it reads.
+        self._open = OrderedDict()
+        self._lock = threading.Lock()
 
     def read(self, path: Source, var: str, key: tuple[Any, ...]) -> np.ndarray:
         with self._lock:

@@ -112,6 +112,13 @@ def test_patches_read_from_the_store_equal_cut_whole_fields(experiment: dict[str
             torch.testing.assert_close(
                 cut[key][i], full[key][i, :, r0 : r0 + 16, c0 : c0 + 16], rtol=0, atol=0
             )
+    # Corners at the seam (longitude wrap) and the poles (one-sided interpolation).
+    ds = stage.train_set
+    for day, (r0, c0) in ((2, (0, 0)), (4, (16, 48)), (6, (16, 0)), (1, (0, 48))):
+        c, cm = data.normalise_target(data.store.read_coarse(np.array([day])))
+        up = data.upsampler(np.where(cm > 0, c, 0.0).astype(np.float32))[0]
+        got = ds._upsample_window(r0, c0, data.store.read_coarse_day(day))
+        np.testing.assert_array_equal(got, up[r0 : r0 + 16, c0 : c0 + 16])
     # Hence the stage's loss is the same: the patch is drawn from the same generator state.
     model = stage.model.eval()
     with torch.no_grad():

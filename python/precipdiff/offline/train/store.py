@@ -271,6 +271,63 @@ def task_days(n_days: int, days_per_task: int, task: int) -> slice:
     return slice(start, min(start + days_per_task, n_days))
 
 
+class _LocalChunks:
+    """Direct reads of one local format-2 Zarr array, chunk file by chunk file.
+
+    The loader's hot path: a random patch is a few chunk files of ``pr``; going
+    through zarr's asynchronous machinery costs more than decompressing them.
+    Used only for arrays laid out as :func:`create_store` writes them (C order,
+    no filters, a numcodecs compressor or none); anything else reads through zarr.
+    """
+
+    def __init__(self, directory: Path, meta: dict[str, Any]) -> None:
+        import numcodecs
+
+        self.dir = directory
+        self.shape = tuple(int(n) for n in meta["shape"])
+        self.chunks = tuple(int(n) for n in meta["chunks"])
+        self.dtype = np.dtype(meta["dtype"])
+        fill = meta.get("fill_value")
+        self.fill = np.nan if fill in ("NaN", None) else fill
+        self.codec = None if meta["compressor"] is None else numcodecs.get_codec(meta["compressor"])
+        self.sep = meta.get("dimension_separator") or "."
+
+    @classmethod
+    def open(cls, directory: Path) -> _LocalChunks | None:
+        try:
+            meta = json.loads((directory / ".zarray").read_text())
+        except (OSError, ValueError):
+            return None
+        if meta.get("zarr_format") != 2 or meta.get("order") != "C" or meta.get("filters"):
+            return None
+        return cls(directory, meta)
+
+    def _chunk(self, index: tuple[int, ...]) -> np.ndarray:
+        path = self.dir / self.sep.join(str(i) for i in index)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return np.full(self.chunks, self.fill, self.dtype)
+        data = self.codec.decode(raw) if self.codec is not None else raw
+        return np.frombuffer(data, self.dtype).reshape(self.chunks)
+
+    def window(self, t: int, rows: slice, cols: slice) -> np.ndarray:
+        """``array[t, rows, cols]`` of a ``(time, lat, lon)`` array (plain slices)."""
+        r0, r1, _ = rows.indices(self.shape[1])
+        c0, c1, _ = cols.indices(self.shape[2])
+        ct, ch, cw = self.chunks
+        out = np.empty((r1 - r0, c1 - c0), self.dtype)
+        for i in range(r0 // ch, (r1 - 1) // ch + 1):
+            for j in range(c0 // cw, (c1 - 1) // cw + 1):
+                block = self._chunk((t // ct, i, j))[t % ct]
+                a0, a1 = max(r0, i * ch), min(r1, (i + 1) * ch)
+                b0, b1 = max(c0, j * cw), min(c1, (j + 1) * cw)
+                out[a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] = block[
+                    a0 - i * ch : a1 - i * ch, b0 - j * cw : b1 - j * cw
+                ]
+        return out
+
+
 def _moments(x: np.ndarray) -> np.ndarray:
     """Per-sample (count, sum, sum of squares) over finite values, float64."""
     flat = np.asarray(x, np.float64).reshape(x.shape[0], -1)
@@ -335,6 +392,16 @@ class TrainingStore:
         self.coarsen_factor = int(meta["coarsen_factor"])
         self.min_valid_fraction = float(meta["min_valid_fraction"])
         self.moment_variables: list[str] = list(root["moments"].attrs["moment_variables"])
+        self._arrays: dict[str, Any] = {}
+        self._fine_chunks = _LocalChunks.open(self.path / "pr")
+        self._coarse_chunks = _LocalChunks.open(self.path / "pr_coarse")
+
+    def _array(self, name: str) -> Any:
+        """Return the zarr array ``name``, opened once (opening costs as much as a read)."""
+        arr = self._arrays.get(name)
+        if arr is None:
+            arr = self._arrays[name] = self._root[name]
+        return arr
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": str(self.path), "require_complete": self._require_complete}
@@ -394,7 +461,7 @@ class TrainingStore:
             ``{name: (n, nlat, nlon) float32}``.
         """
         self._check_names(names)
-        return {n: self._rows(self._root[n], days) for n in names}
+        return {n: self._rows(self._array(n), days) for n in names}
 
     def read_fine(
         self, days: np.ndarray, rows: slice | None = None, cols: slice | None = None
@@ -413,7 +480,7 @@ class TrainingStore:
         numpy.ndarray
             ``(n, h, w)`` float32.
         """
-        return self._rows(self._root["pr"], days, rows or slice(None), cols or slice(None))
+        return self._rows(self._array("pr"), days, rows or slice(None), cols or slice(None))
 
     def read_fine_window(self, day: int, rows: slice, cols: slice) -> np.ndarray:
         """One day's fine-grid window (the loader's per-sample read).
@@ -430,7 +497,26 @@ class TrainingStore:
         numpy.ndarray
             ``(h, w)`` float32.
         """
-        return np.asarray(self._root["pr"][int(day), rows, cols], np.float32)
+        if self._fine_chunks is not None:
+            return self._fine_chunks.window(int(day), rows, cols)
+        return np.asarray(self._array("pr")[int(day), rows, cols], np.float32)
+
+    def read_coarse_day(self, day: int) -> np.ndarray:
+        """One day's block-mean precipitation on the coarse grid (the loader's per-sample read).
+
+        Parameters
+        ----------
+        day
+            Position along ``time``.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(nlat, nlon)`` float32 (read-only when read from the chunk file).
+        """
+        if self._coarse_chunks is not None:
+            return self._coarse_chunks.window(int(day), slice(None), slice(None))
+        return np.asarray(self._array("pr_coarse")[int(day)], np.float32)
 
     def read_coarse(self, days: np.ndarray) -> np.ndarray:
         """Block-mean precipitation on the coarse grid (mm/day, NaN = missing).
@@ -445,7 +531,7 @@ class TrainingStore:
         numpy.ndarray
             ``(n, nlat, nlon)`` float32.
         """
-        return self._rows(self._root["pr_coarse"], days)
+        return self._rows(self._array("pr_coarse"), days)
 
     # -- statistics -----------------------------------------------------------------
 

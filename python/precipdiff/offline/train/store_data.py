@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from precipdiff.errors import ConfigError
-from precipdiff.grids import Regridder
+from precipdiff.grids import Regridder, _bilinear_lat, _bilinear_lon
 from precipdiff.offline.train.config import DataConfig, DiffusionStageConfig, VariableSource
 from precipdiff.offline.train.data import (
     DiffusionDataset,
@@ -177,6 +177,33 @@ def open_stage_data(
     return StageData(cfg, transform, base=base, stats=stats)
 
 
+#: Regridder's default tolerance (the upsampler is built with it).
+_TOLERANCE = 1e-3
+
+
+def _factor_pairs(m: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of a sparse interpolation factor as two (column, float64 weight) pairs each.
+
+    Columns in ascending order (the order of the Kronecker product's entries); a
+    row with one entry gets a zero-weight partner (adding its zero product
+    changes no sum).
+    """
+    m = m.tocsr()
+    m.sort_indices()
+    n = m.shape[0]
+    idx = np.zeros((n, 2), np.int64)
+    w = np.zeros((n, 2), np.float64)
+    for i in range(n):
+        lo, hi = m.indptr[i], m.indptr[i + 1]
+        if not 1 <= hi - lo <= 2:
+            raise ValueError(f"row {i} of a bilinear factor has {hi - lo} entries")
+        idx[i, : hi - lo] = m.indices[lo:hi]
+        w[i, : hi - lo] = m.data[lo:hi]
+        if hi - lo == 1:
+            idx[i, 1] = idx[i, 0]
+    return idx, w
+
+
 class PatchDiffusionDataset(DiffusionDataset):
     """Diffusion training samples cut to their random patch while reading the store.
 
@@ -199,9 +226,40 @@ class PatchDiffusionDataset(DiffusionDataset):
             raise ConfigError(
                 f"diffusion.patch_size {list(self.patch)} exceeds the fine grid {h}x{w}"
             )
-        # float32 rows of the runtime's coarse -> fine bilinear matrix: the same
-        # weights, order and precision as Regridder.__call__ on a float32 field.
-        self._w32 = data.upsampler._w32
+        # The two factors of the runtime's coarse -> fine bilinear matrix, as
+        # (neighbour, weight) pairs per fine row / column in the matrix's column order.
+        self._lat_idx, self._lat_w = _factor_pairs(
+            _bilinear_lat(data.coarse_grid, data.fine_grid, _TOLERANCE)
+        )
+        self._lon_idx, self._lon_w = _factor_pairs(
+            _bilinear_lon(data.coarse_grid, data.fine_grid, _TOLERANCE)
+        )
+
+    def _upsample_window(self, r0: int, c0: int, coarse_mm: np.ndarray) -> np.ndarray:
+        """Build the normalised condition on the patch at ``(r0, c0)``, as the runtime does.
+
+        :class:`~precipdiff.grids.Regridder` upsamples with the float32 matrix
+        ``kron(W_lat, W_lon)``, and scipy sums each row's (at most 4) products in
+        column order. The same float32 weights (products of the float64 factors)
+        and the same order are formed here from the two factors restricted to
+        the patch, so no row of the million-row matrix is sliced; only the coarse
+        cells the patch uses are normalised.
+        """
+        ph, pw = self.patch
+        ia, wa = self._lat_idx[r0 : r0 + ph], self._lat_w[r0 : r0 + ph]  # (ph, 2)
+        ib, wb = self._lon_idx[c0 : c0 + pw], self._lon_w[c0 : c0 + pw]  # (pw, 2), sorted
+        rows = np.unique(ia)
+        cols = np.unique(ib)
+        # Missing coarse cells (sea) are 0 = the training mean, as in DiffusionDataset.
+        c, cm = self.store_data.normalise_target(coarse_mm[np.ix_(rows, cols)])
+        sub = np.where(cm > 0, c, 0.0).astype(np.float32)
+        ra, cb = np.searchsorted(rows, ia), np.searchsorted(cols, ib)
+        out = np.zeros((ph, pw), np.float32)
+        for ka in range(2):
+            for kb in range(2):
+                w = (wa[:, ka, None] * wb[None, :, kb]).astype(np.float32)
+                out += w * sub[ra[:, ka, None], cb[None, :, kb]]
+        return out
 
     def seeded_batch(self, items: np.ndarray, seeds: np.ndarray) -> dict[str, torch.Tensor]:
         """Read a batch, each sample cut to the patch its seed draws.
@@ -225,20 +283,15 @@ class PatchDiffusionDataset(DiffusionDataset):
         hf, wf = data.fine_grid.shape
         ph, pw = self.patch
         days = self.positions[np.asarray(items, np.int64)]
-        coarse = store.read_coarse(days)
-        c, cm = data.normalise_target(coarse)
-        c = np.where(cm > 0, c, 0.0).astype(np.float32)
         ys, ms, cs = [], [], []
-        for i, (day, seed) in enumerate(zip(days, seeds, strict=True)):
+        for day, seed in zip(days, seeds, strict=True):
             gen = torch.Generator().manual_seed(int(seed))
             r0, c0 = patch_corner(gen, hf, wf, ph, pw, f)
             fine = store.read_fine_window(int(day), slice(r0, r0 + ph), slice(c0, c0 + pw))
             y, m = data.normalise_target(fine)
-            rows = ((np.arange(r0, r0 + ph) * wf)[:, None] + np.arange(c0, c0 + pw)).ravel()
-            up = np.asarray(self._w32[rows] @ c[i].ravel(), np.float32).reshape(ph, pw)
             ys.append(y)
             ms.append(m)
-            cs.append(up)
+            cs.append(self._upsample_window(r0, c0, store.read_coarse_day(int(day))))
         return {
             "y": torch.from_numpy(np.stack(ys)[:, None]),
             "mask": torch.from_numpy(np.stack(ms)[:, None]),

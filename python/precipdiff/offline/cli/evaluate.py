@@ -8,6 +8,9 @@ Examples::
     # QDM validation on the ISIMIP3BASD example (docs/results/qdm_isimip)
     precipdiff evaluate qdm-check --out docs/results/qdm_isimip
 
+    # the SPEEDY perfect-model experiments and coupled runs (docs/speedy.md)
+    precipdiff evaluate speedy --bundle models/speedy-t30 --out docs/results/speedy
+
     # any generated ensemble (precipdiff generate output) against observations
     precipdiff evaluate files --pred pr_generated.nc --obs EOBS_Iberia_pr.nc --out eval/
 """
@@ -50,6 +53,29 @@ def _iberia(args: argparse.Namespace) -> int:
     head = run_iberia(cfg, log=lambda m: print(m, file=sys.stderr), command=_cmdline())
     for k, v in head.items():
         print(f"{k:40s} {v:.4f}")
+    return 0
+
+
+def _speedy(args: argparse.Namespace) -> int:
+    from precipdiff.offline.evaluate.speedy import PARTS, SpeedyConfig, run_speedy
+
+    _threads(args.threads)
+    cfg = SpeedyConfig(
+        runs=args.runs,
+        bundle=args.bundle,
+        out=args.out,
+        parts=tuple(args.parts) if args.parts else PARTS,
+        members=args.members,
+        max_days=args.max_days,
+        esm_max_days=None if args.esm_max_days == 0 else args.esm_max_days,
+        steps=args.steps,
+        seed=args.seed,
+        device=args.device,
+        extra={"condensate_days": args.condensate_days},
+    )
+    head = run_speedy(cfg, log=lambda m: print(m, file=sys.stderr), command=_cmdline())
+    for k, v in head.items():
+        print(f"{k:48s} {v:.4f}")
     return 0
 
 
@@ -158,6 +184,32 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     ib.add_argument("--device", default="auto")
     ib.add_argument("--threads", type=int, help="torch CPU threads")
     ib.set_defaults(func=_iberia)
+    sp = sub.add_parser("speedy", help="SPEEDY perfect-model experiments and coupled runs")
+    sp.add_argument("--runs", type=Path, default=Path("out/speedy"), help="run directory")
+    sp.add_argument("--bundle", type=Path, default=Path("models/speedy-t30"))
+    sp.add_argument("--out", type=Path, required=True, help="output directory")
+    sp.add_argument(
+        "--parts",
+        nargs="+",
+        choices=("heldout", "biased", "warming", "coupled"),
+        help="default: all",
+    )
+    sp.add_argument("--members", type=int, default=8, help="members of the held-out ensemble")
+    sp.add_argument("--max-days", type=int, help="at most this many held-out days")
+    sp.add_argument(
+        "--esm-max-days",
+        type=int,
+        default=0,
+        help="days generated per biased/warming product (0: all)",
+    )
+    sp.add_argument("--steps", type=int, help="sampler steps (default: the bundle's)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--device", default="auto")
+    sp.add_argument("--threads", type=int, help="torch CPU threads")
+    sp.add_argument(
+        "--condensate-days", type=float, default=1.0, help="the interactive run's setting (report)"
+    )
+    sp.set_defaults(func=_speedy)
     qc = sub.add_parser("qdm-check", help="QDM validation on the ISIMIP3BASD example")
     qc.add_argument("--out", type=Path, required=True)
     qc.add_argument("--data", type=Path, help="shared data directory")

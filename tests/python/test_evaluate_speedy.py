@@ -1,0 +1,238 @@
+"""precipdiff.offline.evaluate.speedy on synthetic runs in the SPEEDY driver's format.
+
+The real runs take hours (scripts/speedy/run_experiment.py); here every part runs on a
+few synthetic days per "year" with a tiny random bundle on SPEEDY's grids, checking that
+the report, the figures and the headline numbers are produced and that the numbers mean
+what they say (a run equal to the control has no drift, a perturbed one does).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from precipdiff.errors import ConfigError, InputError
+from precipdiff.grids import LatLonGrid, coarsen_grid
+from precipdiff.offline.evaluate.speedy import (
+    SpeedyConfig,
+    annual_means,
+    read_run,
+    read_series,
+    run_speedy,
+)
+from precipdiff.testing.models import make_tiny_bundle
+
+NDAYS = 45  # days per synthetic "year" (January and half of February)
+
+
+def speedy_lat_lon() -> tuple[np.ndarray, np.ndarray]:
+    j = np.arange(1, 25, dtype=np.float32)
+    s = np.cos(np.float32(3.141592654) * (j - np.float32(0.25)) / np.float32(48.5))
+    lat = np.degrees(np.arcsin(np.concatenate([-s, s[::-1]]).astype(np.float64)))
+    return lat, np.arange(96) * 3.75
+
+
+MAPS = ("pr", "pr_speedy", "prc", "pr_precipdiff", "pr_limited", "evspsbl", "prw", "ps", "psl")
+MAPS += ("hus850", "ua850", "va850", "ta850", "ts", "tas")
+SERIES = (
+    "global_prw global_condensate global_evap global_pr global_pr_speedy global_pr_precipdiff "
+    "global_pr_limited water_fixer budget_residual adjustment_water_intended "
+    "adjustment_water_applied latent_heat_intended latent_heat_applied global_ts global_tas "
+    "nan_count wall_s plugin_s"
+).split()
+
+
+def write_year(path: Path, year: int, seed: int, sst: float = 0.0, wet: float = 1.0) -> None:
+    import netCDF4
+
+    rng = np.random.default_rng(seed)
+    lat, lon = speedy_lat_lon()
+    t = NDAYS
+    shape = (t, lat.size, lon.size)
+    base = np.cos(np.deg2rad(lat))[None, :, None]
+    q = (0.004 + 0.008 * base**2) * (1 + 0.07 * sst) * (1 + 0.1 * rng.standard_normal(shape))
+    pr = np.maximum(0.0, wet * 86400 * 4e-5 * (q / 0.01) ** 2 * rng.gamma(0.6, 1.7, shape))
+    fields = {
+        "hus850": np.clip(q, 1e-5, 0.04),
+        "ua850": 8 * rng.standard_normal(shape),
+        "va850": 5 * rng.standard_normal(shape),
+        "psl": 101300 + 800 * rng.standard_normal(shape),
+        "ta850": 270 + 20 * base + sst + rng.standard_normal(shape),
+        "ps": 98000 + 500 * rng.standard_normal(shape),
+        "prw": 25 * base + 3,
+        "ts": 280 + 20 * base + sst + np.zeros(shape),
+        "tas": 279 + 20 * base + sst + np.zeros(shape),
+        "pr": pr / 86400,
+        "pr_speedy": pr / 86400,
+        "prc": 0.6 * pr / 86400,
+        "pr_precipdiff": pr[::-1] / 86400,
+        "pr_limited": 0.0 * pr,
+        "evspsbl": np.full(shape, 3.0 / 86400),
+    }
+    with netCDF4.Dataset(path, "w") as ds:
+        ds.createDimension("time", None)
+        ds.createDimension("lat", lat.size)
+        ds.createDimension("lon", lon.size)
+        ds.createDimension("bnds", 2)
+        tv = ds.createVariable("time", "f8", ("time",))
+        tv.units = "days since 1980-01-01 00:00:00"
+        tv.calendar = "standard"
+        first = (np.datetime64(f"{year}-01-01") - np.datetime64("1980-01-01")).astype(int)
+        tv[:] = first + np.arange(t) + 0.5
+        ds.createVariable("lat", "f8", ("lat",))[:] = lat
+        ds["lat"].units = "degrees_north"
+        ds.createVariable("lon", "f8", ("lon",))[:] = lon
+        ds["lon"].units = "degrees_east"
+        units = {
+            "hus850": "kg kg-1",
+            "ua850": "m s-1",
+            "va850": "m s-1",
+            "psl": "Pa",
+            "ta850": "K",
+            "ps": "Pa",
+            "prw": "kg m-2",
+            "ts": "K",
+            "tas": "K",
+        }
+        for n in MAPS:
+            v = ds.createVariable(n, "f4", ("time", "lat", "lon"))
+            v.units = units.get(n, "kg m-2 s-1")
+            v[:] = fields[n]
+        gm = {n: float(np.mean(fields[n])) for n in ("prw", "ts", "tas")}
+        for n in SERIES:
+            v = ds.createVariable(n, "f8", ("time",))
+            if n == "global_prw":
+                v[:] = gm["prw"] + 0.01 * np.arange(t)
+            elif n in ("global_ts", "global_tas"):
+                v[:] = gm[n[7:]] + 0.1 * rng.standard_normal(t)
+            elif n in ("global_pr", "global_pr_speedy", "global_pr_precipdiff"):
+                v[:] = 3.0 + 0.05 * rng.standard_normal(t)
+            elif n == "global_evap":
+                v[:] = 3.0
+            elif n in ("wall_s",):
+                v[:] = 0.5
+            elif n == "plugin_s":
+                v[:] = 0.1
+            else:
+                v[:] = 0.0
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("speedy_world")
+    runs = root / "runs"
+    spec = {
+        "control": (1981, 1984, 0.0, 1.0),
+        "biased": (1981, 1982, 0.0, 3.0),
+        "sst+2k": (1981, 1982, 2.0, 1.0),
+        "sst+4k": (1981, 1982, 4.0, 1.0),
+        "diagnostic": (1981, 1983, 0.0, 1.0),
+        "interactive": (1981, 1983, 0.0, 1.0),
+    }
+    for k, (name, (a, b, sst, wet)) in enumerate(spec.items()):
+        d = runs / name
+        d.mkdir(parents=True)
+        for y in range(a, b + 1):
+            write_year(d / f"speedy_{y}.nc", y, seed=100 * k + y, sst=sst, wet=wet)
+    lat, lon = speedy_lat_lon()
+    fine = LatLonGrid(lat=lat, lon=lon)
+    bundle = make_tiny_bundle(
+        root / "bundle",
+        coarse_grid=coarsen_grid(fine, 4),
+        fine_grid=fine,
+        variables=["hus850", "ua850", "va850", "psl"],
+        precip_stats=(3.4, 0.5),
+    )
+    return runs, bundle
+
+
+def test_config_checks() -> None:
+    with pytest.raises(ConfigError, match="unknown part"):
+        SpeedyConfig(parts=("heldout", "nope"))
+    with pytest.raises(ConfigError, match="members"):
+        SpeedyConfig(members=1)
+    with pytest.raises(ConfigError, match="empty"):
+        SpeedyConfig(heldout_years=(1992, 1991))
+
+
+def test_readers(world: tuple[Path, Path]) -> None:
+    runs, _ = world
+    fields, times, lat, lon = read_run(runs / "control", (1981, 1982), ["pr", "hus850", "prw"])
+    assert fields["pr"].shape == (2 * NDAYS, 48, 96)
+    assert str(times[0])[:10] == "1981-01-01"
+    assert lat[0] < lat[-1] and lon.size == 96
+    assert float(fields["pr"].mean()) > 0.1  # mm/day, converted from kg m-2 s-1
+    s = read_series(runs / "control", (1981, 1983), ["global_pr", "wall_s"])
+    assert s["global_pr"].shape == (3 * NDAYS,)
+    years, means = annual_means(s["wall_s"], s["year"])
+    np.testing.assert_array_equal(years, [1981, 1982, 1983])
+    np.testing.assert_allclose(means, 0.5)
+    with pytest.raises(InputError, match=r"run scripts/speedy/run_experiment\.py"):
+        read_run(runs / "control", (1979, 1981), ["pr"])
+
+
+def test_all_parts(world: tuple[Path, Path], tmp_path: Path) -> None:
+    runs, bundle = world
+    cfg = SpeedyConfig(
+        runs=runs,
+        bundle=bundle,
+        out=tmp_path / "out",
+        members=3,
+        heldout_years=(1984, 1984),
+        analysis_years=(1982, 1982),
+        coupled_years=(1981, 1983),
+        max_days=20,
+        esm_max_days=30,
+        n_quantiles=10,
+        device="cpu",
+    )
+    head = run_speedy(cfg, command="test")
+    out = tmp_path / "out"
+    text = (out / "README.md").read_text()
+    for heading in ("Held-out years", "A biased ESM", "A warmer climate", "coupled-stability"):
+        assert heading in text
+    for png in (
+        "heldout_bias_maps.png",
+        "heldout_zonal_spectra.png",
+        "biased_bias_maps.png",
+        "warming_zonal_change.png",
+        "coupled_annual_means.png",
+        "coupled_zonal_mean_pr.png",
+    ):
+        assert (out / png).stat().st_size > 5_000, png
+    assert np.isfinite(head["heldout_crps_generated"])
+    assert np.isfinite(head["heldout_spread_skill_ratio"])
+    # The biased run is 3x wetter everywhere: its own MAB is far above the floor.
+    assert head["biased_mab_own"] > 3 * head["biased_mab_natural_variability_floor"]
+    assert head["biased_mab_cell_qdm"] < head["biased_mab_own"]
+    # Warmer synthetic runs are moister: the change of hus850 is positive.
+    assert head["warming_4k_hus850_change_pct"] > head["warming_2k_hus850_change_pct"] > 0
+    # The synthetic coupled runs equal the control in distribution: no NaN, small drift.
+    assert head["coupled_nan_total"] == 0
+    assert abs(head["coupled_interactive_ts_drift_k"]) < 0.2
+    assert head["coupled_plugin_share_interactive"] == pytest.approx(0.2)
+    saved = json.loads((out / "metrics.json").read_text())["headline"]
+    assert saved["heldout_crps_generated"] == pytest.approx(head["heldout_crps_generated"])
+
+
+def test_one_part_keeps_other_headlines(world: tuple[Path, Path], tmp_path: Path) -> None:
+    runs, bundle = world
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "metrics.json").write_text(json.dumps({"headline": {"earlier": 1.0}}))
+    cfg = SpeedyConfig(
+        runs=runs,
+        bundle=bundle,
+        out=out,
+        parts=("coupled",),
+        coupled_years=(1981, 1983),
+        device="cpu",
+    )
+    run_speedy(cfg)
+    assert (out / "README_coupled.md").is_file()
+    saved = json.loads((out / "metrics.json").read_text())["headline"]
+    assert saved["earlier"] == 1.0
+    assert "coupled_interactive_pr_drift_mm_day" in saved

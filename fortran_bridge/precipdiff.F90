@@ -20,7 +20,7 @@ module precipdiff
   public :: precipdiff_init, precipdiff_run, precipdiff_set_field, precipdiff_step, &
        precipdiff_get_output, precipdiff_finalize, precipdiff_shapes, &
        precipdiff_fine_coords, precipdiff_required_fields, precipdiff_write_restart, &
-       precipdiff_read_restart, precipdiff_ready, precipdiff_version
+       precipdiff_read_restart, precipdiff_ready, precipdiff_version, pd_int_str
 
   !> Double-precision kind used for times, coordinates and outputs.
   integer, parameter, public :: pd_r8 = c_double
@@ -46,6 +46,10 @@ module precipdiff
   integer, parameter, public :: PD_ERR_PYTHON = 10
   integer, parameter, public :: PD_ERR_ALREADY_INITIALISED = 11
   integer, parameter, public :: PD_ERR_INTERNAL = 12
+
+  ! What the communicator passed to pd_plugin_create is (has_comm in precipdiff.h).
+  integer(c_int), parameter :: PD_COMM_RANK = 1     !! labels messages with the rank
+  integer(c_int), parameter :: PD_COMM_MEMBERS = 2  !! members split across its ranks
 
   !> Create a plugin instance: coordinates in real(8) or real(4).
   interface precipdiff_init
@@ -186,7 +190,7 @@ contains
       errmsg(i:i) = buf(i)
     end do
     if (len_trim(errmsg) == 0) then
-      write (errmsg, '(a,i0)') 'precipdiff: call failed with status ', status
+      errmsg = 'precipdiff: call failed with status '//pd_int_str(int(status))
     end if
   end subroutine fetch_error
 
@@ -199,6 +203,17 @@ contains
     errflg = code
     errmsg = message
   end subroutine set_error
+
+  !> Decimal text of an integer, for messages built by concatenation. Messages are
+  !! never written with an internal write into errmsg: that overflows a short buffer
+  !! ("End of record" kills the host), while an assignment truncates safely.
+  pure function pd_int_str(i) result(s)
+    integer, intent(in) :: i              !! the integer
+    character(len=:), allocatable :: s    !! its decimal text, no blanks
+    character(len=24) :: buf
+    write (buf, '(i0)') i
+    s = trim(buf)
+  end function pd_int_str
 
   !> NUL-terminated C string from a Fortran string (trailing blanks removed).
   pure function c_string(s) result(cs)
@@ -238,7 +253,7 @@ contains
 
   !> Create a plugin instance (real(8) coordinates). See precipdiff_init.
   subroutine precipdiff_init_r8(handle, nml_file, lon, lat, errmsg, errflg, comm, start, &
-       global_shape)
+       global_shape, member_comm)
     integer, intent(inout) :: handle            !! plugin handle; PD_NO_HANDLE on entry, > 0 on success
     character(len=*), intent(in) :: nml_file    !! path of the namelist file holding &precipdiff_nml
     real(pd_r8), intent(in) :: lon(:)           !! longitude of the ESM grid cell centres (degrees_east)
@@ -248,6 +263,7 @@ contains
     integer, intent(in), optional :: comm       !! MPI communicator (Fortran handle; comm%MPI_VAL with mpi_f08)
     integer, intent(in), optional :: start(2)   !! 1-based (lon, lat) index of this subdomain in the global grid
     integer, intent(in), optional :: global_shape(2) !! (nlon, nlat) of the global grid
+    integer, intent(in), optional :: member_comm !! inference ranks sharing the ensemble (precipdiff_mpi's per-node mode; instead of comm)
     real(c_double), allocatable :: clon(:), clat(:)
     integer(c_int) :: status, has_comm, comm_f, chandle
     integer :: s(2), g(2)
@@ -256,8 +272,14 @@ contains
     has_comm = 0
     comm_f = 0
     if (present(comm)) then
-      has_comm = 1
+      has_comm = PD_COMM_RANK
       comm_f = int(comm, c_int)
+    end if
+    if (present(member_comm)) then
+      ! The explicit contract of the per-node mode: members are split across this
+      ! communicator's ranks (the Python side needs mpi4py for it, and says so).
+      has_comm = PD_COMM_MEMBERS
+      comm_f = int(member_comm, c_int)
     end if
     s = [1, 1]
     g = [size(lon), size(lat)]
@@ -266,7 +288,7 @@ contains
     ! Double init of a live handle: refuse and keep the running instance.
     if (handle /= PD_NO_HANDLE) then
       if (handle_is_live(handle)) then
-        write (errmsg, '(a,i0,a)') 'precipdiff_init: handle ', handle, &
+        errmsg = 'precipdiff_init: handle '//pd_int_str(handle)// &
              ' is already initialised; call precipdiff_finalize first'
         errflg = PD_ERR_ALREADY_INITIALISED
         return
@@ -289,7 +311,7 @@ contains
 
   !> Create a plugin instance (real(4) coordinates). See precipdiff_init.
   subroutine precipdiff_init_r4(handle, nml_file, lon, lat, errmsg, errflg, comm, start, &
-       global_shape)
+       global_shape, member_comm)
     integer, intent(inout) :: handle            !! plugin handle; PD_NO_HANDLE on entry, > 0 on success
     character(len=*), intent(in) :: nml_file    !! path of the namelist file holding &precipdiff_nml
     real(pd_r4), intent(in) :: lon(:)           !! longitude of the ESM grid cell centres (degrees_east)
@@ -299,8 +321,9 @@ contains
     integer, intent(in), optional :: comm       !! MPI communicator (Fortran handle; comm%MPI_VAL with mpi_f08)
     integer, intent(in), optional :: start(2)   !! 1-based (lon, lat) index of this subdomain in the global grid
     integer, intent(in), optional :: global_shape(2) !! (nlon, nlat) of the global grid
+    integer, intent(in), optional :: member_comm !! inference ranks sharing the ensemble (see precipdiff_init_r8)
     call precipdiff_init_r8(handle, nml_file, real(lon, pd_r8), real(lat, pd_r8), errmsg, &
-         errflg, comm, start, global_shape)
+         errflg, comm, start, global_shape, member_comm)
   end subroutine precipdiff_init_r4
 
   !> True when handle names a live plugin instance.
@@ -481,8 +504,8 @@ contains
     errmsg = ''
     errflg = 0
     if (size(names) /= size(fields, 3)) then
-      write (errmsg, '(a,i0,a,i0,a)') 'precipdiff_run: ', size(names), &
-           ' names given for ', size(fields, 3), ' fields (third dimension of fields)'
+      errmsg = 'precipdiff_run: '//pd_int_str(size(names))//' names given for '// &
+           pd_int_str(size(fields, 3))//' fields (third dimension of fields)'
       errflg = PD_ERR_INVALID_ARGUMENT
       return
     end if
@@ -511,8 +534,8 @@ contains
     errmsg = ''
     errflg = 0
     if (size(names) /= size(fields, 3)) then
-      write (errmsg, '(a,i0,a,i0,a)') 'precipdiff_run: ', size(names), &
-           ' names given for ', size(fields, 3), ' fields (third dimension of fields)'
+      errmsg = 'precipdiff_run: '//pd_int_str(size(names))//' names given for '// &
+           pd_int_str(size(fields, 3))//' fields (third dimension of fields)'
       errflg = PD_ERR_INVALID_ARGUMENT
       return
     end if

@@ -31,7 +31,8 @@
 !! lowest rank of each node (MPI_Comm_split_type SHARED of the duplicate, or
 !! groups of ranks_per_inference consecutive ranks) is an inference rank. The
 !! gathered global fields go to rank 0 and are broadcast over the inference
-!! ranks' communicator (named 'precipdiff_inference'); every inference rank
+!! ranks' communicator (named 'precipdiff_inference' and passed to the plugin as
+!! precipdiff_init's member_comm); every inference rank
 !! runs an identical plugin that generates a contiguous block of the members
 !! and exchanges the blocks in member order (Python side, mpi4py), so every
 !! inference rank holds the single-rank ensemble bit for bit. Rank 0 scatters
@@ -43,7 +44,7 @@ module precipdiff_mpi
   use precipdiff, only: precipdiff_init, precipdiff_finalize, precipdiff_set_field, &
        precipdiff_step, precipdiff_get_output, precipdiff_shapes, precipdiff_fine_coords, &
        precipdiff_required_fields, precipdiff_write_restart, precipdiff_read_restart, &
-       pd_r4, pd_r8, PD_NO_HANDLE, PD_ERRMSG_LEN, PD_ERR_INVALID_ARGUMENT, &
+       pd_r4, pd_r8, pd_int_str, PD_NO_HANDLE, PD_ERRMSG_LEN, PD_ERR_INVALID_ARGUMENT, &
        PD_ERR_BAD_HANDLE, PD_ERR_NOT_INITIALISED, PD_ERR_INTERNAL
   implicit none
   private
@@ -89,6 +90,9 @@ module precipdiff_mpi
   type(mpi_instance), allocatable, target, save :: instances(:)
 
   character(len=*), parameter :: ROUTINE_INIT = 'precipdiff_mpi_init'
+  !> Name of the inference ranks' communicator (per-node mode), for debuggers and logs;
+  !! the plugin is told explicitly with precipdiff_init(..., member_comm=).
+  character(len=*), parameter :: INFERENCE_COMM_NAME = 'precipdiff_inference'
 
 contains
 
@@ -237,7 +241,7 @@ contains
       end if
     end if
     errflg = PD_ERR_BAD_HANDLE
-    write (errmsg, '(a,a,i0,a)') routine, ': handle ', handle, &
+    errmsg = routine//': handle '//pd_int_str(handle)// &
          ' is not a live precipdiff_mpi instance (finalised, or not from precipdiff_mpi_init)'
   end subroutine lookup
 
@@ -378,6 +382,15 @@ contains
   !! Every rank passes the coordinates of its own block (lon(nlon_local),
   !! lat(nlat_local)), the block's 1-based (lon, lat) start in the global grid
   !! and the global shape. The blocks must tile the global grid exactly.
+  !!
+  !! Steps, each made by every rank (errors are agreed before any rank leaves, so
+  !! none can hang): open_layer (own communicator, inference rank and mode agreed),
+  !! group_inference_ranks (per-node mode), check_block (this rank's arguments),
+  !! learn_blocks (every rank learns every block; they must tile the grid),
+  !! global_coords (gathered on the inference rank), start_plugin (only the
+  !! inference rank(s) start Python), fine_blocks (each rank's part of the fine grid).
+  !! On failure a handle that named a live instance on entry keeps it (a second init
+  !! is refused, the instance is never orphaned); any other handle is PD_NO_HANDLE.
   subroutine pdm_init_f08(handle, nml_file, lon, lat, start, global_shape, comm, errmsg, &
        errflg, inference_rank, fine_start, fine_count, inference, ranks_per_inference)
     integer, intent(inout) :: handle              !! PD_NO_HANDLE on entry; > 0 on success (same on every rank)
@@ -395,37 +408,85 @@ contains
     character(len=*), intent(in), optional :: inference !! 'root' (default: one inference rank) or 'per_node'
     integer, intent(in), optional :: ranks_per_inference !! per_node: groups of this many consecutive ranks instead of nodes (> 0)
     type(mpi_instance) :: work
-    type(MPI_Comm) :: ncomm
-    integer :: mode, rpi, nrank, color, flags4(4)
-    integer :: ierr, slot, r, flags(2), info(8), i, j, ratio
-    integer, allocatable :: all_info(:, :), cover(:, :)
-    real(pd_r8), allocatable :: glon(:), glat(:), buf(:)
-    integer, allocatable :: sizes(:), displs(:)
-    logical :: have_fine
-    logical, allocatable :: seen(:, :)
-    integer :: nlf, nltf, nl, nt, fl(4)
-    character(len=PD_ERRMSG_LEN) :: msg2
-    integer :: flg2
+    real(pd_r8), allocatable :: glon(:), glat(:)
+    character(len=PD_ERRMSG_LEN) :: msg
+    integer :: flg, rpi, slot
+    logical :: was_live
 
+    msg = ''
+    flg = 0
+    was_live = is_live(handle)
+    if (was_live) then
+      ! Refused, but this rank still makes every collective call below.
+      msg = ROUTINE_INIT//': handle '//pd_int_str(handle)// &
+           ' is already initialised; call precipdiff_mpi_finalize first'
+      flg = PD_ERR_INVALID_ARGUMENT
+    end if
+    call open_layer(work, comm, inference_rank, inference, ranks_per_inference, rpi, msg, flg)
+    if (work%comm /= MPI_COMM_NULL .and. work%split) call group_inference_ranks(work, rpi)
+    if (work%comm /= MPI_COMM_NULL) then
+      work%gshape = global_shape
+      if (flg == 0) call check_block(lon, lat, start, global_shape, fine_start, fine_count, &
+           msg, flg)
+      call agree(work, msg, flg)
+    end if
+    if (flg == 0) call learn_blocks(work, start, size(lon), size(lat), &
+         present(fine_start) .and. present(fine_count), msg, flg)
+    if (flg == 0) then
+      call global_coords(work, lon, lat, glon, glat, msg, flg)
+      call start_plugin(work, nml_file, glon, glat, msg, flg)
+    end if
+    if (flg == 0) call fine_blocks(work, fine_start, fine_count, msg, flg)
+    if (flg /= 0) then
+      call abandon(work)
+      if (.not. was_live) handle = PD_NO_HANDLE
+      errmsg = msg
+      errflg = flg
+      return
+    end if
+    if (work%infer) then
+      allocate (work%out_model(global_shape(1), global_shape(2)))
+      allocate (work%out_fine(work%fshape(1), work%fshape(2)))
+    else
+      allocate (work%out_model(0, 0), work%out_fine(0, 0))
+    end if
+    work%live = .true.
+    slot = new_slot()
+    instances(slot) = work
+    handle = slot
     errmsg = ''
     errflg = 0
-    if (handle /= PD_NO_HANDLE) then
-      if (allocated(instances)) then
-        if (handle >= 1 .and. handle <= size(instances)) then
-          if (instances(handle)%live) then
-            write (errmsg, '(a,a,i0,a)') ROUTINE_INIT, ': handle ', handle, &
-                 ' is already initialised; call precipdiff_mpi_finalize first'
-            errflg = PD_ERR_INVALID_ARGUMENT
-          end if
-        end if
-      end if
-    end if
+  end subroutine pdm_init_f08
 
-    ! The layer's own communicator: the first collective, made by every rank.
+  !> True when handle names a live instance on this rank.
+  logical function is_live(handle)
+    integer, intent(in) :: handle !! handle to test
+    is_live = .false.
+    if (handle == PD_NO_HANDLE .or. .not. allocated(instances)) return
+    if (handle < 1 .or. handle > size(instances)) return
+    is_live = instances(handle)%live
+  end function is_live
+
+  !> Duplicate the host communicator and agree on the inference rank and mode
+  !! (collective). Errors are the same on every rank; the duplicate is then freed
+  !! (work%comm is MPI_COMM_NULL whenever this returns an error).
+  subroutine open_layer(work, comm, inference_rank, inference, ranks_per_inference, rpi, &
+       msg, flg)
+    type(mpi_instance), intent(inout) :: work         !! the instance being built
+    type(MPI_Comm), intent(in) :: comm                !! host communicator
+    integer, intent(in), optional :: inference_rank   !! see pdm_init_f08
+    character(len=*), intent(in), optional :: inference !! see pdm_init_f08
+    integer, intent(in), optional :: ranks_per_inference !! see pdm_init_f08
+    integer, intent(out) :: rpi                       !! agreed ranks_per_inference (0: nodes)
+    character(len=*), intent(inout) :: msg            !! error message
+    integer, intent(inout) :: flg                     !! error flag
+    integer :: ierr, mode, flags(2), flags4(4)
+    rpi = 0
+    work%comm = MPI_COMM_NULL
     call MPI_Comm_dup(comm, work%comm, ierr)
     if (ierr /= MPI_SUCCESS) then
-      call mpi_failed('MPI_Comm_dup of the host communicator', ierr, errmsg, errflg)
-      handle = PD_NO_HANDLE
+      call mpi_failed('MPI_Comm_dup of the host communicator', ierr, msg, flg)
+      work%comm = MPI_COMM_NULL
       return
     end if
     call MPI_Comm_set_errhandler(work%comm, MPI_ERRORS_RETURN, ierr)
@@ -437,12 +498,12 @@ contains
     flags = [work%root, -work%root]
     call MPI_Allreduce(MPI_IN_PLACE, flags, 2, MPI_INTEGER, MPI_MAX, work%comm, ierr)
     if (flags(1) /= -flags(2) .or. work%root < 0 .or. work%root >= work%nranks) then
-      write (errmsg, '(a,a,i0,a,i0,a)') ROUTINE_INIT, ': inference_rank = ', work%root, &
-           ' must be the same on every rank and in [0, ', work%nranks - 1, ']'
-      errflg = PD_ERR_INVALID_ARGUMENT
-      call label(work%rank, errmsg)
+      msg = ROUTINE_INIT//': inference_rank = '//pd_int_str(work%root)// &
+           ' must be the same on every rank and in [0, '//pd_int_str(work%nranks - 1)//']'
+      flg = PD_ERR_INVALID_ARGUMENT
+      call label(work%rank, msg)
       call MPI_Comm_free(work%comm, ierr)
-      handle = PD_NO_HANDLE
+      work%comm = MPI_COMM_NULL
       return
     end if
     ! Inference mode: 0 = root (one inference rank), 1 = per node (or per group).
@@ -457,274 +518,280 @@ contains
         mode = -1
       end select
     end if
-    rpi = 0
     if (present(ranks_per_inference)) rpi = ranks_per_inference
     flags4 = [mode, -mode, rpi, -rpi]
     call MPI_Allreduce(MPI_IN_PLACE, flags4, 4, MPI_INTEGER, MPI_MAX, work%comm, ierr)
     if (flags4(1) /= -flags4(2) .or. flags4(3) /= -flags4(4) .or. mode < 0 .or. rpi < 0 .or. &
          (mode == 1 .and. work%root /= 0) .or. (mode == 0 .and. rpi /= 0)) then
-      write (errmsg, '(a,a,i0,a)') ROUTINE_INIT, ': inference must be ''root'' or ''per_node'' &
-           &and ranks_per_inference (per_node only; 0 = one group per node) >= 0, both the &
+      msg = ROUTINE_INIT//': inference must be ''root'' or ''per_node'' and &
+           &ranks_per_inference (per_node only; 0 = one group per node) >= 0, both the &
            &same on every rank, and per_node needs inference_rank = 0 (this rank: &
-           &ranks_per_inference = ', rpi, ')'
-      errflg = PD_ERR_INVALID_ARGUMENT
-      call label(work%rank, errmsg)
+           &ranks_per_inference = '//pd_int_str(rpi)//')'
+      flg = PD_ERR_INVALID_ARGUMENT
+      call label(work%rank, msg)
       call MPI_Comm_free(work%comm, ierr)
-      handle = PD_NO_HANDLE
+      work%comm = MPI_COMM_NULL
       return
     end if
     work%split = mode == 1
     work%infer = work%rank == work%root
-    if (work%split) then
-      ! Node-local groups of the duplicate; the lowest rank of each is an inference rank.
-      if (rpi > 0) then
-        call MPI_Comm_split(work%comm, work%rank/rpi, work%rank, ncomm, ierr)
-      else
-        call MPI_Comm_split_type(work%comm, MPI_COMM_TYPE_SHARED, work%rank, MPI_INFO_NULL, &
-             ncomm, ierr)
-      end if
-      call MPI_Comm_rank(ncomm, nrank, ierr)
-      call MPI_Comm_free(ncomm, ierr)
-      work%infer = nrank == 0
-      color = merge(0, MPI_UNDEFINED, work%infer)
-      call MPI_Comm_split(work%comm, color, work%rank, work%icomm, ierr)
-      if (work%infer) call MPI_Comm_set_name(work%icomm, 'precipdiff_inference', ierr)
-      i = merge(1, 0, work%infer)
-      call MPI_Allreduce(i, work%ninfer, 1, MPI_INTEGER, MPI_SUM, work%comm, ierr)
-      if (work%ninfer == 1) then
-        ! A single node: the root mode's protocol, no member split.
-        if (work%infer) call MPI_Comm_free(work%icomm, ierr)
-        work%split = .false.
-      end if
-    end if
-    work%gshape = global_shape
+  end subroutine open_layer
 
-    ! Local checks of this rank's block.
-    if (errflg == 0) then
-      if (any(global_shape < 1)) then
-        write (errmsg, '(a,a,2(i0,1x),a)') ROUTINE_INIT, ': global_shape = ', global_shape, &
-             'must be positive'
-        errflg = PD_ERR_INVALID_ARGUMENT
-      else if (size(lon) < 1 .or. size(lat) < 1) then
-        write (errmsg, '(a,a,i0,a,i0,a)') ROUTINE_INIT, ': empty block (', size(lon), &
-             ' longitudes, ', size(lat), ' latitudes); every rank must own at least one cell'
-        errflg = PD_ERR_INVALID_ARGUMENT
-      else if (any(start < 1) .or. start(1) + size(lon) - 1 > global_shape(1) .or. &
-           start(2) + size(lat) - 1 > global_shape(2)) then
-        write (errmsg, '(a,a,i0,a,i0,a,i0,a,i0,a,i0,a,i0,a)') ROUTINE_INIT, &
-             ': block start = (', start(1), ', ', start(2), ') with ', size(lon), ' x ', &
-             size(lat), ' cells does not fit in global_shape = (', global_shape(1), ', ', &
-             global_shape(2), ')'
-        errflg = PD_ERR_INVALID_ARGUMENT
-      end if
+  !> Per-node mode: the lowest rank of each node (or of each group of rpi consecutive
+  !! ranks) is an inference rank; they get the communicator the plugin splits the
+  !! members across. A single group falls back to the root mode (collective).
+  subroutine group_inference_ranks(work, rpi)
+    type(mpi_instance), intent(inout) :: work !! the instance being built
+    integer, intent(in) :: rpi                !! ranks per group (0: one group per node)
+    type(MPI_Comm) :: ncomm
+    integer :: ierr, nrank, color, mine
+    if (rpi > 0) then
+      call MPI_Comm_split(work%comm, work%rank/rpi, work%rank, ncomm, ierr)
+    else
+      call MPI_Comm_split_type(work%comm, MPI_COMM_TYPE_SHARED, work%rank, MPI_INFO_NULL, &
+           ncomm, ierr)
     end if
-    have_fine = present(fine_start) .and. present(fine_count)
-    if (errflg == 0 .and. (present(fine_start) .neqv. present(fine_count))) then
-      errmsg = ROUTINE_INIT//': pass both fine_start and fine_count, or neither'
-      errflg = PD_ERR_INVALID_ARGUMENT
+    call MPI_Comm_rank(ncomm, nrank, ierr)
+    call MPI_Comm_free(ncomm, ierr)
+    work%infer = nrank == 0
+    color = merge(0, MPI_UNDEFINED, work%infer)
+    call MPI_Comm_split(work%comm, color, work%rank, work%icomm, ierr)
+    if (work%infer) call MPI_Comm_set_name(work%icomm, INFERENCE_COMM_NAME, ierr)
+    mine = merge(1, 0, work%infer)
+    call MPI_Allreduce(mine, work%ninfer, 1, MPI_INTEGER, MPI_SUM, work%comm, ierr)
+    if (work%ninfer == 1) then
+      ! A single node: the root mode's protocol, no member split.
+      if (work%infer) call MPI_Comm_free(work%icomm, ierr)
+      work%split = .false.
     end if
-    call agree(work, errmsg, errflg)
-    if (errflg /= 0) then
-      call free_comms(work)
-      handle = PD_NO_HANDLE
-      return
-    end if
+  end subroutine group_inference_ranks
 
-    ! Everyone learns every block (8 integers per rank).
-    info = [start(1), start(2), size(lon), size(lat), global_shape(1), global_shape(2), 0, 0]
-    if (have_fine) info(7:8) = [1, 0]
-    allocate (all_info(8, work%nranks))
-    call MPI_Allgather(info, 8, MPI_INTEGER, all_info, 8, MPI_INTEGER, work%comm, ierr)
+  !> Local checks of this rank's block arguments (no communication).
+  subroutine check_block(lon, lat, start, global_shape, fine_start, fine_count, msg, flg)
+    real(pd_r8), intent(in) :: lon(:), lat(:)      !! this rank's coordinates
+    integer, intent(in) :: start(2), global_shape(2) !! block start, global shape
+    integer, intent(in), optional :: fine_start(2), fine_count(2) !! optional fine block
+    character(len=*), intent(inout) :: msg         !! error message
+    integer, intent(inout) :: flg                  !! error flag
+    if (any(global_shape < 1)) then
+      msg = ROUTINE_INIT//': global_shape = ('//pd_int_str(global_shape(1))//', '// &
+           pd_int_str(global_shape(2))//') must be positive'
+      flg = PD_ERR_INVALID_ARGUMENT
+    else if (size(lon) < 1 .or. size(lat) < 1) then
+      msg = ROUTINE_INIT//': empty block ('//pd_int_str(size(lon))//' longitudes, '// &
+           pd_int_str(size(lat))//' latitudes); every rank must own at least one cell'
+      flg = PD_ERR_INVALID_ARGUMENT
+    else if (any(start < 1) .or. start(1) + size(lon) - 1 > global_shape(1) .or. &
+         start(2) + size(lat) - 1 > global_shape(2)) then
+      msg = ROUTINE_INIT//': block start = ('//pd_int_str(start(1))//', '// &
+           pd_int_str(start(2))//') with '//pd_int_str(size(lon))//' x '// &
+           pd_int_str(size(lat))//' cells does not fit in global_shape = ('// &
+           pd_int_str(global_shape(1))//', '//pd_int_str(global_shape(2))//')'
+      flg = PD_ERR_INVALID_ARGUMENT
+    else if (present(fine_start) .neqv. present(fine_count)) then
+      msg = ROUTINE_INIT//': pass both fine_start and fine_count, or neither'
+      flg = PD_ERR_INVALID_ARGUMENT
+    end if
+  end subroutine check_block
+
+  !> Every rank learns every block (collective); they must tile the global grid.
+  !! The result is the same on every rank (same data), so no agreement is needed.
+  subroutine learn_blocks(work, start, nlon, nlat, have_fine, msg, flg)
+    type(mpi_instance), intent(inout) :: work !! the instance being built
+    integer, intent(in) :: start(2)           !! this rank's block start
+    integer, intent(in) :: nlon, nlat         !! this rank's block size
+    logical, intent(in) :: have_fine          !! fine_start/fine_count given here
+    character(len=*), intent(inout) :: msg    !! error message
+    integer, intent(inout) :: flg             !! error flag
+    integer :: info(7), r, ierr, holes, overlaps
+    integer, allocatable :: all_info(:, :), cover(:, :)
+    info = [start(1), start(2), nlon, nlat, work%gshape(1), work%gshape(2), merge(1, 0, have_fine)]
+    allocate (all_info(7, work%nranks))
+    call MPI_Allgather(info, 7, MPI_INTEGER, all_info, 7, MPI_INTEGER, work%comm, ierr)
     work%starts = all_info(1:2, :)
     work%counts = all_info(3:4, :)
-    ! Consistency of the decomposition (identical result on every rank: same data).
     do r = 1, work%nranks
-      if (any(all_info(5:6, r) /= global_shape)) then
-        write (errmsg, '(a,a,i0,a,2(i0,1x),a,2(i0,1x))') ROUTINE_INIT, ': rank ', r - 1, &
-             ' passed global_shape = ', all_info(5:6, r), 'but rank 0 passed ', all_info(5:6, 1)
-        errflg = PD_ERR_INVALID_ARGUMENT
-        exit
+      if (any(all_info(5:6, r) /= all_info(5:6, 1))) then
+        msg = ROUTINE_INIT//': rank '//pd_int_str(r - 1)//' passed global_shape = ('// &
+             pd_int_str(all_info(5, r))//', '//pd_int_str(all_info(6, r))// &
+             ') but rank 0 passed ('//pd_int_str(all_info(5, 1))//', '// &
+             pd_int_str(all_info(6, 1))//')'
+        flg = PD_ERR_INVALID_ARGUMENT
+        return
       end if
     end do
-    if (errflg == 0 .and. any(all_info(7, :) /= all_info(7, 1))) then
-      errmsg = ROUTINE_INIT//': fine_start/fine_count given on some ranks only'
-      errflg = PD_ERR_INVALID_ARGUMENT
-    end if
-    if (errflg == 0) then
-      allocate (cover(global_shape(1), global_shape(2)))
-      cover = 0
-      do r = 1, work%nranks
-        associate (s => work%starts(:, r), c => work%counts(:, r))
-          cover(s(1):s(1) + c(1) - 1, s(2):s(2) + c(2) - 1) = &
-               cover(s(1):s(1) + c(1) - 1, s(2):s(2) + c(2) - 1) + 1
-        end associate
-      end do
-      if (any(cover /= 1)) then
-        j = count(cover == 0)
-        i = count(cover > 1)
-        write (errmsg, '(a,a,i0,a,i0,a)') ROUTINE_INIT, ': the blocks of the ranks do not tile &
-             &the global grid: ', j, ' cells owned by no rank, ', i, &
-             ' cells owned by several (check start and the sizes of lon/lat on each rank)'
-        errflg = PD_ERR_INVALID_ARGUMENT
-      end if
-      deallocate (cover)
-    end if
-    if (errflg /= 0) then
-      call free_comms(work)
-      handle = PD_NO_HANDLE
+    if (any(all_info(7, :) /= all_info(7, 1))) then
+      msg = ROUTINE_INIT//': fine_start/fine_count given on some ranks only'
+      flg = PD_ERR_INVALID_ARGUMENT
       return
     end if
+    allocate (cover(work%gshape(1), work%gshape(2)))
+    cover = 0
+    do r = 1, work%nranks
+      associate (s => work%starts(:, r), c => work%counts(:, r))
+        cover(s(1):s(1) + c(1) - 1, s(2):s(2) + c(2) - 1) = &
+             cover(s(1):s(1) + c(1) - 1, s(2):s(2) + c(2) - 1) + 1
+      end associate
+    end do
+    if (any(cover /= 1)) then
+      holes = count(cover == 0)
+      overlaps = count(cover > 1)
+      msg = ROUTINE_INIT//': the blocks of the ranks do not tile the global grid: '// &
+           pd_int_str(holes)//' cells owned by no rank, '//pd_int_str(overlaps)// &
+           ' cells owned by several (check start and the sizes of lon/lat on each rank)'
+      flg = PD_ERR_INVALID_ARGUMENT
+    end if
+  end subroutine learn_blocks
 
-    ! Global coordinates on the inference rank, from the blocks' coordinates.
-    allocate (sizes(work%nranks), displs(work%nranks))
-    allocate (glon(global_shape(1)), glat(global_shape(2)))
-    allocate (seen(maxval(global_shape), 2))
-    glon = 0
-    glat = 0
-    sizes = work%counts(1, :)
+  !> Global coordinates on the inference rank, from the blocks' coordinates
+  !! (collective). A conflict between ranks is found on the inference rank only and
+  !! agreed in start_plugin.
+  subroutine global_coords(work, lon, lat, glon, glat, msg, flg)
+    type(mpi_instance), intent(inout) :: work             !! the instance being built
+    real(pd_r8), intent(in) :: lon(:), lat(:)             !! this rank's coordinates
+    real(pd_r8), allocatable, intent(out) :: glon(:), glat(:) !! global coordinates (root)
+    character(len=*), intent(inout) :: msg                !! error message
+    integer, intent(inout) :: flg                         !! error flag
+    allocate (glon(work%gshape(1)), glat(work%gshape(2)))
+    call gather_axis(work, 1, lon, glon, 'longitudes', msg, flg)
+    call gather_axis(work, 2, lat, glat, 'latitudes', msg, flg)
+  end subroutine global_coords
+
+  !> Gather one axis' coordinates of every block into glob on the inference rank;
+  !! ranks sharing a row or column must agree on its coordinate (checked there).
+  subroutine gather_axis(work, axis, coords, glob, what, msg, flg)
+    type(mpi_instance), intent(in) :: work      !! the instance being built
+    integer, intent(in) :: axis                 !! 1: longitudes, 2: latitudes
+    real(pd_r8), intent(in) :: coords(:)        !! this rank's coordinates on that axis
+    real(pd_r8), intent(inout) :: glob(:)       !! global coordinates (filled on the root)
+    character(len=*), intent(in) :: what        !! name of the axis, for messages
+    character(len=*), intent(inout) :: msg      !! error message
+    integer, intent(inout) :: flg               !! error flag
+    real(pd_r8), allocatable :: buf(:)
+    integer :: sizes(work%nranks), displs(work%nranks), r, i, ierr
+    logical :: seen(size(glob))
+    glob = 0
+    sizes = work%counts(axis, :)
     displs(1) = 0
     do r = 2, work%nranks
       displs(r) = displs(r - 1) + sizes(r - 1)
     end do
     allocate (buf(merge(sum(sizes), 0, work%rank == work%root)))
-    call MPI_Gatherv(lon, size(lon), MPI_DOUBLE_PRECISION, buf, sizes, displs, &
+    call MPI_Gatherv(coords, size(coords), MPI_DOUBLE_PRECISION, buf, sizes, displs, &
          MPI_DOUBLE_PRECISION, work%root, work%comm, ierr)
-    if (work%rank == work%root) then
-      seen = .false.
-      do r = 1, work%nranks
-        associate (s => work%starts(1, r), c => work%counts(1, r))
-          ! Ranks sharing a column must agree on its coordinate.
-          do i = 1, c
-            if (errflg == 0 .and. seen(s + i - 1, 1)) then
-              if (abs(glon(s + i - 1) - buf(displs(r) + i)) > 0) then
-                write (errmsg, '(a,a,i0,a)') ROUTINE_INIT, ': rank ', r - 1, &
-                     ' passed longitudes that differ from another rank''s for the same cells'
-                errflg = PD_ERR_INVALID_ARGUMENT
-              end if
+    if (work%rank /= work%root) return
+    seen = .false.
+    do r = 1, work%nranks
+      associate (s => work%starts(axis, r), c => work%counts(axis, r))
+        do i = 1, c
+          if (flg == 0 .and. seen(s + i - 1)) then
+            if (abs(glob(s + i - 1) - buf(displs(r) + i)) > 0) then
+              msg = ROUTINE_INIT//': rank '//pd_int_str(r - 1)//' passed '//what// &
+                   ' that differ from another rank''s for the same cells'
+              flg = PD_ERR_INVALID_ARGUMENT
             end if
-            seen(s + i - 1, 1) = .true.
-          end do
-          glon(s:s + c - 1) = buf(displs(r) + 1:displs(r) + c)
-        end associate
-      end do
-    end if
-    deallocate (buf)
-    sizes = work%counts(2, :)
-    do r = 2, work%nranks
-      displs(r) = displs(r - 1) + sizes(r - 1)
+          end if
+          seen(s + i - 1) = .true.
+        end do
+        glob(s:s + c - 1) = buf(displs(r) + 1:displs(r) + c)
+      end associate
     end do
-    allocate (buf(merge(sum(sizes), 0, work%rank == work%root)))
-    call MPI_Gatherv(lat, size(lat), MPI_DOUBLE_PRECISION, buf, sizes, displs, &
-         MPI_DOUBLE_PRECISION, work%root, work%comm, ierr)
-    if (work%rank == work%root) then
-      seen = .false.
-      do r = 1, work%nranks
-        associate (s => work%starts(2, r), c => work%counts(2, r))
-          ! Ranks sharing a row must agree on its coordinate.
-          do i = 1, c
-            if (errflg == 0 .and. seen(s + i - 1, 2)) then
-              if (abs(glat(s + i - 1) - buf(displs(r) + i)) > 0) then
-                write (errmsg, '(a,a,i0,a)') ROUTINE_INIT, ': rank ', r - 1, &
-                     ' passed latitudes that differ from another rank''s for the same cells'
-                errflg = PD_ERR_INVALID_ARGUMENT
-              end if
-            end if
-            seen(s + i - 1, 2) = .true.
-          end do
-          glat(s:s + c - 1) = buf(displs(r) + 1:displs(r) + c)
-        end associate
-      end do
-    end if
-    deallocate (buf)
+  end subroutine gather_axis
 
-    ! Only the inference rank(s) start Python.
-    fl = 0
+  !> Only the inference rank(s) start Python; every rank learns the fine grid
+  !! (collective; errors agreed).
+  subroutine start_plugin(work, nml_file, glon, glat, msg, flg)
+    type(mpi_instance), intent(inout) :: work     !! the instance being built
+    character(len=*), intent(in) :: nml_file      !! namelist file
+    real(pd_r8), intent(inout) :: glon(:), glat(:) !! global coordinates (valid on the root)
+    character(len=*), intent(inout) :: msg        !! error message
+    integer, intent(inout) :: flg                 !! error flag
+    integer :: ierr, shp(4)
+    shp = 0
     if (work%split) then
       ! The coordinate checks of rank 0, then the global coordinates to every inference rank.
-      call agree(work, errmsg, errflg)
-      if (errflg == 0 .and. work%infer) then
+      call agree(work, msg, flg)
+      if (flg == 0 .and. work%infer) then
         call MPI_Bcast(glon, size(glon), MPI_DOUBLE_PRECISION, 0, work%icomm, ierr)
         call MPI_Bcast(glat, size(glat), MPI_DOUBLE_PRECISION, 0, work%icomm, ierr)
       end if
     end if
-    if (work%infer .and. errflg == 0) then
+    if (work%infer .and. flg == 0) then
       if (work%split) then
-        ! The named inference communicator: the plugin splits the members across it.
-        call precipdiff_init(work%plugin, nml_file, glon, glat, errmsg, errflg, &
-             comm=work%icomm%MPI_VAL)
+        ! The plugin splits the members across the inference communicator.
+        call precipdiff_init(work%plugin, nml_file, glon, glat, msg, flg, &
+             member_comm=work%icomm%MPI_VAL)
       else
         ! comm: the plugin learns its rank in the host communicator (e.g. for
         ! &precipdiff_nml output_rank, which must name the inference rank).
-        call precipdiff_init(work%plugin, nml_file, glon, glat, errmsg, errflg, &
+        call precipdiff_init(work%plugin, nml_file, glon, glat, msg, flg, &
              comm=work%comm%MPI_VAL)
       end if
-      if (errflg == 0) then
-        call precipdiff_shapes(work%plugin, nl, nt, nlf, nltf, errmsg, errflg)
-        fl = [nl, nt, nlf, nltf]
-      end if
+      if (flg == 0) call precipdiff_shapes(work%plugin, shp(1), shp(2), shp(3), shp(4), &
+           msg, flg)
     end if
-    call share_inf(work, errmsg, errflg)
-    if (errflg == 0) then
-      call MPI_Bcast(fl, 4, MPI_INTEGER, work%root, work%comm, ierr)
-      work%fshape = fl(3:4)
-      allocate (work%lon_fine(fl(3)), work%lat_fine(fl(4)))
-      if (work%rank == work%root) then
-        call precipdiff_fine_coords(work%plugin, work%lon_fine, work%lat_fine, errmsg, errflg)
-      end if
-      call share_root(work, errmsg, errflg)
+    call share_inf(work, msg, flg)
+    if (flg /= 0) return
+    call MPI_Bcast(shp, 4, MPI_INTEGER, work%root, work%comm, ierr)
+    work%fshape = shp(3:4)
+    allocate (work%lon_fine(shp(3)), work%lat_fine(shp(4)))
+    if (work%rank == work%root) then
+      call precipdiff_fine_coords(work%plugin, work%lon_fine, work%lat_fine, msg, flg)
     end if
-    if (errflg == 0) then
-      call MPI_Bcast(work%lon_fine, fl(3), MPI_DOUBLE_PRECISION, work%root, work%comm, ierr)
-      call MPI_Bcast(work%lat_fine, fl(4), MPI_DOUBLE_PRECISION, work%root, work%comm, ierr)
-      ! Fine-grid blocks: given, proportional, or the whole fine grid.
-      if (have_fine) then
-        info(1:2) = fine_start
-        info(3:4) = fine_count
-        if (any(fine_start < 1) .or. any(fine_count < 1) .or. &
-             any(fine_start + fine_count - 1 > work%fshape)) then
-          write (errmsg, '(a,a,i0,a,i0,a,i0,a,i0,a,i0,a,i0,a)') ROUTINE_INIT, &
-               ': fine_start = (', fine_start(1), ', ', fine_start(2), ') fine_count = (', &
-               fine_count(1), ', ', fine_count(2), ') is outside the fine grid (', &
-               work%fshape(1), ', ', work%fshape(2), ')'
-          errflg = PD_ERR_INVALID_ARGUMENT
-        end if
-        call agree(work, errmsg, errflg)
-        all_info = 0
-        call MPI_Allgather(info, 8, MPI_INTEGER, all_info, 8, MPI_INTEGER, work%comm, ierr)
-        work%fstarts = all_info(1:2, :)
-        work%fcounts = all_info(3:4, :)
-      else
-        ratio = work%fshape(1)/global_shape(1)
-        allocate (work%fstarts(2, work%nranks), work%fcounts(2, work%nranks))
-        if (ratio >= 1 .and. all(work%fshape == ratio*global_shape)) then
-          work%fstarts = ratio*(work%starts - 1) + 1
-          work%fcounts = ratio*work%counts
-        else
-          work%fstarts = 1
-          work%fcounts(1, :) = work%fshape(1)
-          work%fcounts(2, :) = work%fshape(2)
-        end if
+    call share_root(work, msg, flg)
+    if (flg /= 0) return
+    call MPI_Bcast(work%lon_fine, shp(3), MPI_DOUBLE_PRECISION, work%root, work%comm, ierr)
+    call MPI_Bcast(work%lat_fine, shp(4), MPI_DOUBLE_PRECISION, work%root, work%comm, ierr)
+  end subroutine start_plugin
+
+  !> Each rank's block of the fine grid: given (fine_start/fine_count, checked and
+  !! agreed), proportional when the fine grid refines the model grid r times, else the
+  !! whole fine grid.
+  subroutine fine_blocks(work, fine_start, fine_count, msg, flg)
+    type(mpi_instance), intent(inout) :: work       !! the instance being built
+    integer, intent(in), optional :: fine_start(2), fine_count(2) !! this rank's fine block
+    character(len=*), intent(inout) :: msg          !! error message
+    integer, intent(inout) :: flg                   !! error flag
+    integer :: info(4), ratio, ierr
+    integer, allocatable :: all_info(:, :)
+    if (present(fine_start) .and. present(fine_count)) then
+      info = [fine_start, fine_count]
+      if (any(fine_start < 1) .or. any(fine_count < 1) .or. &
+           any(fine_start + fine_count - 1 > work%fshape)) then
+        msg = ROUTINE_INIT//': fine_start = ('//pd_int_str(fine_start(1))//', '// &
+             pd_int_str(fine_start(2))//') fine_count = ('//pd_int_str(fine_count(1))// &
+             ', '//pd_int_str(fine_count(2))//') is outside the fine grid ('// &
+             pd_int_str(work%fshape(1))//', '//pd_int_str(work%fshape(2))//')'
+        flg = PD_ERR_INVALID_ARGUMENT
       end if
-    end if
-    if (errflg /= 0) then
-      if (work%infer .and. work%plugin /= PD_NO_HANDLE) then
-        call precipdiff_finalize(work%plugin, msg2, flg2)
-      end if
-      call free_comms(work)
-      handle = PD_NO_HANDLE
+      call agree(work, msg, flg)
+      allocate (all_info(4, work%nranks))
+      call MPI_Allgather(info, 4, MPI_INTEGER, all_info, 4, MPI_INTEGER, work%comm, ierr)
+      work%fstarts = all_info(1:2, :)
+      work%fcounts = all_info(3:4, :)
       return
     end if
-    if (work%infer) then
-      allocate (work%out_model(global_shape(1), global_shape(2)))
-      allocate (work%out_fine(work%fshape(1), work%fshape(2)))
+    ratio = work%fshape(1)/work%gshape(1)
+    allocate (work%fstarts(2, work%nranks), work%fcounts(2, work%nranks))
+    if (ratio >= 1 .and. all(work%fshape == ratio*work%gshape)) then
+      work%fstarts = ratio*(work%starts - 1) + 1
+      work%fcounts = ratio*work%counts
     else
-      allocate (work%out_model(0, 0), work%out_fine(0, 0))
+      work%fstarts = 1
+      work%fcounts(1, :) = work%fshape(1)
+      work%fcounts(2, :) = work%fshape(2)
     end if
-    work%live = .true.
-    slot = new_slot()
-    instances(slot) = work
-    handle = slot
-  end subroutine pdm_init_f08
+  end subroutine fine_blocks
+
+  !> Release what a failed init built: the plugin (inference ranks) and the
+  !! layer's communicators.
+  subroutine abandon(work)
+    type(mpi_instance), intent(inout) :: work !! the instance being built
+    character(len=PD_ERRMSG_LEN) :: msg
+    integer :: flg
+    if (work%infer .and. work%plugin /= PD_NO_HANDLE) call precipdiff_finalize(work%plugin, msg, flg)
+    if (work%comm /= MPI_COMM_NULL) call free_comms(work)
+  end subroutine abandon
 
   !> Create the decomposed plugin with an integer communicator (`use mpi`).
   subroutine pdm_init_int(handle, nml_file, lon, lat, start, global_shape, comm, errmsg, &
@@ -770,9 +837,9 @@ contains
     if (errflg /= 0) return
     me = inst%rank + 1
     if (n1 /= inst%counts(1, me) .or. n2 /= inst%counts(2, me)) then
-      write (errmsg, '(a,a,a,i0,a,i0,a,i0,a,i0,a)') 'precipdiff_mpi_set_field: field "', &
-           trim(name), '" has shape (', n1, ', ', n2, ') but this rank''s block is (', &
-           inst%counts(1, me), ', ', inst%counts(2, me), ')'
+      errmsg = 'precipdiff_mpi_set_field: field "'//trim(name)//'" has shape ('// &
+           pd_int_str(n1)//', '//pd_int_str(n2)//') but this rank''s block is ('// &
+           pd_int_str(inst%counts(1, me))//', '//pd_int_str(inst%counts(2, me))//')'
       errflg = PD_ERR_INVALID_ARGUMENT
     end if
     if (present(pressure_ok)) then
@@ -786,8 +853,8 @@ contains
     lev = [nlev, -nlev]
     call MPI_Allreduce(MPI_IN_PLACE, lev, 2, MPI_INTEGER, MPI_MAX, inst%comm, ierr)
     if (errflg == 0 .and. lev(1) /= -lev(2)) then
-      write (errmsg, '(a,a,a,i0,a,i0,a)') 'precipdiff_mpi_set_field: field "', trim(name), &
-           '" has ', nlev, ' levels here but between ', -lev(2), ' and ', lev(1), &
+      errmsg = 'precipdiff_mpi_set_field: field "'//trim(name)//'" has '//pd_int_str(nlev)// &
+           ' levels here but between '//pd_int_str(-lev(2))//' and '//pd_int_str(lev(1))// &
            ' across the ranks'
       errflg = PD_ERR_INVALID_ARGUMENT
     end if
@@ -930,14 +997,16 @@ contains
     if (errflg /= 0) return
     me = inst%rank + 1
     if (any(shape(pr_model) /= inst%counts(:, me))) then
-      write (errmsg, '(a,i0,a,i0,a,i0,a,i0,a)') 'precipdiff_mpi_get_output: pr_model has shape (', &
-           size(pr_model, 1), ', ', size(pr_model, 2), ') but this rank''s block is (', &
-           inst%counts(1, me), ', ', inst%counts(2, me), ')'
+      errmsg = 'precipdiff_mpi_get_output: pr_model has shape ('// &
+           pd_int_str(size(pr_model, 1))//', '//pd_int_str(size(pr_model, 2))// &
+           ') but this rank''s block is ('//pd_int_str(inst%counts(1, me))//', '// &
+           pd_int_str(inst%counts(2, me))//')'
       errflg = PD_ERR_INVALID_ARGUMENT
     else if (any(shape(pr_fine) /= inst%fcounts(:, me))) then
-      write (errmsg, '(a,i0,a,i0,a,i0,a,i0,a)') 'precipdiff_mpi_get_output: pr_fine has shape (', &
-           size(pr_fine, 1), ', ', size(pr_fine, 2), ') but this rank''s fine block is (', &
-           inst%fcounts(1, me), ', ', inst%fcounts(2, me), ')'
+      errmsg = 'precipdiff_mpi_get_output: pr_fine has shape ('// &
+           pd_int_str(size(pr_fine, 1))//', '//pd_int_str(size(pr_fine, 2))// &
+           ') but this rank''s fine block is ('//pd_int_str(inst%fcounts(1, me))//', '// &
+           pd_int_str(inst%fcounts(2, me))//')'
       errflg = PD_ERR_INVALID_ARGUMENT
     end if
     call agree(inst, errmsg, errflg)
@@ -1020,9 +1089,9 @@ contains
     s = inst%fstarts(:, inst%rank + 1)
     c = inst%fcounts(:, inst%rank + 1)
     if (size(lon_fine) /= c(1) .or. size(lat_fine) /= c(2)) then
-      write (errmsg, '(a,i0,a,i0,a,i0,a,i0,a)') 'precipdiff_mpi_fine_coords: got ', &
-           size(lon_fine), ' longitudes and ', size(lat_fine), &
-           ' latitudes for a fine block of ', c(1), ' x ', c(2), ' cells'
+      errmsg = 'precipdiff_mpi_fine_coords: got '//pd_int_str(size(lon_fine))// &
+           ' longitudes and '//pd_int_str(size(lat_fine))//' latitudes for a fine block of '// &
+           pd_int_str(c(1))//' x '//pd_int_str(c(2))//' cells'
       errflg = PD_ERR_INVALID_ARGUMENT
       return
     end if

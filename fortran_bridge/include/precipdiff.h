@@ -67,10 +67,18 @@ int pd_python_executable(char *buf, int buflen);
 
 /* Create a plugin instance from a namelist file (&precipdiff_nml) on the ESM
  * grid given by 1-D coordinates in degrees.
- *   has_comm/comm_f : 1 and a Fortran MPI communicator handle (MPI_Fint, i.e.
- *                     comm%MPI_VAL for mpi_f08) or 0 and ignored. Today the
- *                     communicator only labels messages with the rank; every
- *                     rank runs its own plugin on the grid it passes.
+ *   has_comm/comm_f : what comm_f (a Fortran MPI communicator handle, MPI_Fint,
+ *                     i.e. comm%MPI_VAL for mpi_f08) is:
+ *                     0 (PD_COMM_NONE): none, comm_f ignored;
+ *                     1 (PD_COMM_RANK): the host's communicator; it only labels
+ *                       messages with the rank (and gives &precipdiff_nml
+ *                       output_rank its meaning);
+ *                     2 (PD_COMM_MEMBERS): the communicator of the inference ranks
+ *                       that share the ensemble (precipdiff_mpi's per-node mode):
+ *                       each generates a block of the members and they exchange
+ *                       them. This needs mpi4py in the embedded Python; without it
+ *                       the call fails with PD_ERR_CONFIG (never silently the
+ *                       whole ensemble on every rank).
  *   start_lon/start_lat, nlon_global/nlat_global : subdomain placement in the
  *                     global grid (1-based). Pass 1, 1, nlon, nlat for a full
  *                     grid; anything else returns PD_ERR_INVALID_ARGUMENT (a

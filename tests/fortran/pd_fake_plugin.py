@@ -74,6 +74,11 @@ class FakePlugin:
         self._out = out
         return True
 
+    @property
+    def ready_window(self) -> int:
+        """-1 until a window has closed (the bridge's get_output refuses before)."""
+        return -1 if self._out is None else 0
+
     def output_model(self) -> np.ndarray:
         assert self._out is not None
         return self._out
@@ -109,3 +114,4 @@ class ExitingPlugin(FakePlugin):
 
     def step(self, model_time_s: float, dt_s: float) -> bool:
         raise SystemExit(3)
+

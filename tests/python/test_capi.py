@@ -189,3 +189,34 @@ def test_last_error_is_per_thread() -> None:
     t.start()
     t.join()
     assert seen == [""] and "main" in b.last_error
+
+
+def test_member_communicator_without_mpi4py_fails_loudly(
+    fake_env: None, grid, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per-node mode needs mpi4py: never silently the whole ensemble on every rank."""
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # import mpi4py -> ImportError
+    b = Bridge()
+    with pytest.raises(
+        errors.ConfigError, match=r"inference='per_node'.*mpi4py.*precipdiff\[mpi\]"
+    ):
+        b.create(str(FAKE_DIR / "fake.nml"), *grid, comm_f=5, comm_kind=capi.CommKind.MEMBERS)
+    assert b.count == 0
+    # The host's own communicator only labels messages: mpi4py stays optional there.
+    h = b.create(str(FAKE_DIR / "fake.nml"), *grid, comm_f=5, comm_kind=capi.CommKind.RANK)
+    assert h > 0
+
+
+def test_restart_without_a_closed_window_restores_no_output(
+    fake_env: None, grid, tmp_path: Path
+) -> None:
+    b = Bridge()
+    h = make(b, grid)
+    b.set_field(h, "hus850", np.ones((3, 6)), None)
+    b.set_field(h, "psl", np.ones((3, 6)), None)
+    assert not b.step(h, 3600.0, 3600.0)
+    b.write_restart(h, str(tmp_path / "r.json"))
+    h2 = make(b, grid)
+    b.read_restart(h2, str(tmp_path / "r.json"))
+    with pytest.raises(errors.InputError, match="no output yet"):
+        b.get_output(h2, np.zeros((12, 24)), np.zeros((3, 6)))

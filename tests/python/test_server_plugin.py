@@ -407,3 +407,32 @@ def test_lagged_failure_surfaces_at_next_window_close(tmp_path: Path) -> None:
     run(plugin2, 0, 4, 21600.0)
     with pytest.raises(PrecipDiffError, match="window 0"):
         plugin2.close()  # a pending failure is reported, not swallowed
+
+
+@pytest.mark.parametrize("inference", ["sync", "lagged"])
+@pytest.mark.parametrize("failure", ["missing_field", "non_finite"])
+def test_failed_window_close_is_discarded_as_a_whole(
+    tmp_path: Path, inference: str, failure: str
+) -> None:
+    """A window whose close fails leaves nothing behind: the next windows equal a clean run's."""
+    dt = 21600.0
+    broken, eng = make_plugin(tmp_path, members=2, inference=inference, bias_correction=True)
+    for s in range(4):  # window 0 fails to close
+        for name, val in fields_at(s).items():
+            if failure == "missing_field" and name == "psl":
+                continue
+            if failure == "non_finite" and name == "psl" and s == 1:
+                val = np.full_like(val, np.nan)
+            broken.set_field(name, val)
+        if s < 3:
+            assert not broken.step((s + 1) * dt, dt)
+    with pytest.raises(InputError, match=r"window 0 is discarded, the next window \(1\)"):
+        broken.step(4 * dt, dt)
+    assert eng.bias_corrected == 0  # the failed window never reached the QDM state
+    got = run(broken, 4, 12, dt)  # windows 1..3 (lagged: 1 and 2 handed back)
+    clean, _ = make_plugin(tmp_path, members=2, inference=inference, bias_correction=True)
+    ref = run(clean, 4, 12, dt)  # a run that starts at window 1
+    assert [w for w, _ in got] == [w for w, _ in ref] and got
+    for (_, a), (_, b) in zip(got, ref, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert broken.ready_window == clean.ready_window

@@ -194,3 +194,72 @@ def test_default_output_rank_is_the_plugin_process(tmp_path: Path) -> None:
     drive(plugin, range(4))
     plugin.close()
     assert [p.name for p in (tmp_path / "o").iterdir()] == ["precipdiff_2000-01.nc"]
+
+
+@pytest.mark.parametrize(
+    ("key", "first", "second"),
+    [
+        ("sampler_steps", 0, 4),
+        ("conserve_mass", False, True),
+        ("return_mode", "member", "mean"),
+        ("reference_time", "2000-01-01 00:00:00", "2001-01-01 00:00:00"),
+        ("calendar", "proleptic_gregorian", "noleap"),
+        ("remap_method", "conservative", "bilinear"),
+    ],
+)
+def test_restart_identity_covers_settings(
+    tmp_path: Path, key: str, first: object, second: object
+) -> None:
+    """Every setting that changes what a run produces is part of the restart identity."""
+    a, _ = make_plugin(tmp_path, **{key: first})
+    drive(a, range(6))
+    a.write_restart(str(tmp_path / "r.nc"))
+    b, _ = make_plugin(tmp_path, **{key: second})
+    with pytest.raises(InputError, match=rf"written with {key} = .*this run has {key} ="):
+        b.read_restart(str(tmp_path / "r.nc"))
+    c, _ = make_plugin(tmp_path, **{key: first})
+    c.read_restart(str(tmp_path / "r.nc"))  # the same settings restore
+
+
+def test_restart_identity_covers_online_qdm(tmp_path: Path) -> None:
+    a, _ = make_plugin(tmp_path, bias_correction=True, qdm_mode="trailing")
+    drive(a, range(6))
+    a.write_restart(str(tmp_path / "r.nc"))
+    b, _ = make_plugin(tmp_path, bias_correction=True, qdm_mode="static")
+    with pytest.raises(InputError, match="qdm_mode"):
+        b.read_restart(str(tmp_path / "r.nc"))
+
+
+def test_restart_refuses_another_grid_of_the_same_shape(tmp_path: Path) -> None:
+    from test_server_plugin import MODEL
+
+    from precipdiff.server import PluginConfig
+
+    a, _ = make_plugin(tmp_path)
+    drive(a, range(6))
+    a.write_restart(str(tmp_path / "r.nc"))
+    cfg = PluginConfig(bundle_path=str(tmp_path / "unused"))
+    flipped = Plugin(cfg, MODEL.lon, MODEL.lat[::-1], NumpyEngine(), rank=0)
+    with pytest.raises(InputError, match=r"another ESM grid of the same shape: lat\[0\]"):
+        flipped.read_restart(str(tmp_path / "r.nc"))
+
+
+def test_restart_before_any_window_restores_no_output(tmp_path: Path) -> None:
+    a, _ = make_plugin(tmp_path)
+    drive(a, range(2))
+    a.write_restart(str(tmp_path / "r.nc"))
+    b, _ = make_plugin(tmp_path)
+    b.read_restart(str(tmp_path / "r.nc"))
+    assert b.ready_window == -1
+    with pytest.raises(InputError, match="no window has closed"):
+        b.output_members()
+
+
+def test_older_restart_format_is_refused_with_a_reason(tmp_path: Path) -> None:
+    nc4 = import_netcdf4()
+    old = tmp_path / "old.nc"
+    with nc4.Dataset(str(old), "w") as ds:
+        ds.restart_format = "precipdiff-restart-1"
+    plugin, _ = make_plugin(tmp_path)
+    with pytest.raises(InputError, match="older format precipdiff-restart-1"):
+        plugin.read_restart(str(old))

@@ -191,26 +191,45 @@ def _mpi_rank(comm_f: int) -> int | None:
         return None
 
 
-#: Name the MPI layer gives the communicator of the inference ranks that share the
-#: ensemble (per-node mode of ``precipdiff_mpi``); see docs/scaling.md.
-INFERENCE_COMM_NAME = "precipdiff_inference"
+class CommKind(IntEnum):
+    """What the communicator passed to ``pd_plugin_create`` is (``has_comm``, precipdiff.h)."""
+
+    NONE = 0
+    #: The host's communicator: labels messages with the rank.
+    RANK = 1
+    #: The inference ranks sharing the ensemble (``precipdiff_mpi``'s per-node mode).
+    MEMBERS = 2
 
 
 def _member_comm(comm_f: int) -> Any:
-    """Return the mpi4py communicator of ``comm_f`` if it is the inference communicator.
+    """Return the mpi4py communicator the members are split across (per-node mode).
 
-    The MPI layer names it ``INFERENCE_COMM_NAME`` when members are split across its
-    ranks; any other communicator gives None.
+    Raises
+    ------
+    ConfigError
+        When mpi4py is not importable in the embedded Python or MPI is not running:
+        without the communicator every inference rank would generate the whole
+        ensemble, silently.
     """
     try:
-        from mpi4py import MPI  # imported (without initialising MPI) by _mpi_rank
+        import mpi4py
 
-        if not MPI.Is_initialized() or MPI.Is_finalized():
-            return None
-        comm = MPI.Comm.f2py(comm_f)
-        return comm if comm.Get_name() == INFERENCE_COMM_NAME else None
-    except ImportError:
-        return None
+        if "mpi4py.MPI" not in sys.modules:
+            mpi4py.rc.initialize = False
+            mpi4py.rc.finalize = False
+        from mpi4py import MPI
+    except ImportError as exc:
+        raise ConfigError(
+            "precipdiff_mpi_init(inference='per_node') splits the members across the "
+            "inference ranks with mpi4py, which the embedded Python cannot import "
+            f"({exc}); install it (pip install 'precipdiff[mpi]', built against the "
+            "host's MPI) or use inference='root'"
+        ) from exc
+    if not MPI.Is_initialized() or MPI.Is_finalized():
+        raise ConfigError(
+            "precipdiff_init: a member communicator was passed but MPI is not running"
+        )
+    return MPI.Comm.f2py(comm_f)
 
 
 @dataclass
@@ -288,6 +307,7 @@ class Bridge:
         comm_f: int | None = None,
         start: tuple[int, int] = (1, 1),
         global_shape: tuple[int, int] | None = None,
+        comm_kind: int = CommKind.RANK,
     ) -> int:
         """Build a plugin and return its new handle.
 
@@ -298,7 +318,10 @@ class Bridge:
         lon, lat : numpy.ndarray
             ESM grid coordinates (degrees), 1-D.
         comm_f : int, optional
-            Fortran MPI communicator handle; labels messages with the rank.
+            Fortran MPI communicator handle.
+        comm_kind : int
+            :class:`CommKind` of ``comm_f``: ``RANK`` labels messages with the rank;
+            ``MEMBERS`` also splits the members across its ranks (needs mpi4py).
         start, global_shape : tuple of int
             Subdomain placement; only the full grid is supported today.
 
@@ -332,9 +355,8 @@ class Bridge:
         rank = _mpi_rank(comm_f) if comm_f is not None else None
         cls = load_plugin_class()
         kwargs: dict[str, Any] = {} if rank is None else {"rank": rank}
-        member_comm = _member_comm(comm_f) if comm_f is not None and rank is not None else None
-        if member_comm is not None:
-            kwargs["member_comm"] = member_comm
+        if comm_f is not None and comm_kind == CommKind.MEMBERS:
+            kwargs["member_comm"] = _member_comm(comm_f)
         plugin = cls.from_namelist(nml_path, np.array(lon), np.array(lat), **kwargs)
         if tuple(plugin.model_shape) != (nlat, nlon):
             plugin.close()
@@ -455,8 +477,10 @@ class Bridge:
         """Restore the plugin from a restart file."""
         inst = self.get(handle)
         inst.plugin.read_restart(path)
-        # A restored plugin may carry the output of its last window.
-        inst.has_output = True
+        # A restored plugin carries the output of its last window -- if one had closed
+        # before the file was written (plugins without ready_window: assume so).
+        ready = getattr(inst.plugin, "ready_window", None)
+        inst.has_output = ready is None or int(ready) >= 0
 
     # ---------------------------------------------------------------- errors
     def fail(self, where: str, handle: int | None, exc: BaseException) -> int:
@@ -573,6 +597,7 @@ def install(ffi: Any, bridge: Bridge | None = None) -> None:
             int(comm_f) if has_comm else None,
             (int(start_lon), int(start_lat)),
             (int(nlon_g), int(nlat_g)),
+            comm_kind=int(has_comm),
         )
 
     @guarded("precipdiff_set_field")

@@ -26,8 +26,9 @@ generation from the same window means reproduces them.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -121,6 +122,7 @@ class Plugin:
         self._pending: tuple[int, Future[np.ndarray] | np.ndarray] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._closed = False
+        self._weights_id: dict[str, str] | None = None
 
         self._stream: OutputStream | None = None
         writes = self._member_rank == 0 if member_comm is not None else True
@@ -237,18 +239,35 @@ class Plugin:
         ------
         InputError
             Bad time or timestep, time that skips or goes backwards, a step
-            straddling a window boundary, a field missing at window close,
-            non-finite window means.
+            straddling a window boundary (nothing changes: the step may be retried),
+            a field missing at window close, non-finite window means.
         PrecipDiffError
             Inference failures (``DeviceError`` for GPU out-of-memory).
+
+        Notes
+        -----
+        A step that closes a window is all or nothing for that window: when the
+        close fails (missing field, non-finite means, remap, bias correction,
+        inference), the window is discarded as a whole -- no result, the handed-back
+        field stays the previous window's -- and the run continues with the next
+        window, which starts clean. The error message says so. A window whose
+        inference fails has still fed online QDM's trailing statistics (its raw
+        means are valid ESM data), as it would have without the failure.
         """
         self._check_open()
-        tick = self._clock.check(model_time_s, dt_s)
-        self._clock.commit(tick)
-        self._acc.end_step()
+        tick = self._clock.check(model_time_s, dt_s)  # raises before changing anything
         if not tick.closes:
+            self._clock.commit(tick)
+            self._acc.end_step()
             return False
-        return self._close_window(tick.window, tick.model_time_s)
+        try:
+            return self._close_window(tick.window, tick.model_time_s)
+        finally:
+            # The window is over whether or not it produced a result: the next one
+            # starts clean (sums, window index, clock), so a failed close never leaks
+            # into later windows (seeds, dates and sums stay those of their window).
+            self._acc.reset()
+            self._clock.commit(tick)
 
     def output_fine(self) -> np.ndarray:
         """Return the handed-back field on the bundle's fine grid.
@@ -304,19 +323,17 @@ class Plugin:
 
     # ----------------------------------------------------------- close window
     def _close_window(self, n: int, model_time_s: float) -> bool:
-        means = self._acc.window_means(n, model_time_s)
-        # The remap is linear, so remapping the window mean once equals the
-        # mean of the remapped instantaneous fields.
-        predictors = {name: self._to_coarse(mean) for name, mean in means.items()}
-        if self.config.bias_correction:
-            predictors = self.engine.bias_correct(predictors, self._window_date(n))
-        self._acc.reset()
-        batch = {k: v[None].astype(np.float32) for k, v in predictors.items()}
+        """Turn window ``n``'s sums into a result; the caller resets sums and clock."""
+        discarded = f"window {n} is discarded, the next window ({n + 1}) starts clean"
+        with _noting(discarded):
+            batch = self._window_batch(n, model_time_s)
         if self.config.inference == "sync":
-            if self._member_comm is None:
-                self._publish(n, self._infer(n, batch))
-            else:
-                self._publish(n, self._exchange(n, lambda: self._infer(n, batch)))
+            with _noting(discarded):
+                if self._member_comm is None:
+                    members = self._infer(n, batch)
+                else:
+                    members = self._exchange(n, lambda: self._infer(n, batch))
+            self._publish(n, members)
             return True
         previous = self._pending
         if self._executor is None:
@@ -324,8 +341,21 @@ class Plugin:
         self._pending = (n, self._executor.submit(self._infer, n, batch))
         if previous is None:
             return False
-        self._publish(previous[0], self._resolve_pending(previous))
+        lost = f"window {previous[0]} is discarded (lagged inference); window {n} is pending"
+        with _noting(lost):
+            members = self._resolve_pending(previous)
+        self._publish(previous[0], members)
         return True
+
+    def _window_batch(self, n: int, model_time_s: float) -> dict[str, np.ndarray]:
+        """Window means remapped to the coarse grid, bias-corrected: ``(1, nlat_c, nlon_c)``."""
+        means = self._acc.window_means(n, model_time_s)
+        # The remap is linear, so remapping the window mean once equals the
+        # mean of the remapped instantaneous fields.
+        predictors = {name: self._to_coarse(mean) for name, mean in means.items()}
+        if self.config.bias_correction:
+            predictors = self.engine.bias_correct(predictors, self._window_date(n))
+        return {k: np.asarray(v)[None].astype(np.float32) for k, v in predictors.items()}
 
     def _resolve_pending(self, pending: tuple[int, Future[np.ndarray] | np.ndarray]) -> np.ndarray:
         """All members of a pending window (exchanged across ``member_comm`` when split)."""
@@ -464,6 +494,8 @@ class Plugin:
             pending_window=pending_window,
             pending=pending,
             bias_state=self.engine.bias_state(),
+            lat=self._lat,
+            lon=self._lon,
         )
         if self._member_rank != 0:
             return  # split members: the first inference rank writes the file
@@ -486,7 +518,7 @@ class Plugin:
         from precipdiff.server.restart import read_restart_file
 
         self._check_open()
-        state = read_restart_file(path, self._restart_identity(), self.model_shape)
+        state = read_restart_file(path, self._restart_identity(), self._lat, self._lon)
         if state.pending is not None and self.config.inference != "lagged":
             raise InputError(
                 f"restart file {path!r} holds the pending result of window "
@@ -512,7 +544,23 @@ class Plugin:
                 self._stream = stream
 
     def _restart_identity(self) -> dict[str, Any]:
+        """Everything a restart must share with this run for the result to continue exactly.
+
+        Besides the bundle, the seed and the grids: settings that change the
+        generated field (sampler steps, mass conservation), the handed-back field
+        (return mode), window dates (reference time, calendar), online bias
+        correction (on/off, mode, memory) and remapping (method, weight files'
+        contents). The ESM grid's coordinates are checked separately.
+        """
         c = self.config
+        if self._weights_id is None:
+            self._weights_id = {
+                key: _file_digest(path) if path else ""
+                for key, path in (
+                    ("weights_to_bundle", c.weights_to_bundle),
+                    ("weights_to_model", c.weights_to_model),
+                )
+            }
         return {
             "bundle_id": self.engine.bundle_id,
             "seed": c.seed,
@@ -521,6 +569,17 @@ class Plugin:
             "fields": ",".join(self.required_fields),
             "model_shape": f"{self.model_shape[0]}x{self.model_shape[1]}",
             "fine_shape": f"{self.fine_shape[0]}x{self.fine_shape[1]}",
+            "sampler_steps": c.sampler_steps,
+            "conserve_mass": int(c.conserve_mass),
+            "return_mode": c.return_mode,
+            "return_member": c.return_member if c.return_mode == "member" else 0,
+            "reference_time": str(c.reference_time),
+            "calendar": str(c.calendar),
+            "bias_correction": int(c.bias_correction),
+            "qdm_mode": c.qdm_mode if c.bias_correction else "",
+            "qdm_trailing_years": float(c.qdm_trailing_years) if c.bias_correction else 0.0,
+            "remap_method": c.remap_method,
+            **self._weights_id,
         }
 
     # ------------------------------------------------------------------ close
@@ -558,6 +617,28 @@ class Plugin:
     def _check_open(self) -> None:
         if self._closed:
             raise InputError("this precipdiff plugin was closed (precipdiff_finalize called)")
+
+
+def _file_digest(path: str) -> str:
+    """``sha256:<hex>`` of a file's contents."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+@contextlib.contextmanager
+def _noting(note: str) -> Iterator[None]:
+    """Append ``note`` to the message of any exception raised inside (same object, same type)."""
+    try:
+        yield
+    except Exception as exc:
+        first = str(exc.args[0]) if exc.args else type(exc).__name__
+        exc.args = (f"{first}; {note}", *exc.args[1:])
+        raise
 
 
 def _resolve(pending: Future[np.ndarray] | np.ndarray) -> np.ndarray:

@@ -14,7 +14,12 @@ A restart file holds everything that makes a restarted run continue bit for bit:
 
 * the running state of online bias correction (:class:`precipdiff.qdm.OnlineQDM`:
   the trailing projection quantiles and the sample buffer of the current group),
-  in the netCDF group ``bias_state``.
+  in the netCDF group ``bias_state``;
+* the ESM grid's coordinates (``lat``, ``lon``) and the identity of the run (global
+  attributes ``id_*``: bundle, seed, members, window, sampler steps, mass
+  conservation, returned field, reference time, calendar, bias correction,
+  remapping): a restart is refused, naming the difference, unless all of them match.
+  A grid of the same shape with other coordinates (flipped or shifted) is refused.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ import numpy as np
 
 from precipdiff.errors import InputError
 
-RESTART_FORMAT = "precipdiff-restart-1"
+#: Format 2 added the grid coordinates and the full identity; format-1 files cannot be
+#: checked against this run and are refused.
+RESTART_FORMAT = "precipdiff-restart-2"
 
 
 @dataclass
@@ -58,6 +65,8 @@ class RestartState:
         All members (mm/day) of ``pending_window``.
     bias_state : Mapping[str, numpy.ndarray]
         Running bias-correction state (may be empty).
+    lat, lon : numpy.ndarray
+        The ESM grid's coordinates (degrees).
     """
 
     sums: Mapping[str, np.ndarray]
@@ -70,6 +79,8 @@ class RestartState:
     pending_window: int
     pending: np.ndarray | None
     bias_state: Mapping[str, np.ndarray] = field(default_factory=dict)
+    lat: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    lon: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 def write_restart_file(path: str | Path, state: RestartState, identity: Mapping[str, Any]) -> None:
@@ -95,7 +106,7 @@ def write_restart_file(path: str | Path, state: RestartState, identity: Mapping[
 
     nc4 = import_netcdf4()
     names = list(state.sums)
-    shape = next(iter(state.sums.values())).shape if names else (0, 0)
+    shape = (state.lat.size, state.lon.size)
     try:
         with atomic_path(path) as tmp, nc4.Dataset(tmp, "w", format="NETCDF4") as ds:
             ds.Conventions = "CF-1.8"
@@ -110,6 +121,13 @@ def write_restart_file(path: str | Path, state: RestartState, identity: Mapping[
             ds.pending_window = np.int64(state.pending_window)
             ds.createDimension("lat", shape[0])
             ds.createDimension("lon", shape[1])
+            for axis, values, units in (
+                ("lat", state.lat, "degrees_north"),
+                ("lon", state.lon, "degrees_east"),
+            ):
+                coord = ds.createVariable(axis, "f8", (axis,))
+                coord.units = units
+                coord[:] = values
             for name in names:
                 var = ds.createVariable(f"sum_{name}", "f8", ("lat", "lon"))
                 var.sample_count = np.int64(state.counts[name])
@@ -140,7 +158,7 @@ def write_restart_file(path: str | Path, state: RestartState, identity: Mapping[
 
 
 def read_restart_file(
-    path: str | Path, identity: Mapping[str, Any], model_shape: tuple[int, int]
+    path: str | Path, identity: Mapping[str, Any], lat: np.ndarray, lon: np.ndarray
 ) -> RestartState:
     """Read a restart file and check it belongs to this configuration.
 
@@ -150,8 +168,8 @@ def read_restart_file(
         Restart file.
     identity : Mapping[str, Any]
         Settings that must match the ones stored.
-    model_shape : tuple of int
-        ``(nlat, nlon)`` of the ESM grid.
+    lat, lon : numpy.ndarray
+        The ESM grid's coordinates; the stored ones must be equal (to 1e-9 degrees).
 
     Returns
     -------
@@ -161,7 +179,8 @@ def read_restart_file(
     Raises
     ------
     InputError
-        Missing or unreadable file, wrong format, or mismatched settings.
+        Missing or unreadable file, wrong format, another grid (even of the same
+        shape), or mismatched settings.
     """
     from precipdiff.io import import_netcdf4
 
@@ -176,11 +195,19 @@ def read_restart_file(
     with ds:
         ds.set_auto_mask(False)
         attrs = {k: ds.getncattr(k) for k in ds.ncattrs()}
+        if attrs.get("restart_format") == "precipdiff-restart-1":
+            raise InputError(
+                f"restart file {str(p)!r} has the older format precipdiff-restart-1, which "
+                "lacks the grid coordinates and settings needed to check that it belongs to "
+                "this run; restart from a file written by this version (or start the run "
+                "from its initial state)"
+            )
         if attrs.get("restart_format") != RESTART_FORMAT:
             raise InputError(
                 f"restart file {str(p)!r} is not a precipdiff restart (restart_format = "
                 f"{attrs.get('restart_format')!r}, expected {RESTART_FORMAT!r})"
             )
+        _check_grid(p, ds, lat, lon)
         for key, want in identity.items():
             have = attrs.get(f"id_{key}")
             if isinstance(have, np.generic):
@@ -203,10 +230,10 @@ def read_restart_file(
             if var is None:
                 raise InputError(f"restart file {str(p)!r} has no accumulator for field {name!r}")
             arr = np.asarray(var[:], dtype=np.float64)
-            if arr.shape != model_shape:
+            if arr.shape != (lat.size, lon.size):
                 raise InputError(
                     f"restart file {str(p)!r}: accumulator {name!r} has shape {arr.shape}, the "
-                    f"ESM grid is {model_shape}"
+                    f"ESM grid is {(lat.size, lon.size)}"
                 )
             sums[name] = arr
             counts[name] = int(var.getncattr("sample_count"))
@@ -230,4 +257,27 @@ def read_restart_file(
             pending_window=int(attrs["pending_window"]),
             pending=opt("pending"),
             bias_state=bias,
+            lat=np.asarray(lat, dtype=np.float64),
+            lon=np.asarray(lon, dtype=np.float64),
         )
+
+
+def _check_grid(path: Path, ds: Any, lat: np.ndarray, lon: np.ndarray) -> None:
+    """Refuse a restart written on another ESM grid, naming the first difference."""
+    for axis, want in (("lat", np.asarray(lat, np.float64)), ("lon", np.asarray(lon, np.float64))):
+        var = ds.variables.get(axis)
+        have = None if var is None else np.asarray(var[:], dtype=np.float64)
+        if have is None or have.shape != want.shape:
+            n = "none" if have is None else str(have.size)
+            raise InputError(
+                f"restart file {str(path)!r} was written on another ESM grid: {n} {axis} "
+                f"values there, {want.size} here"
+            )
+        diff = np.flatnonzero(~np.isclose(have, want, rtol=0.0, atol=1e-9))
+        if diff.size:
+            i = int(diff[0])
+            raise InputError(
+                f"restart file {str(path)!r} was written on another ESM grid of the same "
+                f"shape: {axis}[{i}] is {have[i]:g} there and {want[i]:g} here "
+                f"({diff.size} of {want.size} {axis} values differ; flipped or shifted grid?)"
+            )

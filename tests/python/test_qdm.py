@@ -261,3 +261,93 @@ def test_only_groups_with_data_are_stored(series, tmp_path) -> None:
     back = QDMTables.load(tmp_path / "t.safetensors")
     np.testing.assert_array_equal(back.variables["pr"].ref_q, tables.variables["pr"].ref_q)
     assert np.isnan(back.variables["pr"].ref_q[5]).all()
+
+
+def test_ranks_equal_xsdba_rank_with_ties() -> None:
+    """projection='self' ranks exactly as xsdba.utils.rank(pct=True), tied zeros included."""
+    xr = pytest.importorskip("xarray")
+    xsdba = pytest.importorskip("xsdba")
+    from precipdiff.offline.qdm_fit import _ranks_pct
+
+    rng = np.random.default_rng(7)
+    x = rng.gamma(0.5, 2.0, size=(40, 3))
+    x[rng.random((40, 3)) < 0.4] = 0.0  # tied zeros (dry days) at the bottom
+    x[:3, 2] = x[:, 2].max()  # ties at the top too
+    x[5, 1] = np.nan
+    rnk = xsdba.utils.rank(xr.DataArray(x, dims=("time", "c")), dim="time", pct=True)
+    theirs = rnk.transpose("time", "c").values
+    np.testing.assert_allclose(_ranks_pct(x), theirs, rtol=0, atol=1e-12)
+
+
+def test_self_projection_with_tied_zeros_agrees_with_xsdba(series) -> None:
+    th, tf, ref, hist, fut = series
+    rng = np.random.default_rng(8)
+    fut0 = np.where(rng.random(fut.shape) < 0.3, 0.0, fut)  # exact zeros, no trace
+    cfg = QDMConfig(n_quantiles=20, group="none", kinds={"ta": "additive"})
+    tables = fit_qdm({"ta": ref}, {"ta": hist}, th, th, cfg)
+    ours = apply_qdm(tables, "ta", fut0, tf)
+    theirs = _xsdba_adjust(ref, hist, fut0, th, tf, "+", 20)
+    np.testing.assert_allclose(ours, theirs, rtol=2e-6, atol=1e-6)
+
+
+def test_all_nan_fit_is_refused_by_name() -> None:
+    t = _days("2000-01-01", "2001-12-31")
+    ok = np.random.default_rng(1).normal(280.0, 2.0, size=(t.size, NY, NX))
+    for ref, hist, which in (
+        (np.full_like(ok, np.nan), ok, "reference"),
+        (ok, np.full_like(ok, np.nan), "ESM historical"),
+    ):
+        with pytest.raises(InputError, match=rf"{which} series of 'ta' has no finite value"):
+            fit_qdm({"ta": ref}, {"ta": hist}, t, t, QDMConfig(n_quantiles=5))
+
+
+def test_calendar_of_application_must_match_the_fit() -> None:
+    t_esm = cftime.num2date(np.arange(720), "days since 1990-01-01", calendar="360_day")
+    t_greg = _days("2050-01-01", "2051-12-31")
+    rng = np.random.default_rng(4)
+    ref = rng.normal(280.0, 3.0, size=(720, NY, NX))
+    hist = ref - 2.0
+    tables = fit_qdm({"ta": ref}, {"ta": hist}, t_esm, t_esm, QDMConfig(n_quantiles=10))
+    with pytest.raises(
+        InputError, match=r"fitted on an ESM in the '360_day' calendar.*'proleptic_gregorian'"
+    ):
+        apply_qdm(tables, "ta", rng.normal(280.0, 3.0, size=(t_greg.size, NY, NX)), t_greg)
+    with pytest.raises(ConfigError, match=r"'360_day' calendar.*'noleap'"):
+        OnlineQDM(tables, calendar="noleap")
+    OnlineQDM(tables, calendar="360_day")  # the fit's calendar is accepted
+    # Gregorian, standard and proleptic_gregorian agree on every date after 1582.
+    t_std = cftime.num2date(np.arange(730), "days since 1990-01-01", calendar="standard")
+    greg = fit_qdm(
+        {"ta": ref[:720]}, {"ta": hist[:720]}, t_std[:720], t_std[:720], QDMConfig(n_quantiles=10)
+    )
+    apply_qdm(greg, "ta", ref[:720], t_greg[:720])
+
+
+def test_negative_values_of_multiplicative_variables_are_refused_with_a_trace() -> None:
+    t = _days("1981-01-01", "1990-12-31")
+    rng = np.random.default_rng(5)
+    ref = rng.gamma(0.7, 4.0, size=(t.size, NY, NX))
+    hist = rng.gamma(0.7, 3.0, size=(t.size, NY, NX))
+    cfg = QDMConfig(n_quantiles=20, trace={"pr": 0.1})
+    tables = fit_qdm({"pr": ref}, {"pr": hist}, t, t, cfg)
+    bad = hist.copy()
+    bad[10, 0, 0] = -2.0
+    with pytest.raises(InputError, match=r"'pr' has 1 negative value.*min -2"):
+        apply_qdm(tables, "pr", bad, t)
+    with pytest.raises(InputError, match=r"'pr' has 1 negative value"):
+        fit_qdm({"pr": ref}, {"pr": bad}, t, t, cfg)
+    online = OnlineQDM(tables, calendar="proleptic_gregorian")
+    with pytest.raises(InputError, match=r"'pr' has 1 negative value"):
+        online.apply({"pr": bad[10]}, t[10])
+
+
+def test_self_projection_needs_a_distribution() -> None:
+    """A series too short to have a distribution is not corrected as if at the median."""
+    t = _days("1981-01-01", "1990-12-31")
+    rng = np.random.default_rng(6)
+    ref = rng.normal(280.0, 3.0, size=(t.size, NY, NX))
+    tables = fit_qdm({"ta": ref}, {"ta": ref - 1.0}, t, t, QDMConfig(n_quantiles=20, group="none"))
+    with pytest.raises(InputError, match=r"projection='self'.*1 value.*min_samples = 10.*'static'"):
+        apply_qdm(tables, "ta", ref[:1], t[:1])
+    out = apply_qdm(tables, "ta", ref[:1], t[:1], projection="static")
+    assert out.shape == (1, NY, NX)

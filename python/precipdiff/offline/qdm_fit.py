@@ -19,6 +19,8 @@ from precipdiff.qdm.tables import (
     QDMConfig,
     QDMTables,
     VariableTable,
+    check_calendar,
+    check_not_negative,
     group_index,
     group_label,
     interp_nodes,
@@ -163,16 +165,17 @@ def fit_qdm(
                 f"by more than a factor 10 -- likely a unit mismatch (convert the ESM field to "
                 f"{want} first)"
             )
+        for label, a in (("reference", r), ("ESM historical", h)):
+            if not np.isfinite(a).any():
+                raise InputError(
+                    f"{label} series of {name!r} has no finite value (all NaN): nothing to fit"
+                )
         kind = cfg.kind_of(name)
         trace = float(cfg.trace.get(name, 0.0))
         if kind == "multiplicative":
             for label, a in (("reference", r), ("ESM historical", h)):
-                if trace == 0 and np.nanmin(a) < 0:
-                    raise InputError(
-                        f"{label} series of {name!r} has negative values (min {np.nanmin(a):.3g}) "
-                        "but is corrected multiplicatively: set a trace threshold for it "
-                        "(values below become dry) or use the additive kind"
-                    )
+                # Negative values would be jittered into (0, trace) silently.
+                check_not_negative(name, f"{label} series of", a)
             r = _jitter(r, trace, rng)
             h = _jitter(h, trace, rng)
         ref_q = np.full((cfg.n_groups, nodes.size, *r.shape[1:]), np.nan)
@@ -213,16 +216,23 @@ def _date_str(tf: TimeFields, i: int) -> str:
 
 
 def _ranks_pct(x: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Empirical non-exceedance probability per column, ``(rank - 1) / (n - 1)``.
+    """Empirical non-exceedance probability per column, exactly xsdba's ``rank(pct=True)``.
 
-    Ties get their average rank; NaN stays NaN. This is xsdba's ``rank(pct=True)``.
+    Average ranks of ties divided by the count (xarray's percentage rank ``p``), then
+    rescaled to span ``[0, max p]``: ``tau = max(p) * (p - min(p)) / (max(p) - min(p))``.
+    Without ties this is ``(rank - 1) / (n - 1)``; tied values at the bottom (e.g. exact
+    zeros) all get 0. A column whose values are all equal gets 0.5 (xsdba: NaN).
+    NaN stays NaN.
     """
     from scipy.stats import rankdata
 
     r = rankdata(x, axis=0, method="average", nan_policy="omit")
     n = np.sum(np.isfinite(x), axis=0, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
-        tau = np.where(n > 1, (r - 1.0) / (n - 1.0), 0.5)
+        p = np.where(np.isfinite(x), r / n, np.nan)
+        lo = np.nanmin(np.where(np.isfinite(p), p, np.inf), axis=0, keepdims=True)
+        hi = np.nanmax(np.where(np.isfinite(p), p, -np.inf), axis=0, keepdims=True)
+        tau = np.where(hi > lo, hi * (p - lo) / (hi - lo), 0.5)
     return np.where(np.isfinite(x), tau, np.nan)
 
 
@@ -276,11 +286,10 @@ def apply_qdm(
     tf = time_fields(times, calendar)
     if tf.month.size != a.shape[0]:
         raise InputError(f"{name!r} has {a.shape[0]} time steps but {tf.month.size} times")
-    if t.kind == "multiplicative" and t.trace == 0 and np.nanmin(a) < 0:
-        raise InputError(
-            f"{name!r} has negative values (min {np.nanmin(a):.3g}) but its QDM tables are "
-            "multiplicative without a trace threshold"
-        )
+    check_calendar(tables, tf.calendar)
+    if t.kind == "multiplicative":
+        # Negative values would be zeroed (trace) or flip the factor's sign: refuse them.
+        check_not_negative(name, "ESM series", a)
     rng = np.random.default_rng(cfg.seed + 1)
     if t.kind == "multiplicative":
         a = _jitter(a, t.trace, rng)
@@ -300,6 +309,17 @@ def apply_qdm(
             )
         xs = flat[sel]
         if projection == "self":
+            n_valid = np.sum(np.isfinite(xs), axis=0)
+            short = (n_valid > 0) & (n_valid < cfg.min_samples)
+            if short.any():
+                j = int(np.flatnonzero(short)[0])
+                raise InputError(
+                    f"{name!r}, {group_label(cfg, int(g))}: projection='self' ranks each value "
+                    f"in its own series, but cell (lat {j // nx}, lon {j % nx}) has "
+                    f"{int(n_valid[j])} value(s) (fewer than min_samples = {cfg.min_samples}): "
+                    "too short for a distribution; correct a longer period or use "
+                    "projection='static' (quantile mapping against the historical CDF)"
+                )
             tau = _ranks_pct(xs)
         else:
             tau = tau_from_quantiles(xs, t.hist_q[g].reshape(nodes.size, -1), nodes)

@@ -13,7 +13,14 @@ from numpy.typing import ArrayLike, NDArray
 
 from precipdiff.calendars import time_fields
 from precipdiff.errors import ConfigError, InputError
-from precipdiff.qdm.tables import QDMTables, group_index, interp_nodes, tau_from_quantiles
+from precipdiff.qdm.tables import (
+    QDMTables,
+    check_calendar,
+    check_not_negative,
+    group_index,
+    interp_nodes,
+    tau_from_quantiles,
+)
 
 __all__ = ["OnlineQDM"]
 
@@ -64,6 +71,8 @@ class OnlineQDM:
             raise ConfigError(f"online QDM trailing_years must be > 0, got {trailing_years}")
         if not samples_per_day > 0:
             raise ConfigError(f"online QDM samples_per_day must be > 0, got {samples_per_day}")
+        if calendar is not None:
+            check_calendar(tables, calendar, ConfigError)
         self.tables = tables
         self.mode = mode
         self.trailing_years = float(trailing_years)
@@ -136,6 +145,8 @@ class OnlineQDM:
                     f"QDM input {name!r} has {int((~np.isfinite(a)).sum())} non-finite values"
                 )
             t = self.tables.variables[name]
+            if t.kind == "multiplicative":
+                check_not_negative(name, "QDM input", a)
             x = a.reshape(1, -1).astype(np.float64)
             fg = self._factors[name][g]
             xp = self.proj_q[name][g] if self.mode == "trailing" else self._hist_q[name][g]

@@ -18,7 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from precipdiff.calendars import TimeFields
-from precipdiff.errors import BundleError, ConfigError
+from precipdiff.errors import BundleError, ConfigError, InputError
 
 __all__ = [
     "FORMAT",
@@ -28,6 +28,8 @@ __all__ = [
     "QDMConfig",
     "QDMTables",
     "VariableTable",
+    "check_calendar",
+    "check_not_negative",
     "default_kind",
     "group_index",
     "group_label",
@@ -458,6 +460,72 @@ class QDMTables:
             )
         manifest.bias_correction = self.to_manifest(bundle_dir)
         write_manifest(bundle_dir, manifest)
+
+
+def _calendar_family(calendar: str) -> str:
+    """Calendars that agree on every date after 1582 (standard = proleptic Gregorian then)."""
+    from precipdiff.calendars import normalise_calendar
+
+    c = normalise_calendar(calendar)
+    return "standard" if c in ("standard", "proleptic_gregorian") else c
+
+
+def check_calendar(tables: QDMTables, calendar: str, error: type[Exception] = InputError) -> None:
+    """Refuse to apply tables fitted on an ESM in another calendar.
+
+    The tables hold the ESM-historical distribution of one model; a series in
+    another calendar comes from another model (or was decoded wrongly), so its
+    season groups and its bias are not those the tables describe.
+
+    Parameters
+    ----------
+    tables
+        Fitted tables (``provenance["hist_calendar"]`` is the ESM's calendar; tables
+        without it are not checked).
+    calendar
+        Calendar of the series to correct.
+    error
+        Exception class raised (``ConfigError`` for a namelist setting).
+
+    Raises
+    ------
+    Exception
+        ``error`` naming both calendars.
+    """
+    fitted = tables.provenance.get("hist_calendar")
+    if not fitted or _calendar_family(str(fitted)) == _calendar_family(calendar):
+        return
+    raise error(
+        f"the QDM tables were fitted on an ESM in the {str(fitted)!r} calendar but are "
+        f"applied to a series in the {calendar!r} calendar; fit tables on this ESM's "
+        "historical run (same model, same calendar)"
+    )
+
+
+def check_not_negative(name: str, label: str, a: NDArray[np.floating]) -> None:
+    """Refuse negative values of a multiplicative variable (they would be zeroed silently).
+
+    Parameters
+    ----------
+    name
+        Variable name.
+    label
+        What the series is (for the message).
+    a
+        The values (NaN ignored).
+
+    Raises
+    ------
+    InputError
+        Naming the count and the minimum.
+    """
+    neg = np.asarray(a) < 0
+    if neg.any():
+        raise InputError(
+            f"{label} {name!r} has {int(neg.sum())} negative value(s) (min "
+            f"{float(np.nanmin(a)):.3g}) but is corrected multiplicatively: clip them "
+            "(np.maximum(x, 0)) if they are numerical noise, or use the additive kind"
+        )
 
 
 def group_label(cfg: QDMConfig, g: int) -> str:

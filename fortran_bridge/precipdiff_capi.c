@@ -16,6 +16,7 @@
 
 #include <fenv.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,7 +37,11 @@
  * not see each other's messages. */
 static _Thread_local char g_err[PD_ERRBUF];
 static char g_init_err[PD_ERRBUF]; /* why start-up failed (sticky) */
-static int g_state = 0;            /* 0 not tried, 1 ready, -1 failed */
+/* 0 not tried, 1 ready, -1 failed. Read without the lock on every call (the fast
+ * path), so it is atomic: the acquire load pairs with the release store made under
+ * the lock once start-up is complete, and a thread that sees 1 also sees everything
+ * start-up wrote. */
+static _Atomic int g_state = 0;
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static int set_error(int status, const char *fmt, ...) {
@@ -95,9 +100,9 @@ static int start_python(void) {
 static int ensure_ready(void) {
   int status = PD_OK;
   fenv_t env;
-  if (g_state == 1) return PD_OK;
+  if (atomic_load_explicit(&g_state, memory_order_acquire) == 1) return PD_OK;
   pthread_mutex_lock(&g_lock);
-  if (g_state == 0) {
+  if (atomic_load_explicit(&g_state, memory_order_relaxed) == 0) {
     feholdexcept(&env);
     status = start_python();
     if (status == PD_OK) {
@@ -129,13 +134,13 @@ static int ensure_ready(void) {
     }
     fesetenv(&env);
     if (status == PD_OK) {
-      g_state = 1;
+      atomic_store_explicit(&g_state, 1, memory_order_release);
     } else {
-      g_state = -1;
+      atomic_store_explicit(&g_state, -1, memory_order_release);
       memcpy(g_init_err, g_err, sizeof g_err);
     }
   }
-  if (g_state == -1) {
+  if (atomic_load_explicit(&g_state, memory_order_relaxed) == -1) {
     memcpy(g_err, g_init_err, sizeof g_err);
     status = PD_ERR_PYTHON_INIT;
   }
@@ -303,6 +308,7 @@ int pd_plugin_destroy(int handle) {
 int pd_plugin_count(int *count) {
   if (count == NULL) return set_error(PD_ERR_INVALID_ARGUMENT, "pd_plugin_count: count is NULL");
   *count = 0;
-  if (g_state != 1) return PD_OK; /* no interpreter, no plugins */
+  if (atomic_load_explicit(&g_state, memory_order_acquire) != 1)
+    return PD_OK; /* no interpreter, no plugins */
   PD_CALL("pd_plugin_count", pdpy_count(count));
 }

@@ -12,8 +12,12 @@
  * nothing is ever transposed or copied on the way in; 3-D fields are
  * a(nlon, nlat, nlev) == C-order [nlev][nlat][nlon].
  *
- * Thread safety: calls are serialised by the Python GIL; the GIL is released
- * between calls. Floating-point traps of the host are masked while Python runs
+ * Thread safety: any thread may call any function. Calls on one handle are
+ * serialised by a lock per handle (a call from a second thread waits until the
+ * first returns), so e.g. OpenMP threads may share an instance; calls on
+ * different handles run concurrently wherever Python releases the GIL (numpy,
+ * torch), and the GIL is released between calls. Error messages are per thread.
+ * Floating-point traps of the host are masked while Python runs
  * and the host's floating-point environment is restored afterwards.
  * Nothing in the library ever terminates the process.
  */

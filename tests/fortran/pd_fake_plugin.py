@@ -115,3 +115,33 @@ class ExitingPlugin(FakePlugin):
     def step(self, model_time_s: float, dt_s: float) -> bool:
         raise SystemExit(3)
 
+
+class SlowPlugin(FakePlugin):
+    """Sleeps inside set_field and step (the GIL is released) and detects overlap.
+
+    Two threads calling one handle at once must be serialised by the bridge; if a
+    second call ever enters while another is inside, the call raises.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._inside = 0
+
+    def _enter(self) -> None:
+        import time
+
+        self._inside += 1
+        try:
+            if self._inside > 1:
+                raise RuntimeError("two calls inside one plugin at once (handle not serialised)")
+            time.sleep(0.002)
+        finally:
+            self._inside -= 1
+
+    def set_field(self, name, values, pressure=None) -> None:
+        self._enter()
+        super().set_field(name, values, pressure)
+
+    def step(self, model_time_s: float, dt_s: float) -> bool:
+        self._enter()
+        return super().step(model_time_s, dt_s)

@@ -3,7 +3,7 @@
  *
  * Responsibilities of this layer (and nothing else):
  *   - start the embedded interpreter from C with PyConfig, pointing at the
- *     configured Python ($PRECIPDIFF_PYTHON or the compile-time default), so
+ *     Python found by pd_python_search.c ($PRECIPDIFF_PYTHON, build tree, prefix, PATH), so
  *     it works in a clean environment and under mpirun; then release the GIL;
  *   - refuse to treat cffi's "init failed, return 0" as success: the Python
  *     side must answer pdpy_ready() with the ready magic first;
@@ -25,6 +25,7 @@
 
 #include "precipdiff.h"
 #include "pd_embed_api.h"
+#include "pd_python_search.h"
 
 #ifndef PRECIPDIFF_DEFAULT_PYTHON
 #error "PRECIPDIFF_DEFAULT_PYTHON must be defined at compile time (CMake does)"
@@ -52,14 +53,21 @@ static int set_error(int status, const char *fmt, ...) {
   return status;
 }
 
+/* Which Python to start: the search rule lives in pd_python_search.c. Computed once;
+ * NULL when nothing qualifies (g_python_tried then says what was tried). */
+static char g_python[4096], g_python_source[256], g_python_tried[PD_ERRBUF];
+static pthread_once_t g_python_once = PTHREAD_ONCE_INIT;
+static int g_python_found = 0;
+static void find_python_once(void) {
+  g_python_found = pd_find_python(g_python, sizeof g_python, g_python_source,
+                                  sizeof g_python_source, g_python_tried,
+                                  sizeof g_python_tried) == 0;
+}
+
 static const char *python_executable(const char **source) {
-  const char *env = getenv("PRECIPDIFF_PYTHON");
-  if (env != NULL && env[0] != '\0') {
-    if (source) *source = "environment variable PRECIPDIFF_PYTHON";
-    return env;
-  }
-  if (source) *source = "compile-time default (-DPRECIPDIFF_PYTHON)";
-  return PRECIPDIFF_DEFAULT_PYTHON;
+  pthread_once(&g_python_once, find_python_once);
+  if (source) *source = g_python_found ? g_python_source : "search";
+  return g_python_found ? g_python : NULL;
 }
 
 /* Start the interpreter (once). Must run with FP traps masked. */
@@ -70,6 +78,13 @@ static int start_python(void) {
   PyConfig config;
 
   if (Py_IsInitialized()) return PD_OK; /* host already runs Python: use it */
+  if (exe == NULL) {
+    return set_error(PD_ERR_PYTHON_INIT,
+                     "no Python environment with precipdiff found for libprecipdiff; tried: "
+                     "%s. Set PRECIPDIFF_PYTHON to the python of the environment where "
+                     "precipdiff is installed (docs/build.md)",
+                     g_python_tried);
+  }
   if (access(exe, X_OK) != 0) {
     return set_error(PD_ERR_PYTHON_INIT,
                      "Python executable '%s' (from the %s) does not exist or is not "
@@ -201,8 +216,14 @@ int pd_last_error(char *buf, int buflen, int *len) {
 
 int pd_python_executable(char *buf, int buflen) {
   const char *exe = python_executable(NULL);
-  size_t n = strlen(exe);
+  size_t n;
   if (buf == NULL || buflen < 1) return PD_ERR_INVALID_ARGUMENT;
+  if (exe == NULL) {
+    buf[0] = '\0';
+    return set_error(PD_ERR_PYTHON_INIT,
+                     "no Python environment with precipdiff found; tried: %s", g_python_tried);
+  }
+  n = strlen(exe);
   if (n > (size_t)(buflen - 1))
     return set_error(PD_ERR_INVALID_ARGUMENT,
                      "pd_python_executable: buffer of %d bytes too small for %zu",

@@ -66,7 +66,10 @@ int pd_ready(void);
 int pd_last_error(char *buf, int buflen, int *len);
 
 /* Which Python executable the interpreter is (or would be) started from:
- * $PRECIPDIFF_PYTHON if set, otherwise the compile-time default. */
+ * $PRECIPDIFF_PYTHON if set; in the build tree the configured Python; else
+ * <prefix>/bin/python3.Y, then the first python on $PATH whose environment holds
+ * precipdiff (docs/build.md). PD_ERR_PYTHON_INIT (with what was tried in
+ * pd_last_error) when none qualifies. */
 int pd_python_executable(char *buf, int buflen);
 
 /* Create a plugin instance from a namelist file (&precipdiff_nml) on the ESM

@@ -58,6 +58,20 @@ def test_store_holds_daily_fields_as_the_reader_gives_them(
         np.testing.assert_array_equal(
             store.read_fine_window(3, slice(4, 20), slice(8, 24)), pr[3, 4:20, 8:24]
         )
+        # The direct chunk-file reads (local stores) equal zarr's own reads.
+        via_zarr = TrainingStore(store.path)
+        via_zarr._chunks = dict.fromkeys(["pr", "pr_coarse", *PREDICTORS])
+        days = np.array([4, 0, 4, 7])
+        np.testing.assert_array_equal(via_zarr.read_fine(days), store.read_fine(days))
+        np.testing.assert_array_equal(via_zarr.read_coarse(days), store.read_coarse(days))
+        np.testing.assert_array_equal(
+            via_zarr.read_fine_window(5, slice(8, 24), slice(40, 64)),
+            store.read_fine_window(5, slice(8, 24), slice(40, 64)),
+        )
+        for n in PREDICTORS:
+            np.testing.assert_array_equal(
+                via_zarr.read_predictors(days, [n])[n], store.read_predictors(days, [n])[n]
+            )
     finally:
         ds.close()
 

@@ -393,8 +393,7 @@ class TrainingStore:
         self.min_valid_fraction = float(meta["min_valid_fraction"])
         self.moment_variables: list[str] = list(root["moments"].attrs["moment_variables"])
         self._arrays: dict[str, Any] = {}
-        self._fine_chunks = _LocalChunks.open(self.path / "pr")
-        self._coarse_chunks = _LocalChunks.open(self.path / "pr_coarse")
+        self._chunks: dict[str, _LocalChunks | None] = {}
 
     def _array(self, name: str) -> Any:
         """Return the zarr array ``name``, opened once (opening costs as much as a read)."""
@@ -433,16 +432,28 @@ class TrainingStore:
                 f"{self.predictor_names}"
             )
 
-    @staticmethod
-    def _rows(arr: Any, days: np.ndarray, *window: slice) -> np.ndarray:
-        """``arr[days, *window]`` for arbitrary (unsorted, repeated) day positions."""
+    def _local(self, name: str) -> _LocalChunks | None:
+        """Direct chunk reads of array ``name`` when the store is local (else ``None``)."""
+        if name not in self._chunks:
+            self._chunks[name] = _LocalChunks.open(self.path / name)
+        return self._chunks[name]
+
+    def _rows(
+        self, name: str, days: np.ndarray, rows: slice | None = None, cols: slice | None = None
+    ) -> np.ndarray:
+        """``array[days, rows, cols]`` for arbitrary (unsorted, repeated) day positions."""
         days = np.asarray(days, np.int64)
+        rows, cols = rows or slice(None), cols or slice(None)
+        local = self._local(name)
+        if local is not None and days.size:
+            return np.stack([local.window(int(d), rows, cols) for d in days]).astype(
+                np.float32, copy=False
+            )
+        arr = self._array(name)
         if days.size == 0:
-            shape = arr[(slice(0, 0), *window)].shape
-            return np.zeros(shape, np.float32)
+            return np.zeros(arr[0:0, rows, cols].shape, np.float32)
         uniq, inverse = np.unique(days, return_inverse=True)
-        key = (uniq, *window) if window else (uniq,)
-        data = np.asarray(arr.oindex[key], np.float32)
+        data = np.asarray(arr.oindex[uniq, rows, cols], np.float32)
         return data[inverse]
 
     def read_predictors(self, days: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -461,7 +472,7 @@ class TrainingStore:
             ``{name: (n, nlat, nlon) float32}``.
         """
         self._check_names(names)
-        return {n: self._rows(self._array(n), days) for n in names}
+        return {n: self._rows(n, days) for n in names}
 
     def read_fine(
         self, days: np.ndarray, rows: slice | None = None, cols: slice | None = None
@@ -480,7 +491,7 @@ class TrainingStore:
         numpy.ndarray
             ``(n, h, w)`` float32.
         """
-        return self._rows(self._array("pr"), days, rows or slice(None), cols or slice(None))
+        return self._rows("pr", days, rows, cols)
 
     def read_fine_window(self, day: int, rows: slice, cols: slice) -> np.ndarray:
         """One day's fine-grid window (the loader's per-sample read).
@@ -497,8 +508,9 @@ class TrainingStore:
         numpy.ndarray
             ``(h, w)`` float32.
         """
-        if self._fine_chunks is not None:
-            return self._fine_chunks.window(int(day), rows, cols)
+        local = self._local("pr")
+        if local is not None:
+            return local.window(int(day), rows, cols)
         return np.asarray(self._array("pr")[int(day), rows, cols], np.float32)
 
     def read_coarse_day(self, day: int) -> np.ndarray:
@@ -512,10 +524,11 @@ class TrainingStore:
         Returns
         -------
         numpy.ndarray
-            ``(nlat, nlon)`` float32 (read-only when read from the chunk file).
+            ``(nlat, nlon)`` float32.
         """
-        if self._coarse_chunks is not None:
-            return self._coarse_chunks.window(int(day), slice(None), slice(None))
+        local = self._local("pr_coarse")
+        if local is not None:
+            return local.window(int(day), slice(None), slice(None))
         return np.asarray(self._array("pr_coarse")[int(day)], np.float32)
 
     def read_coarse(self, days: np.ndarray) -> np.ndarray:
@@ -531,7 +544,7 @@ class TrainingStore:
         numpy.ndarray
             ``(n, nlat, nlon)`` float32.
         """
-        return self._rows(self._array("pr_coarse"), days)
+        return self._rows("pr_coarse", days)
 
     # -- statistics -----------------------------------------------------------------
 

@@ -241,6 +241,13 @@ def main() -> int:
     p.add_argument("--predictors", type=int, default=5)
     p.add_argument("--patch", type=int, default=128)
     p.add_argument("--batch", type=int, default=8, help="samples per training step timed here")
+    p.add_argument(
+        "--loader-batch",
+        type=int,
+        default=32,
+        help="samples per batch read by the loader (a GPU process's local batch)",
+    )
+    p.add_argument("--no-steps", action="store_true", help="measure the loader only")
     p.add_argument("--workers", type=int, default=2, help="loader worker processes")
     p.add_argument("--prepare-workers", type=int, default=2)
     p.add_argument("--loader-steps", type=int, default=20)
@@ -291,18 +298,23 @@ def main() -> int:
     # -- loader ---------------------------------------------------------------------
     stage, data = prepare_diffusion(cfg)
     reg, _ = prepare_regression(cfg)
-    b = args.batch
+    lb = args.loader_batch
     loader = {
-        "diffusion_inprocess": time_loader(stage.train_set, b, args.loader_steps, 0),
-        "diffusion_workers": time_loader(stage.train_set, b, args.loader_steps, args.workers),
-        "regression_inprocess": time_loader(reg.train_set, b, args.loader_steps, 0),
-        "regression_workers": time_loader(reg.train_set, b, args.loader_steps, args.workers),
+        "diffusion_inprocess": time_loader(stage.train_set, lb, args.loader_steps, 0),
+        "diffusion_workers": time_loader(stage.train_set, lb, args.loader_steps, args.workers),
+        "regression_inprocess": time_loader(reg.train_set, lb, args.loader_steps, 0),
+        "regression_workers": time_loader(reg.train_set, lb, args.loader_steps, args.workers),
     }
     results["loader_samples_per_s"] = loader
     for k, v in loader.items():
         print(f"loader {k:22s}: {v:8.1f} samples/s", flush=True)
 
+    if args.no_steps:
+        finish(args, out, results)
+        return 0
+
     # -- training steps -------------------------------------------------------------
+    b = args.batch
     assert cfg.diffusion is not None and cfg.regression is not None
     den_stage: DiffusionStage = stage
     batch0 = stage.train_set.seeded_batch(np.arange(b), sample_seeds(0, 0, np.arange(b)))
@@ -350,12 +362,17 @@ def main() -> int:
         f"RATIO regression loader ({w} workers) / regression step: "
         f"{results['ratio_regression']:.1f}"
     )
+    finish(args, out, results)
+    return 0
+
+
+def finish(args: argparse.Namespace, out: Path, results: dict[str, Any]) -> None:
+    """Write the JSON results and remove the synthetic stores (unless --keep)."""
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))
     if not args.keep:
         shutil.rmtree(out, ignore_errors=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -11,9 +11,12 @@ order by the all-reduce).
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import yaml
 from era5_helpers import config, store_experiment
 from safetensors.torch import load_file
 
@@ -88,7 +92,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         name: train(config(_with(raw, tmp / "ddp_stopped", workers=0)), one)
         for name, train in STAGES
     }
-    return {"tmp": tmp, "single": single, "resumed": resumed}
+    return {"tmp": tmp, "raw": raw, "single": single, "resumed": resumed}
 
 
 @pytest.mark.slow
@@ -122,3 +126,20 @@ def test_two_process_checkpoint_resumes_on_one_process(runs: dict[str, Any]) -> 
             torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-5)
         rows = (tmp / "ddp_stopped" / name / "metrics.csv").read_text().splitlines()
         assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(1, STEPS + 1))
+
+
+@pytest.mark.slow
+def test_torchrun_launch_matches_one_process(runs: dict[str, Any]) -> None:
+    """The documented command: torchrun -m precipdiff train ... (2 CPU processes, gloo)."""
+    tmp = runs["tmp"]
+    path = tmp / "torchrun.yaml"
+    path.write_text(yaml.safe_dump(_with(runs["raw"], tmp / "torchrun", workers=1)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "precipdiff", "train", "regression", str(path), "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "regression: finished at step 6" in done.stdout
+    with (tmp / "torchrun" / "regression" / "metrics.csv").open() as fh:
+        losses = [float(r["train_loss"]) for r in csv.DictReader(fh)]
+    np.testing.assert_allclose(losses, runs["single"]["regression"].train_losses, rtol=1e-4)

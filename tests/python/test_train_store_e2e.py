@@ -53,3 +53,28 @@ def test_prepare_train_bundle_from_an_arco_store(
     ev = json.loads((bundle / "evaluation.json").read_text())
     assert np.isfinite(ev["regression"]["regression"]["mae"])
     assert np.isfinite(ev["diffusion_given_truth"]["crps_ensemble"])
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_cuda_bf16_training_from_a_store(tmp_path: Path) -> None:
+    """GPU path: bf16 autocast, pinned batches from loader workers (skips without CUDA)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA is not available")
+    from era5_helpers import config
+
+    from precipdiff.offline.train.ddp import setup
+    from precipdiff.offline.train.diffusion import train_diffusion
+    from precipdiff.offline.train.prepare import run_prepare
+    from precipdiff.offline.train.regression import train_regression
+
+    raw = store_experiment(tmp_path, days=10, steps=8, batch=4, workers=2)
+    raw["device"] = "cuda"
+    cfg = config(raw)
+    assert run_prepare(cfg, progress=False).complete
+    ctx = setup("cuda")
+    for train in (train_regression, train_diffusion):
+        res = train(cfg, ctx)
+        assert res.finished and np.all(np.isfinite(res.train_losses))

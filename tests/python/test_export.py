@@ -1,7 +1,9 @@
 """Export (torch.export + AOTInductor) round trip; compiling takes ~30-90 s on 2 shared cores."""
 
 import json
+import os
 import shutil
+import stat
 
 import numpy as np
 import pytest
@@ -36,8 +38,12 @@ def test_manifest_records_packages(exported):
     path, entries = exported
     m = read_manifest(path)
     assert {e["network"] for e in m.compiled} == {"regression", "denoiser"}
+    umask = os.umask(0)
+    os.umask(umask)
     for e in m.compiled:
         assert (path / e["file"]).is_file() and e["device"] == "cpu"
+        # published with the umask's mode, not tempfile's 0600 (shared bundles on HPC)
+        assert stat.S_IMODE((path / e["file"]).stat().st_mode) == 0o666 & ~umask
         assert len(e["sha256"]) == 64 and e["weights_sha256"] in m.files.values()
     assert [e["file"] for e in entries] == [e["file"] for e in m.compiled]
 

@@ -11,7 +11,8 @@ from precipdiff import __version__
 from precipdiff.errors import ConfigError, InputError
 from precipdiff.grids import LatLonGrid
 from precipdiff.io import import_netcdf4, import_xarray
-from precipdiff.io.writers import Compression, PrecipStreamWriter, atomic_path, write_precip_netcdf
+from precipdiff.io.atomic import atomic_path
+from precipdiff.io.writers import Compression, PrecipStreamWriter, write_precip_netcdf
 
 GRID = LatLonGrid.regular(2.0, lat_min=40, lat_max=46, lon_min=-4, lon_max=4, descending=True)
 

@@ -9,7 +9,6 @@ import copy
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 from precipdiff.diffusion.samplers import SamplerConfig
 from precipdiff.errors import BundleError, ConfigError, PrecipDiffError
 from precipdiff.grids import LatLonGrid
+from precipdiff.io.atomic import atomic_write_text
 from precipdiff.nn.unet import UNetConfig
 from precipdiff.transforms import PrecipTransform
 from precipdiff.variables import VariableSpec, get_variable, normalise_units
@@ -386,17 +386,6 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
         raise BundleError(f"{mpath}: {exc}") from exc
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_manifest(path: str | os.PathLike[str], manifest: Manifest) -> None:
     """Write ``manifest.json`` into an existing bundle directory (atomically).
 
@@ -408,7 +397,7 @@ def write_manifest(path: str | os.PathLike[str], manifest: Manifest) -> None:
         The manifest to write.
     """
     manifest.validate()
-    _atomic_write_text(Path(path) / MANIFEST_NAME, json.dumps(manifest.to_dict(), indent=1) + "\n")
+    atomic_write_text(Path(path) / MANIFEST_NAME, json.dumps(manifest.to_dict(), indent=1) + "\n")
 
 
 def default_sampler() -> SamplerConfig:

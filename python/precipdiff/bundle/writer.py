@@ -34,6 +34,7 @@ from precipdiff.diffusion.edm import EDMPrecond
 from precipdiff.diffusion.samplers import SamplerConfig
 from precipdiff.errors import BundleError
 from precipdiff.grids import LatLonGrid
+from precipdiff.io.atomic import publish_permissions
 from precipdiff.nn.unet import UNet
 from precipdiff.transforms import PrecipTransform
 
@@ -163,10 +164,13 @@ def save_bundle(
         if static_tensors:
             save_file(static_tensors, str(tmp / STATICS_FILE))
             written.append(STATICS_FILE)
+        for name in written:  # safetensors writes 0600 whatever the umask
+            publish_permissions(tmp / name)
         out = copy.deepcopy(manifest)
         out.files = {name: sha256_file(tmp / name) for name in written}
         out.compiled = []
         write_manifest(tmp, out)
+        publish_permissions(tmp, directory=True)  # mkdtemp made it 0700
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from precipdiff.errors import GridError
 from precipdiff.grids import LatLonGrid, Regridder
 from precipdiff.io import import_netcdf4
-from precipdiff.io.writers import atomic_path
+from precipdiff.io.atomic import atomic_path
 
 __all__ = ["read_scrip_weights", "write_scrip_weights"]
 

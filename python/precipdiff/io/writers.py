@@ -7,7 +7,7 @@ import datetime as _dt
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -17,38 +17,9 @@ import numpy.typing as npt
 
 from precipdiff.errors import ConfigError, InputError
 from precipdiff.grids import LatLonGrid
+from precipdiff.io.atomic import atomic_path, publish_permissions
 
-__all__ = ["Compression", "PrecipStreamWriter", "atomic_path", "write_precip_netcdf"]
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
-
-    On an exception the temporary file is removed and ``path`` is left untouched,
-    so a reader never sees a half-written file.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        Final destination.
-
-    Yields
-    ------
-    pathlib.Path
-        Temporary file in the same directory (same filesystem, so the rename is atomic).
-    """
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+__all__ = ["Compression", "PrecipStreamWriter", "write_precip_netcdf"]
 
 
 # ---------------------------------------------------------------------------
@@ -500,6 +471,7 @@ class PrecipStreamWriter:
             raise InputError(f"stream writer for {self.path} is already closed")
         try:
             self._ds.close()
+            publish_permissions(self._tmp)
             os.replace(self._tmp, self.path)
         except BaseException:
             self._discard()

@@ -25,6 +25,7 @@ from precipdiff.bundle import COMPILED_DIR, load_bundle, read_manifest, sha256_f
 from precipdiff.bundle.compiled import WEIGHT_FILES, network_inputs
 from precipdiff.device import resolve_device
 from precipdiff.errors import BundleError
+from precipdiff.io.atomic import publish_permissions
 
 
 class _DenoiserExport(nn.Module):
@@ -83,6 +84,7 @@ def export_bundle(
         os.close(fd)
         try:
             torch._inductor.aoti_compile_and_package(program, package_path=tmp)
+            publish_permissions(tmp)  # mkstemp made it 0600
             os.replace(tmp, out_dir / name)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

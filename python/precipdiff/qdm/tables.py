@@ -302,6 +302,8 @@ class QDMTables:
         """
         from safetensors.numpy import save_file
 
+        from precipdiff.io.atomic import publish_permissions
+
         # Only season groups with data are stored (e.g. 3 of 12 months for DJF data).
         stored = self.stored_groups()
         arrays: dict[str, NDArray[np.float32]] = {}
@@ -311,6 +313,7 @@ class QDMTables:
         meta = self._meta()
         meta["stored_groups"] = [int(g) for g in stored]
         save_file(arrays, str(path), metadata={"precipdiff": json.dumps(meta)})
+        publish_permissions(path)  # safetensors writes 0600 whatever the umask
         return meta
 
     def stored_groups(self) -> list[int]:

@@ -102,7 +102,7 @@ def write_restart_file(path: str | Path, state: RestartState, identity: Mapping[
         When the file cannot be written.
     """
     from precipdiff.io import import_netcdf4
-    from precipdiff.io.writers import atomic_path
+    from precipdiff.io.atomic import atomic_path
 
     nc4 = import_netcdf4()
     names = list(state.sums)

@@ -104,7 +104,7 @@ def _apply(args: argparse.Namespace) -> int:
     from precipdiff.bundle import read_manifest
     from precipdiff.grids import LatLonGrid
     from precipdiff.io import import_netcdf4, import_xarray
-    from precipdiff.io.writers import atomic_path
+    from precipdiff.io.atomic import atomic_path
     from precipdiff.offline.qdm_fit import apply_qdm
     from precipdiff.qdm import QDMTables
 

@@ -32,6 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from precipdiff.io.atomic import publish_permissions
 from precipdiff.offline.train.config import LoopConfig, OptimConfig
 from precipdiff.offline.train.ddp import DistContext, all_reduce_mean, all_reduce_sum
 from precipdiff.offline.train.loader import BatchSource, BatchStream, StepPlan, sample_seeds
@@ -232,6 +233,8 @@ def save_checkpoint(
     tensors, meta = _optimizer_to_safetensors(opt)
     save_file(tensors, tmp / "optimizer.safetensors")
     (tmp / "state.json").write_text(json.dumps({**state, "optimizer": meta}, indent=1))
+    for f in tmp.glob("*.safetensors"):  # safetensors writes 0600 whatever the umask
+        publish_permissions(f)
     old = path.with_name(path.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if path.exists():
@@ -432,6 +435,7 @@ def fit(
                         {k: v.detach().cpu().contiguous() for k, v in weights.items()},
                         run_dir / "best.safetensors",
                     )
+                    publish_permissions(run_dir / "best.safetensors")
                     if on_best is not None:
                         on_best(eval_model, step, val)
         if ctx.is_main and (step % loop_cfg.log_every == 0 or not math.isnan(val) or step == end):

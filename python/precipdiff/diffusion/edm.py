@@ -72,8 +72,20 @@ class EDMPrecond(nn.Module):
         c_out = s * sd / torch.sqrt(s**2 + sd**2)
         c_in = 1.0 / torch.sqrt(s**2 + sd**2)
         c_noise = torch.log(sigma) / 4.0
-        f_x = self.net(torch.cat([c_in * x_noisy, cond], dim=1), c_noise)
+        inp = torch.cat([c_in * x_noisy, cond], dim=1)
+        # A reduced-precision copy of the network (precipdiff.perf.precision) runs in its
+        # own dtype; the preconditioning around it stays in the sampler's float32.
+        dtype = _param_dtype(self.net, inp.dtype)
+        f_x = self.net(inp.to(dtype), c_noise).to(x_noisy.dtype)
         return c_skip * x_noisy + c_out * f_x
+
+
+def _param_dtype(net: nn.Module, default: torch.dtype) -> torch.dtype:
+    """Return the dtype of the first floating-point parameter of ``net`` (or ``default``)."""
+    for p in net.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return default
 
 
 def add_condition_noise(

@@ -14,6 +14,22 @@ convolution pads circularly in longitude (zeros in latitude) and the internal
 padding wraps around, so the network has no seam at the dateline: rolling a
 global field by a multiple of ``2 ** (levels - 1)`` columns rolls the output
 identically.
+
+Two formulations of the same padding
+------------------------------------
+With autograd on (training) each convolution pads its input explicitly
+(``F.pad`` circular in longitude, then zeros in latitude: two materialised
+copies and a zero fill per convolution). Without autograd (inference, export)
+the operation in front of each convolution (SiLU, or the nearest-neighbour
+upsampling) writes its result straight into a buffer that is two columns
+wider, the two halo columns are copied from the opposite edge, and the
+convolution zero-pads latitude itself (``padding=(1, 0)``); on a regional grid
+the convolution pads both directions itself. No padded copy of an activation
+is ever made. The two formulations agree to float32 rounding: SiLU written
+into a row-strided buffer takes the scalar path for the last ``W mod 16``
+elements of each row, which may differ from the vectorised path in the last bit
+(``tests/python/test_unet.py`` checks the tolerance; the convolutions
+themselves are unchanged).
 """
 
 from __future__ import annotations
@@ -186,7 +202,7 @@ class GridConv2d(nn.Conv2d):
         self.halo = kernel // 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Convolve with the grid-aware padding."""
+        """Convolve with the grid-aware padding (explicit padded copies)."""
         h = self.halo
         if h:
             if self.periodic:
@@ -195,6 +211,103 @@ class GridConv2d(nn.Conv2d):
             else:
                 x = F.pad(x, (h, h, h, h))
         return super().forward(x)
+
+    def _conv_haloed(self, buf: torch.Tensor) -> torch.Tensor:
+        """Convolve ``buf``, which already holds the longitude halo when periodic."""
+        h = self.halo
+        pad = (h, 0) if self.periodic else (h, h)
+        return F.conv2d(buf, self.weight, self.bias, padding=pad)
+
+    def _halo_buffer(self, like: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Return an uninitialised ``(B, C, height, width + 2*halo)`` buffer (periodic input)."""
+        fmt = (
+            torch.channels_last
+            if like.dim() == 4
+            and not like.is_contiguous()
+            and like.is_contiguous(memory_format=torch.channels_last)
+            else torch.contiguous_format
+        )
+        shape = (like.shape[0], like.shape[1], height, width + 2 * self.halo)
+        return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt)
+
+    def _fill_halo(self, buf: torch.Tensor) -> torch.Tensor:
+        """Copy the columns across the periodic seam into the halo of ``buf``."""
+        h = self.halo
+        w = buf.shape[-1] - 2 * h
+        buf[..., :h] = buf[..., w : w + h]
+        buf[..., w + h :] = buf[..., h : 2 * h]
+        return buf
+
+    def silu_conv(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``self(silu(x))``.
+
+        Without autograd, SiLU writes into the padded buffer the convolution
+        reads (no padded copy, no zero fill; see the module docstring).
+
+        Parameters
+        ----------
+        x
+            ``(B, C, H, W)``.
+
+        Returns
+        -------
+        torch.Tensor
+            The convolution's output, ``(B, out, H, W)``.
+        """
+        if torch.is_grad_enabled() or not self.halo:
+            return self(F.silu(x))
+        if not self.periodic:
+            return self._conv_haloed(F.silu(x))
+        h, w = x.shape[-2:]
+        buf = self._halo_buffer(x, h, w)
+        torch.ops.aten.silu.out(x, out=buf[..., self.halo : self.halo + w])
+        return self._conv_haloed(self._fill_halo(buf))
+
+    def upsample_conv(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``self(nearest 2× upsampling of x)``.
+
+        Without autograd the upsampled field is written straight into the
+        padded buffer (a pure copy: identical to ``F.interpolate``).
+
+        Parameters
+        ----------
+        x
+            ``(B, C, H, W)``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, out, 2H, 2W)``.
+        """
+        if torch.is_grad_enabled() or not self.halo:
+            return self(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        if not self.periodic:
+            return self._conv_haloed(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        b, c, h, w = x.shape
+        buf = self._halo_buffer(x, 2 * h, 2 * w)
+        inner = buf[..., self.halo : self.halo + 2 * w].unflatten(-1, (w, 2)).unflatten(2, (h, 2))
+        inner.copy_(x[:, :, :, None, :, None].expand(b, c, h, 2, w, 2))
+        return self._conv_haloed(self._fill_halo(buf))
+
+    def plain(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``self(x)``, without a padded copy when autograd is off.
+
+        Parameters
+        ----------
+        x
+            ``(B, C, H, W)``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, out, H, W)``.
+        """
+        if torch.is_grad_enabled() or not self.halo:
+            return self(x)
+        if not self.periodic:
+            return self._conv_haloed(x)
+        h = self.halo
+        return self._conv_haloed(F.pad(x, (h, h, 0, 0), mode="circular"))
 
 
 class ResBlock(nn.Module):
@@ -214,12 +327,15 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
         """Apply the block."""
-        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv1.silu_conv(self.norm1(x))
         h = self.norm2(h)
         if self.emb is not None and emb is not None:
             scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
             h = h * (1 + scale) + shift
-        h = self.conv2(self.dropout(F.silu(h)))
+        if self.training and self.dropout.p > 0:
+            h = self.conv2(self.dropout(F.silu(h)))
+        else:
+            h = self.conv2.silu_conv(h)
         return self.skip(x) + h
 
 
@@ -262,7 +378,10 @@ class NoiseEmbedding(nn.Module):
             / half
         )
         args = labels.to(torch.float32)[:, None] * freqs[None, :]
-        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=1))
+        # The sinusoids are always float32; the MLP runs in its weights' dtype
+        # (a bf16/fp16 inference copy, precipdiff.perf.precision).
+        first = cast(nn.Linear, self.mlp[0])
+        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=1).to(first.weight.dtype))
 
 
 class UNet(nn.Module):
@@ -372,7 +491,7 @@ class UNet(nn.Module):
                 raise ConfigError("this UNet has noise_channels > 0 and needs noise_labels")
             emb = self.embed(noise_labels.reshape(-1).expand(x.shape[0]))
         x, h0, w0 = self._pad(x)
-        h = self.stem(x)
+        h = self.stem.plain(x)
         skips: list[torch.Tensor] = []
         for level in range(cfg.levels):
             blocks = cast(nn.ModuleList, self.enc[level])
@@ -389,9 +508,9 @@ class UNet(nn.Module):
             attns = cast(nn.ModuleList, self.dec_attn[i])
             level = cfg.levels - 1 - i
             if level < cfg.levels - 1:
-                h = next(up)(F.interpolate(h, scale_factor=2.0, mode="nearest"))
+                h = cast(GridConv2d, next(up)).upsample_conv(h)
             h = torch.cat([h, skips.pop()], dim=1)
             for blk, attn in zip(blocks, attns, strict=True):
                 h = attn(blk(h, emb))
-        out = self.out_conv(F.silu(self.out_norm(h)))
+        out = self.out_conv.silu_conv(self.out_norm(h))
         return out[..., :h0, :w0]

@@ -334,9 +334,46 @@ def compare_outputs(
     return failures
 
 
+def interp_check(exe: Path, workdir: Path) -> list[str]:
+    """The driver's ln-p interpolation equals precipdiff's on synthetic SPEEDY columns."""
+    import netCDF4
+
+    from precipdiff.server.vertical import interp_log_pressure
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = workdir / "speedy_interp_check.nc"
+    proc = subprocess.run([str(exe), str(out)], capture_output=True, text=True)
+    sys.stdout.write(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        return [f"speedy_interp_check exited with status {proc.returncode}"]
+    with netCDF4.Dataset(out) as ds:
+        f = np.asarray(ds.variables["field"][:])  # (lev, lat, lon), level 1 at the top
+        p = np.asarray(ds.variables["pressure"][:])
+        g = np.asarray(ds.variables["at_850hpa"][:])
+    ref = interp_log_pressure("field", f, p, np.array([85000.0]), "constant")[0]
+    below = p[-1] < 85000.0
+    err = float(np.max(np.abs(g - ref)))
+    print(
+        f"interpolation: {below.sum()} of {below.size} columns have 850 hPa below ground; "
+        f"max |Fortran - precipdiff| = {err:.3g}"
+    )
+    failures = []
+    if not below.any() or below.all():
+        failures.append("the synthetic columns do not exercise both cases")
+    if err > 1e-12:
+        failures.append(f"the driver's interpolation differs from precipdiff's by {err:.3g}")
+    return failures
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--skip-reason", help="print this and exit 77 (test skipped)")
+    p.add_argument(
+        "--interp-check",
+        type=Path,
+        metavar="EXE",
+        help="run speedy_interp_check and compare with precipdiff's interpolation",
+    )
     p.add_argument("--exe", type=Path, help="speedy_precipdiff executable")
     p.add_argument("--speedy-dir", type=Path, help="speedy.f90 checkout (boundary data)")
     p.add_argument("--workdir", type=Path, help="directory for inputs and outputs")
@@ -359,6 +396,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.skip_reason:
         print(f"SKIP: {args.skip_reason}")
         return SKIP
+    if args.interp_check is not None:
+        if args.workdir is None:
+            p.error("--interp-check needs --workdir")
+        fails = interp_check(args.interp_check, args.workdir.resolve())
+        for f in fails:
+            print(f"FAIL: {f}")
+        if not fails:
+            print("PASS: the driver interpolates in ln p as precipdiff does")
+        return 1 if fails else 0
     if args.exe is None or args.speedy_dir is None or args.workdir is None:
         p.error("--exe, --speedy-dir and --workdir are required")
 

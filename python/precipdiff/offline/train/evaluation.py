@@ -182,7 +182,10 @@ def sample_from_coarse(
 def _fine_scores(ens: np.ndarray, det: np.ndarray, obs: np.ndarray) -> dict[str, Any]:
     crps_ens = float(np.nanmean(metrics.crps_ensemble(ens, obs)))
     crps_det = float(np.nanmean(np.abs(det - obs)))
+    # Spread-skill: mean ensemble spread over the RMSE of the ensemble mean (1 = calibrated).
+    spread_skill = float(metrics.spread_skill(ens, obs).ratio) if ens.shape[1] > 1 else float("nan")
     return {
+        "spread_skill_ratio": spread_skill,
         "crps_ensemble": crps_ens,
         "crps_upsampled": crps_det,
         "crps_skill_vs_upsampled": 1.0 - crps_ens / crps_det,
@@ -487,6 +490,11 @@ def evaluation_markdown(scores: dict[str, Any], title: str) -> str:
             f"{wet['upsampled']:.3f} | {wet['observed']:.3f} |",
             f"| p99 | {f['p99']['ensemble']:.2f} | {f['p99']['upsampled']:.2f} | "
             f"{f['p99']['observed']:.2f} |",
+            *(
+                [f"| spread-skill ratio (1 = calibrated) | {f['spread_skill_ratio']:.3f} | | |"]
+                if "spread_skill_ratio" in f
+                else []
+            ),
             "",
             f"CRPS skill vs upsampled: {f['crps_skill_vs_upsampled']:+.3f} "
             f"(ensemble beats upsampled: **{f['beats_upsampled']}**).",

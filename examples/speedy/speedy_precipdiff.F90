@@ -46,7 +46,7 @@ program speedy_precipdiff
   use boundaries, only: fmask
   use precipdiff, only: precipdiff_init, precipdiff_set_field, precipdiff_run, precipdiff_shapes, &
        precipdiff_required_fields, precipdiff_write_restart, precipdiff_read_restart, &
-       precipdiff_finalize, PD_NO_HANDLE, PD_ERRMSG_LEN
+       precipdiff_finalize, pd_int_str, PD_NO_HANDLE, PD_ERRMSG_LEN
   use speedy_grid
   use speedy_water
   use speedy_output
@@ -111,9 +111,8 @@ program speedy_precipdiff
   if (ios /= 0) call fail('cannot open namelist file "' // trim(nml_file) // '"')
   read (unit, nml=speedy_precipdiff_nml, iostat=ios)
   if (ios /= 0) then
-    write (errmsg, '(a,i0,a)') 'cannot read &speedy_precipdiff_nml from "' // trim(nml_file) // &
-         '" (iostat ', ios, '): check that the group exists and every key is known'
-    call fail(trim(errmsg))
+    call fail('cannot read &speedy_precipdiff_nml from "' // trim(nml_file) // '" (iostat ' // &
+         pd_int_str(ios) // '): check that the group exists and every key is known')
   end if
   close (unit)
   do iarg = 1, command_argument_count()
@@ -303,9 +302,8 @@ program speedy_precipdiff
         call check_plugin('precipdiff_run')
         clock_plugin = clock_plugin + (system_clock_now() - c1)
         if (ready .and. istep /= nsteps) then
-          write (errmsg, '(a,i0,a,i0)') 'precipdiff closed its window at step ', istep, &
-               ' of day ', day
-          call fail(trim(errmsg) // ', not at the end of the day: window_s in &precipdiff_nml must ' // &
+          call fail('precipdiff closed its window at step ' // pd_int_str(istep) // ' of day ' // &
+               pd_int_str(day) // ', not at the end of the day: window_s in &precipdiff_nml must ' // &
                'be 86400 and reference_time must be the driver''s reference_date at 00:00:00')
         end if
         if (ready) got_day = .true.
@@ -452,7 +450,7 @@ contains
 
   subroutine open_output()
     character(len=16) :: m
-    write (history, '(a)') 'speedy_precipdiff mode=' // trim(mode) // ' namelist=' // trim(nml_file)
+    history = 'speedy_precipdiff mode=' // trim(mode) // ' namelist=' // trim(nml_file)
     if (sst_changed()) then
       write (m, '(f6.2)') sst_offset_k
       history = trim(history) // ' sst_offset_k=' // trim(adjustl(m)) // ' sst_bias=' // trim(sst_bias)
@@ -661,9 +659,7 @@ contains
 
   subroutine fail_day(what)
     character(len=*), intent(in) :: what
-    character(len=64) :: s
-    write (s, '(a,i0,a,i0)') ' on day ', day, ': ', nan_count
-    call fail(what // trim(s))
+    call fail(what // ' on day ' // pd_int_str(day) // ': ' // pd_int_str(nan_count))
   end subroutine fail_day
 
   !> The host model, not the library, decides to stop: finalize the plugin, close the

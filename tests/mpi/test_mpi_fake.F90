@@ -118,8 +118,8 @@ program test_mpi_fake
   call precipdiff_mpi_set_field(h, 'psl', p4, errmsg, errflg)
   call precipdiff_mpi_run(h, 6*3600.0d0, 3600.0d0, pr_fine, pr_model, ready, errmsg, errflg)
   call check(ready .and. errflg == 0, 'window 3 closes')
-  keep_model = pr_model
-  keep_fine = pr_fine
+  allocate (keep_model, source=pr_model)
+  allocate (keep_fine, source=pr_fine)
   call precipdiff_mpi_read_restart(h, 'mpi_fake_restart.json', errmsg, errflg)
   call expect_ok(errflg, errmsg, 'read restart')
   call precipdiff_mpi_set_field(h, 'hus850', q, errmsg, errflg)

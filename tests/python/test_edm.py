@@ -45,7 +45,11 @@ def test_condition_noise_per_member_stream():
     a = add_condition_noise(cond, 0.5, gens)
     alone = add_condition_noise(cond[:1], 0.5, member_generators(7, [0], [2], "cpu"))
     torch.testing.assert_close(a[2:3], alone, rtol=0, atol=0)
-    assert a.std() == pytest.approx(0.5, rel=0.4)
+    # Exactly sigma_c times each member's own standard-normal stream, nothing else.
+    fresh = member_generators(7, [0, 0, 0], [0, 1, 2], "cpu")
+    expect = torch.stack([0.5 * torch.randn((1, 4, 5), generator=g) for g in fresh])
+    torch.testing.assert_close(a, expect, rtol=0, atol=0)
+    assert not torch.equal(a[0], a[1])
     assert add_condition_noise(cond, 0.0, gens) is cond
     with pytest.raises(ConfigError):
         add_condition_noise(cond, -1.0, gens)

@@ -191,17 +191,40 @@ def test_cuda_without_gpu(tmp_path: Path, bundle: Path) -> None:
     assert len(drive(plugin, range(4))) == 1
 
 
+def _cpu_vs_device(tmp_path: Path, bundle: Path, device: str) -> None:
+    """CPU and ``device`` share the regression; the members' noise streams differ.
+
+    ``torch.Generator`` draws different numbers on CPU and CUDA for the same seed, so
+    members are equal only in distribution, never value by value. What must agree:
+    the deterministic regression of the same window means (to float32 kernel
+    differences), every member valid, and each device reproducible with itself.
+    """
+    cpu = Plugin.from_namelist(nml(tmp_path, bundle, "members = 2"), MODEL.lon, MODEL.lat)
+    dev_nml = tmp_path / "dev.nml"
+    dev_nml.write_text(
+        f"&precipdiff_nml\n bundle_path = '{bundle}', device = '{device}', members = 2\n/\n"
+    )
+    dev = Plugin.from_namelist(str(dev_nml), MODEL.lon, MODEL.lat)
+    again = Plugin.from_namelist(str(dev_nml), MODEL.lon, MODEL.lat)
+    a, b, c = drive(cpu, range(8)), drive(dev, range(8)), drive(again, range(8))
+    assert [w for w, _ in a] == [w for w, _ in b] == [0, 1]
+    for (_, m_cpu), (_, m_dev), (_, m_again) in zip(a, b, c, strict=True):
+        assert m_dev.shape == m_cpu.shape and np.isfinite(m_dev).all() and (m_dev >= 0).all()
+        np.testing.assert_allclose(m_again, m_dev, rtol=1e-5, atol=1e-6)
+    rg = Regridder(MODEL, COARSE, method="conservative")
+    means = {k: rg(np.mean([fields_at(s)[k] for s in range(4)], 0))[None] for k in fields_at(0)}
+    reg = [p.engine.generator.regress(means) for p in (cpu, dev)]  # type: ignore[attr-defined]
+    np.testing.assert_allclose(reg[1], reg[0], rtol=1e-3, atol=1e-4)
+    for p in (cpu, dev, again):
+        p.close()
+
+
+def test_cpu_vs_device_expectations_hold_on_cpu(tmp_path: Path, bundle: Path) -> None:
+    """The GPU test's expectations, checked on the CPU (where they hold trivially)."""
+    _cpu_vs_device(tmp_path, bundle, "cpu")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_cpu_closely(tmp_path: Path, bundle: Path) -> None:
-    cpu = Plugin.from_namelist(nml(tmp_path, bundle, "members = 2"), MODEL.lon, MODEL.lat)
-    gpu_nml = tmp_path / "gpu.nml"
-    gpu_nml.write_text(
-        f"&precipdiff_nml\n bundle_path = '{bundle}', device = 'cuda', members = 2,"
-        " inference = 'lagged'\n/\n"
-    )
-    gpu = Plugin.from_namelist(str(gpu_nml), MODEL.lon, MODEL.lat)
-    a, b = drive(cpu, range(12)), drive(gpu, range(12))
-    for (_, m1), (_, m2) in zip(a[:2], b, strict=True):
-        np.testing.assert_allclose(m1, m2, rtol=1e-3, atol=1e-3)
-    gpu.close()
+def test_cuda_shares_the_regression_not_the_noise(tmp_path: Path, bundle: Path) -> None:
+    _cpu_vs_device(tmp_path, bundle, "cuda")

@@ -31,7 +31,9 @@ SCRIPT = textwrap.dedent(
             plugin.set_field(name, val)
         plugin.step((s + 1) * 21600.0, 21600.0)
     plugin.close()
-    print("rank", plugin.rank, "ready_window", plugin.ready_window, flush=True)
+    # One report file per rank (3 ranks' stdout interleave arbitrarily under load).
+    with open({reports!r} + "/rank" + os.environ["OMPI_COMM_WORLD_RANK"], "w") as f:
+        f.write(f"{{plugin.rank}} {{plugin.ready_window}}")
     """
 )
 
@@ -43,14 +45,19 @@ SCRIPT = textwrap.dedent(
 def test_only_output_rank_writes(tmp_path: Path) -> None:
     out = tmp_path / "out"
     script = tmp_path / "ranks.py"
-    script.write_text(SCRIPT.format(tests=str(Path(__file__).parent), out=str(out)))
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    script.write_text(
+        SCRIPT.format(tests=str(Path(__file__).parent), out=str(out), reports=str(reports))
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = ["mpirun", "--oversubscribe", "--allow-run-as-root", "-np", "3", sys.executable]
     res = subprocess.run(
         [*cmd, str(script)], capture_output=True, text=True, timeout=120, env=env, check=False
     )
     assert res.returncode == 0, res.stdout + res.stderr
-    ranks = sorted(line.split()[1] for line in res.stdout.splitlines() if line.startswith("rank"))
-    assert ranks == ["0", "1", "2"]
+    got = {p.name: p.read_text().split() for p in reports.iterdir()}
+    # Each plugin took its rank from the launcher and closed window 1 (8 steps of 6 h).
+    assert got == {f"rank{r}": [str(r), "1"] for r in range(3)}
     assert sorted(p.name for p in out.iterdir()) == ["r1"]
     assert [p.name for p in (out / "r1").iterdir()] == ["precipdiff_2000-01.nc"]

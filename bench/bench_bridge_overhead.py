@@ -9,6 +9,7 @@
    vs Python (imports + Plugin.from_namelist) in a fresh process.
 
 Usage:  .venv/bin/python bench/bench_bridge_overhead.py [--build-dir build] [--repeat 3]
+        [--only-overhead] [--json]   (part 1 only / as JSON: bench/compare_bridge_overhead.py)
 Needs the CMake build (tests/fortran/pd_replay_driver). Uses 1 torch thread.
 """
 
@@ -100,7 +101,10 @@ def bench_overhead(build: Path, work: Path, repeat: int, nlat: int, nlon: int) -
     nml = work / "noop.nml"
     nml.write_text("&precipdiff_nml\n bundle_path = 'none'\n/\n")
     env = {
-        "PYTHONPATH": str(REPO / "bench"),
+        # Keep a caller's PYTHONPATH (compare_bridge_overhead.py points it at another tree).
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(REPO / "bench"), os.environ.get("PYTHONPATH")])
+        ),
         "PRECIPDIFF_PLUGIN_CLASS": "bench_bridge_overhead:NoOpPlugin",
     }
     nrep = 2000
@@ -200,12 +204,21 @@ def main() -> None:
         default=None,
         help="model bundle for part 2 (e.g. models/iberia-demo); default: a tiny random bundle",
     )
+    ap.add_argument("--only-overhead", action="store_true", help="part 1 only")
+    ap.add_argument("--json", action="store_true", help="print part 1 as one JSON line")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        if args.json:
+            res = {
+                f"{nlat}x{nlon}": bench_overhead(args.build_dir, work, args.repeat, nlat, nlon)
+                for nlat, nlon in ((4, 8), (181, 360))
+            }
+            print(json.dumps(res))
+            return
         print("1. per-call overhead, no-op plugin, float64 fields (best of repeats)")
         for nlat, nlon in ((4, 8), (181, 360)):
             o = bench_overhead(args.build_dir, work, args.repeat, nlat, nlon)
@@ -214,6 +227,8 @@ def main() -> None:
             print(f"     Python -> capi.Bridge (no C)      : {o['python_us']:8.2f} us/call")
             print(f"     bridge's own cost (difference)    : "
                   f"{o['fortran_us'] - o['python_us']:8.2f} us/call")  # fmt: skip
+        if args.only_overhead:
+            return
         bundle = args.bundle.resolve() if args.bundle else None  # the namelist lives in a temp dir
         m = bench_model(args.build_dir, work, args.repeat, bundle)
         what = (

@@ -9,6 +9,8 @@
  *     side must answer pdpy_ready() with the ready magic first;
  *   - mask the host's floating-point traps around every call into Python and
  *     restore the host's floating-point environment afterwards;
+ *   - serialise the calls on one handle (a mutex per handle, taken before Python is
+ *     entered, so a waiting thread holds neither the GIL nor anything else);
  *   - keep the last error message; never call exit() or abort().
  */
 #define PY_SSIZE_T_CLEAN
@@ -163,6 +165,41 @@ static int ensure_ready(void) {
   return status;
 }
 
+/* One mutex per handle: calls on one handle are serialised (threads of the host may
+ * share an instance; numpy/torch release the GIL inside a call, so the GIL alone does
+ * not keep a second thread out of a plugin halfway through a step). Handles are small
+ * positive integers, never reused; their mutexes live in chunks that are allocated on
+ * first use and never freed or moved, so a lookup is one atomic load. Handles beyond
+ * the table share one mutex (correct, only coarser). Uncontended cost: tens of ns. */
+#define PD_LOCK_CHUNK 1024
+#define PD_LOCK_CHUNKS 256
+static _Atomic(pthread_mutex_t *) g_handle_locks[PD_LOCK_CHUNKS];
+static pthread_mutex_t g_shared_handle_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static pthread_mutex_t *handle_lock(int handle) {
+  unsigned idx, c, i;
+  pthread_mutex_t *chunk;
+  if (handle <= 0) return NULL; /* PD_NO_HANDLE or invalid: the call reports it */
+  idx = (unsigned)handle;
+  c = idx / PD_LOCK_CHUNK;
+  if (c >= PD_LOCK_CHUNKS) return &g_shared_handle_lock;
+  chunk = atomic_load_explicit(&g_handle_locks[c], memory_order_acquire);
+  if (chunk == NULL) {
+    pthread_mutex_lock(&g_lock);
+    chunk = atomic_load_explicit(&g_handle_locks[c], memory_order_relaxed);
+    if (chunk == NULL) {
+      chunk = malloc(sizeof *chunk * PD_LOCK_CHUNK);
+      if (chunk != NULL) {
+        for (i = 0; i < PD_LOCK_CHUNK; i++) pthread_mutex_init(&chunk[i], NULL);
+        atomic_store_explicit(&g_handle_locks[c], chunk, memory_order_release);
+      }
+    }
+    pthread_mutex_unlock(&g_lock);
+    if (chunk == NULL) return &g_shared_handle_lock;
+  }
+  return &chunk[idx % PD_LOCK_CHUNK];
+}
+
 /* After a failing pdpy_* call, fetch its message from the Python side. */
 static int python_failed(int status, const char *where) {
   char buf[PD_ERRBUF];
@@ -184,6 +221,22 @@ static int python_failed(int status, const char *where) {
     if (pd_st_ != PD_OK) pd_st_ = python_failed(pd_st_, where); \
     fesetenv(&pd_env_);                                     \
     return pd_st_;                                          \
+  } while (0)
+
+/* PD_CALL holding the handle's mutex for the whole call (message fetch included). */
+#define PD_CALL_ON(handle, where, expr)                         \
+  do {                                                          \
+    int pd_st_ = ensure_ready();                                \
+    pthread_mutex_t *pd_mx_ = handle_lock(handle);              \
+    fenv_t pd_env_;                                             \
+    if (pd_st_ != PD_OK) return pd_st_;                         \
+    if (pd_mx_ != NULL) pthread_mutex_lock(pd_mx_);             \
+    feholdexcept(&pd_env_);                                     \
+    pd_st_ = (expr);                                            \
+    if (pd_st_ != PD_OK) pd_st_ = python_failed(pd_st_, where); \
+    fesetenv(&pd_env_);                                         \
+    if (pd_mx_ != NULL) pthread_mutex_unlock(pd_mx_);           \
+    return pd_st_;                                              \
   } while (0)
 
 #define PD_NEED_HANDLE(where, handle)                                                    \
@@ -262,7 +315,7 @@ static int set_field(int handle, const char *name, int itemsize, const void *val
   if (nlev > 0 && pressure == NULL)
     return set_error(PD_ERR_INVALID_ARGUMENT,
                      "precipdiff_set_field: 3-D field '%s' needs its pressure (Pa)", name);
-  PD_CALL("precipdiff_set_field",
+  PD_CALL_ON(handle, "precipdiff_set_field",
           pdpy_set_field(handle, name, itemsize, values, nlon, nlat, nlev, pressure));
 }
 
@@ -280,13 +333,13 @@ int pd_plugin_step(int handle, double model_time_s, double dt_s, int *ready) {
   if (ready == NULL) return set_error(PD_ERR_INVALID_ARGUMENT, "precipdiff_run: ready is NULL");
   *ready = 0;
   PD_NEED_HANDLE("precipdiff_run", handle);
-  PD_CALL("precipdiff_run", pdpy_step(handle, model_time_s, dt_s, ready));
+  PD_CALL_ON(handle, "precipdiff_run", pdpy_step(handle, model_time_s, dt_s, ready));
 }
 
 int pd_plugin_get_output(int handle, double *pr_fine, int nlon_fine, int nlat_fine,
                          double *pr_model, int nlon, int nlat) {
   PD_NEED_HANDLE("precipdiff_get_output", handle);
-  PD_CALL("precipdiff_get_output",
+  PD_CALL_ON(handle, "precipdiff_get_output",
           pdpy_get_output(handle, pr_fine, nlon_fine, nlat_fine, pr_model, nlon, nlat));
 }
 
@@ -295,35 +348,35 @@ int pd_plugin_shapes(int handle, int *nlon, int *nlat, int *nlon_fine, int *nlat
     return set_error(PD_ERR_INVALID_ARGUMENT, "precipdiff_shapes: NULL output argument");
   *nlon = *nlat = *nlon_fine = *nlat_fine = 0;
   PD_NEED_HANDLE("precipdiff_shapes", handle);
-  PD_CALL("precipdiff_shapes", pdpy_shapes(handle, nlon, nlat, nlon_fine, nlat_fine));
+  PD_CALL_ON(handle, "precipdiff_shapes", pdpy_shapes(handle, nlon, nlat, nlon_fine, nlat_fine));
 }
 
 int pd_plugin_fine_coords(int handle, double *lon_fine, int nlon_fine, double *lat_fine,
                           int nlat_fine) {
   PD_NEED_HANDLE("precipdiff_fine_coords", handle);
-  PD_CALL("precipdiff_fine_coords",
+  PD_CALL_ON(handle, "precipdiff_fine_coords",
           pdpy_fine_coords(handle, lon_fine, nlon_fine, lat_fine, nlat_fine));
 }
 
 int pd_plugin_required_fields(int handle, char *buf, int buflen, int *count) {
   if (count) *count = 0;
   PD_NEED_HANDLE("precipdiff_required_fields", handle);
-  PD_CALL("precipdiff_required_fields", pdpy_required_fields(handle, buf, buflen, count));
+  PD_CALL_ON(handle, "precipdiff_required_fields", pdpy_required_fields(handle, buf, buflen, count));
 }
 
 int pd_plugin_write_restart(int handle, const char *path) {
   PD_NEED_HANDLE("precipdiff_write_restart", handle);
-  PD_CALL("precipdiff_write_restart", pdpy_write_restart(handle, path));
+  PD_CALL_ON(handle, "precipdiff_write_restart", pdpy_write_restart(handle, path));
 }
 
 int pd_plugin_read_restart(int handle, const char *path) {
   PD_NEED_HANDLE("precipdiff_read_restart", handle);
-  PD_CALL("precipdiff_read_restart", pdpy_read_restart(handle, path));
+  PD_CALL_ON(handle, "precipdiff_read_restart", pdpy_read_restart(handle, path));
 }
 
 int pd_plugin_destroy(int handle) {
   if (handle == PD_NO_HANDLE) return PD_OK; /* finalize is idempotent */
-  PD_CALL("precipdiff_finalize", pdpy_destroy(handle));
+  PD_CALL_ON(handle, "precipdiff_finalize", pdpy_destroy(handle));
 }
 
 int pd_plugin_count(int *count) {

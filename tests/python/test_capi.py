@@ -220,36 +220,3 @@ def test_restart_without_a_closed_window_restores_no_output(
     b.read_restart(h2, str(tmp_path / "r.json"))
     with pytest.raises(errors.InputError, match="no output yet"):
         b.get_output(h2, np.zeros((12, 24)), np.zeros((3, 6)))
-
-
-def test_calls_on_one_handle_are_serialised(grid, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Threads sharing a handle take turns (SlowPlugin fails on any overlap)."""
-    import threading
-
-    monkeypatch.syspath_prepend(str(FAKE_DIR))
-    monkeypatch.setenv(capi.PLUGIN_CLASS_ENV, "pd_fake_plugin:SlowPlugin")
-    b = Bridge()
-    h, h2 = make(b, grid), make(b, grid)
-    assert b.serialised(h) is b.serialised(h) and b.serialised(h) is not b.serialised(h2)
-    errors_seen: list[str] = []
-
-    def hammer(name: str) -> None:
-        for _ in range(10):
-            try:
-                with b.serialised(h):
-                    b.set_field(h, name, np.ones((3, 6)), None)
-            except errors.InputError:
-                pass  # "set twice in the same timestep": the threads race for the step
-            except RuntimeError as exc:
-                errors_seen.append(str(exc))
-
-    threads = [threading.Thread(target=hammer, args=(n,)) for n in ("psl", "hus850") * 2]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors_seen == []
-    b.destroy(h)
-    with b.serialised(h):  # a finalised handle: no lock, the call reports BAD_HANDLE
-        with pytest.raises(BridgeError, match="unknown handle"):
-            b.step(h, 1.0, 1.0)

@@ -9,8 +9,8 @@ toy ESM run uncoupled) below 2 %, and the water-budget plot.
 
 from __future__ import annotations
 
-import math
 import importlib.util
+import math
 import sys
 from pathlib import Path
 from types import ModuleType

@@ -25,8 +25,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Protocol
 
@@ -238,8 +237,6 @@ class _Instance:
     plugin: _PluginLike
     label: str
     has_output: bool = False
-    #: Serialises the calls on this handle (threads of the host may share an instance).
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def _fortran_shape(shape: tuple[int, ...]) -> str:
@@ -372,19 +369,6 @@ class Bridge:
         label = f"handle {handle}" + ("" if rank is None else f", rank {rank}")
         self._instances[handle] = _Instance(plugin, label)
         return handle
-
-    def serialised(self, handle: int) -> AbstractContextManager[Any]:
-        """Return the lock that serialises the calls on ``handle``.
-
-        Every ``pdpy_*`` shim holds it for the whole call: numpy and torch release
-        the GIL inside a call, so without it a second thread could enter the same
-        plugin halfway through a step. Calls on different handles stay concurrent.
-        An unknown handle gets a no-op context (the call then fails with
-        BAD_HANDLE); a call that waited while another thread finalised the handle
-        finds it gone and fails the same way.
-        """
-        inst = self._instances.get(handle)
-        return nullcontext() if inst is None else inst.lock
 
     def destroy(self, handle: int) -> None:
         """Close and forget the plugin of ``handle``."""
@@ -573,11 +557,7 @@ def install(ffi: Any, bridge: Bridge | None = None) -> None:
             def shim(*args: Any) -> int:
                 handle = int(args[0]) if handle_arg else None
                 try:
-                    if handle is None:
-                        fn(*args)
-                    else:
-                        with b.serialised(handle):
-                            fn(*args)
+                    fn(*args)  # calls on one handle are serialised by the C layer
                 except BaseException as exc:  # SystemExit too: never exit the ESM
                     return b.fail(where, handle, exc)
                 return int(Status.OK)

@@ -9,14 +9,13 @@ time (``model_time_s`` equal to the previous one plus ``dt_s``).
 
 Advancing is two steps so that a failure later in the step leaves the clock
 where it was: :meth:`WindowClock.check` validates a step and returns what it
-would do (:class:`Tick`) without changing anything; :meth:`WindowClock.commit`
+would do (a :data:`Tick`) without changing anything; :meth:`WindowClock.commit`
 applies it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from precipdiff.errors import InputError
 
@@ -25,23 +24,10 @@ __all__ = ["Tick", "WindowClock"]
 _TIME_TOL = 1e-6
 
 
-@dataclass(frozen=True)
-class Tick:
-    """One validated step.
-
-    Parameters
-    ----------
-    window : int
-        Index of the window the step belongs to.
-    closes : bool
-        Whether the step ends the window.
-    model_time_s : float
-        Model time at the end of the step.
-    """
-
-    window: int
-    closes: bool
-    model_time_s: float
+#: One validated step: ``(window, closes, model_time_s)`` -- the window the step belongs
+#: to, whether it ends it, and the model time at its end. A plain tuple: it is built on
+#: every ESM timestep, and a named tuple or dataclass would double the cost of a step.
+Tick = tuple[int, bool, float]
 
 
 class WindowClock:
@@ -75,7 +61,8 @@ class WindowClock:
         Returns
         -------
         Tick
-            The window of the step and whether it closes it.
+            ``(window, closes, model_time_s)``: the window of the step, whether it
+            closes it, the model time at its end.
 
         Raises
         ------
@@ -116,8 +103,7 @@ class WindowClock:
                 f"step from {t:g} s to {t_end:g} s straddles the window boundary at "
                 f"{(n + 1) * w:g} s; model times must be multiples of dt_s = {dt:g} s"
             )
-        window = n if self.window is None else self.window
-        return Tick(window=window, closes=closes, model_time_s=t_end)
+        return (n if self.window is None else self.window, closes, t_end)
 
     def commit(self, tick: Tick) -> None:
         """Apply a step returned by :meth:`check` (a closing step opens the next window).
@@ -125,12 +111,12 @@ class WindowClock:
         Parameters
         ----------
         tick : Tick
-            The validated step.
+            The validated step ``(window, closes, model_time_s)``.
         """
-        self.last_time = tick.model_time_s
-        if tick.closes:
-            self.window = tick.window + 1
+        window, closes, self.last_time = tick
+        if closes:
+            self.window = window + 1
             self.steps_in_window = 0
         else:
-            self.window = tick.window
+            self.window = window
             self.steps_in_window += 1

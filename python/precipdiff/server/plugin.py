@@ -214,7 +214,8 @@ class Plugin:
             Unknown name, wrong shape, missing pressure, a field set twice in one
             step, or a 3-D level below ground under ``below_ground = 'error'``.
         """
-        self._check_open()
+        if self._closed:  # (inline: this runs for every field of every timestep)
+            self._check_open()
         self._acc.add(name, values, pressure)
 
     def step(self, model_time_s: float, dt_s: float) -> bool:
@@ -254,14 +255,16 @@ class Plugin:
         inference fails has still fed online QDM's trailing statistics (its raw
         means are valid ESM data), as it would have without the failure.
         """
-        self._check_open()
+        if self._closed:
+            self._check_open()
         tick = self._clock.check(model_time_s, dt_s)  # raises before changing anything
-        if not tick.closes:
+        window, closes, t_end = tick
+        if not closes:
             self._clock.commit(tick)
             self._acc.end_step()
             return False
         try:
-            return self._close_window(tick.window, tick.model_time_s)
+            return self._close_window(window, t_end)
         finally:
             # The window is over whether or not it produced a result: the next one
             # starts clean (sums, window index, clock), so a failed close never leaks

@@ -21,7 +21,8 @@ BUILD_TYPE=${PRECIPDIFF_BUILD_TYPE:-Release}
 log() { printf '[setup] %s\n' "$*"; }
 
 # --- 1. system packages -------------------------------------------------------------
-APT_PKGS=(gfortran cmake openmpi-bin libopenmpi-dev libnetcdff-dev pkg-config)
+# libudunits2-0: units library of the CF checker (cfchecker) the tests run on every output file
+APT_PKGS=(gfortran cmake openmpi-bin libopenmpi-dev libnetcdff-dev pkg-config libudunits2-0)
 if [[ "${PRECIPDIFF_SKIP_APT:-0}" != 1 ]]; then
   missing=()
   for p in "${APT_PKGS[@]}"; do

@@ -224,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--members", type=int, default=1)
     p.add_argument("--steps", type=int, default=0, help="sampler steps (0: bundle default)")
     p.add_argument("--plot", action="store_true", help="also run plot_offline_replay.py")
+    p.add_argument("--cfchecks", action="store_true", help="also run the CF checker on the output")
     p.add_argument(
         "--bias-correction",
         choices=("auto", "on", "off"),
@@ -301,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAIL: offline_replay exited with status {proc.returncode}")
         return 1
     failures = check_output(out, data, args.start_record, args.days, window)
+    if args.cfchecks and not failures:
+        from precipdiff.testing.cf import cf_failures
+
+        failures += cf_failures([out])
     if args.plot and not failures:
         png = work / "offline_replay.png"
         png.unlink(missing_ok=True)

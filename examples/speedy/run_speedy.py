@@ -391,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
         help="interactive: condensate_timescale_days (default: the driver's)",
     )
     p.add_argument("--restart-test", action="store_true")
+    p.add_argument(
+        "--cfchecks", action="store_true", help="also run the CF checker on every netCDF file"
+    )
     p.add_argument("--compare-off", action="store_true", help="diagnostic: SPEEDY == mode off")
     args = p.parse_args(argv)
     if args.skip_reason:
@@ -495,6 +498,14 @@ def main(argv: list[str] | None = None) -> int:
             outs.append(o)
         if len(outs) == 2:
             failures += [f"restart: {f}" for f in compare_outputs(out, outs)]
+
+    if args.cfchecks and not failures:
+        from precipdiff.testing.cf import cf_failures
+
+        # the files this project's code writes (SPEEDY's own history files and its
+        # boundary data are third-party formats): outputs, restarts, the plugin's stream
+        ours = [*work.glob("speedy_*.nc"), *work.glob("restart_*.nc"), *work.rglob("stream*/*.nc")]
+        failures += cf_failures(sorted(ours))
 
     for f in failures:
         print(f"FAIL: {f}")

@@ -80,6 +80,7 @@ contains
     call chk(nf90_put_att(ncid, NF90_GLOBAL, 'days_done', day), 'att')
     call chk(nf90_put_att(ncid, NF90_GLOBAL, 'title', &
          'SPEEDY state for examples/speedy/speedy_precipdiff (precipdiff)'), 'att')
+    call chk(nf90_put_att(ncid, NF90_GLOBAL, 'Conventions', 'CF-1.8'), 'att')
     call chk(nf90_enddef(ncid), 'enddef')
     call chk(nf90_put_var(ncid, v(1), real(vor)), 'vor')
     call chk(nf90_put_var(ncid, v(2), aimag(vor)), 'vor')
@@ -109,21 +110,29 @@ contains
       character(len=*), intent(in) :: name
       nv = nv + 1
       call chk(nf90_def_var(ncid, name, NF90_DOUBLE, [dx, dy], v(nv)), 'define ' // name)
+      call chk(nf90_put_att(ncid, v(nv), 'long_name', 'SPEEDY restart state: ' // name), &
+               'long_name ' // name)
     end subroutine def2
     subroutine def3(name)
       character(len=*), intent(in) :: name
       nv = nv + 1
       call chk(nf90_def_var(ncid, name, NF90_DOUBLE, [dm, dn, dl], v(nv)), 'define ' // name)
+      call chk(nf90_put_att(ncid, v(nv), 'long_name', 'SPEEDY restart state: ' // name), &
+               'long_name ' // name)
     end subroutine def3
     subroutine def4(name)
       character(len=*), intent(in) :: name
       nv = nv + 1
       call chk(nf90_def_var(ncid, name, NF90_DOUBLE, [dm, dn, dk, dl], v(nv)), 'define ' // name)
+      call chk(nf90_put_att(ncid, v(nv), 'long_name', 'SPEEDY restart state: ' // name), &
+               'long_name ' // name)
     end subroutine def4
     subroutine def5(name)
       character(len=*), intent(in) :: name
       nv = nv + 1
       call chk(nf90_def_var(ncid, name, NF90_DOUBLE, [dm, dn, dk, dl, dtr], v(nv)), 'define ' // name)
+      call chk(nf90_put_att(ncid, v(nv), 'long_name', 'SPEEDY restart state: ' // name), &
+               'long_name ' // name)
     end subroutine def5
     subroutine chk(code, what)
       integer, intent(in) :: code

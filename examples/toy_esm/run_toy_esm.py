@@ -396,6 +396,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads in the plugin")
     p.add_argument("--plot", action="store_true", help="also run plot_toy_esm.py")
     p.add_argument(
+        "--cfchecks",
+        action="store_true",
+        help="also run the CF checker on every netCDF file of the run (0 errors, 0 warnings)",
+    )
+    p.add_argument(
         "--mpi-exe", type=Path, help="toy_esm_mpi: also run on --ranks ranks and compare"
     )
     p.add_argument("--mpiexec", default="mpiexec", help="MPI launcher")
@@ -466,6 +471,10 @@ def main(argv: list[str] | None = None) -> int:
         failures += mpi_test(args, work, toy, plugin, env)
     if args.restart_test and not failures:
         failures += restart_test(args.exe.resolve(), work, toy, plugin, args.days, env)
+    if args.cfchecks and not failures:
+        from precipdiff.testing.cf import cf_failures
+
+        failures += cf_failures(sorted(work.rglob("*.nc")))  # output, stream, restarts
     if args.plot and not failures:
         png = work / "toy_esm.png"
         png.unlink(missing_ok=True)

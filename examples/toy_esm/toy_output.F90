@@ -297,6 +297,19 @@ contains
     call check(nf90_def_var(ncid, 'pr_rate', nf90_double, [dlon, dlat], vp), 'restart', errmsg, errflg)
     call check(nf90_def_var(ncid, 'pr_out', nf90_double, [dlon, dlat], vo), 'restart', errmsg, errflg)
     call check(nf90_def_var(ncid, 'day', nf90_int, vd), 'restart', errmsg, errflg)
+    ! CF attributes, like every file the project writes (tests run cfchecks on it)
+    call att(vw, 'standard_name', 'atmosphere_mass_content_of_water_vapor')
+    call att(vw, 'long_name', 'column water vapour')
+    call att(vw, 'units', 'kg m-2')
+    call att(vp, 'standard_name', 'precipitation_flux')
+    call att(vp, 'long_name', 'precipitation rate in use (the sink of the next step)')
+    call att(vp, 'units', 'kg m-2 s-1')
+    call att(vo, 'standard_name', 'precipitation_flux')
+    call att(vo, 'long_name', 'latest precipdiff output on the model grid')
+    call att(vo, 'units', 'kg m-2 s-1')
+    call att(vd, 'long_name', 'days simulated since model time 0')
+    call att(vd, 'units', 'day')
+    call att(nf90_global, 'Conventions', 'CF-1.8')
     call check(nf90_put_att(ncid, nf90_global, 'title', 'toy_esm restart'), 'restart', errmsg, errflg)
     call check(nf90_enddef(ncid), 'restart', errmsg, errflg)
     call check(nf90_put_var(ncid, vw, water), 'restart prw', errmsg, errflg)
@@ -304,6 +317,12 @@ contains
     call check(nf90_put_var(ncid, vo, pr_out), 'restart pr_out', errmsg, errflg)
     call check(nf90_put_var(ncid, vd, day), 'restart day', errmsg, errflg)
     call check(nf90_close(ncid), 'close restart', errmsg, errflg)
+  contains
+    subroutine att(varid, name, val)
+      integer, intent(in) :: varid
+      character(len=*), intent(in) :: name, val
+      call check(nf90_put_att(ncid, varid, name, val), 'restart attribute ' // name, errmsg, errflg)
+    end subroutine att
   end subroutine restart_write
 
   !> Read a restart written by restart_write on the same grid.

@@ -13,12 +13,14 @@ importing the server (which the C ABI does before any plugin exists) stays light
 
 from __future__ import annotations
 
+import logging
 import os
-import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from precipdiff.errors import ConfigError, DeviceError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -198,9 +200,5 @@ def resolve_device(
     )
     if strict:
         raise DeviceError(f"device {name!r} was requested but {why}")
-    warnings.warn(
-        f"precipdiff: device {name!r} was requested but {why}; running on the CPU",
-        RuntimeWarning,
-        stacklevel=2,
-    )
+    log.warning("device %r was requested but %s; running on the CPU", name, why)
     return torch.device("cpu")

@@ -30,6 +30,7 @@ __all__ = [
     "check_finite",
     "check_range",
     "convert_units",
+    "describe_conversion",
     "get_variable",
     "normalise_units",
     "resolve_variable",
@@ -307,6 +308,49 @@ def convert_units(
     if scale == 1.0 and offset == 0.0:
         return x
     return (x * scale + offset).astype(x.dtype, copy=False)
+
+
+def describe_conversion(
+    spec: VariableSpec, units: str | None, *, accumulation_hours: float | None = None
+) -> str | None:
+    """Say what :func:`to_canonical` will do to data in ``units``, or ``None`` if nothing.
+
+    Used to log unit conversions once (they are never silent).
+
+    Parameters
+    ----------
+    spec : VariableSpec
+        Target variable.
+    units : str or None
+        Units attribute of the data.
+    accumulation_hours : float, optional
+        Accumulation period of an amount (see :func:`convert_units`).
+
+    Returns
+    -------
+    str or None
+        E.g. ``"psl: hPa -> Pa (x 100)"``, ``"ta850: degC -> K (+ 273.15)"``.
+    """
+    if not units:
+        return None
+    src, dst = normalise_units(units), normalise_units(spec.units)
+    if src in _ACCUMULATION_TO_MM and dst == "mm day-1" and accumulation_hours:
+        scale = _ACCUMULATION_TO_MM[src] * 24.0 / accumulation_hours
+        return (
+            f"{spec.name}: {units} accumulated over {accumulation_hours:g} h -> {spec.units} "
+            f"(x {scale:g})"
+        )
+    if src == dst or (src, dst) not in _TO_CANONICAL:
+        return None
+    scale, offset = _TO_CANONICAL[(src, dst)]
+    if scale == 1.0 and offset == 0.0:
+        return None
+    how = []
+    if scale != 1.0:
+        how.append(f"x {scale:g}")
+    if offset != 0.0:
+        how.append(f"{'+' if offset > 0 else '-'} {abs(offset):g}")
+    return f"{spec.name}: {units} -> {spec.units} ({', '.join(how)})"
 
 
 def to_canonical(

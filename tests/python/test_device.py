@@ -6,6 +6,8 @@ test_auto_device_on_gpu exercises it on a real GPU when one is present.
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -25,24 +27,28 @@ def test_resolve_device_settings() -> None:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback without CUDA")
-def test_resolve_device_without_cuda() -> None:
+def test_resolve_device_without_cuda(caplog: pytest.LogCaptureFixture) -> None:
     assert resolve_device("auto", strict=True) == torch.device("cpu")
     with pytest.raises(DeviceError, match="'cuda' was requested but CUDA is not available"):
         resolve_device("cuda")
     with pytest.raises(DeviceError, match="'cuda:1' was requested"):
         resolve_device("cuda:1", strict=True)
-    with pytest.warns(RuntimeWarning, match="running on the CPU"):
+    with caplog.at_level(logging.WARNING, logger="precipdiff.device"):
         assert resolve_device("cuda:0", strict=False) == torch.device("cpu")
+    assert "running on the CPU" in caplog.text
 
 
-def test_resolve_device_index_beyond_visible(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resolve_device_index_beyond_visible(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert resolve_device("cuda:1") == torch.device("cuda:1")
     with pytest.raises(DeviceError, match=r"only 2 CUDA device\(s\) are visible"):
         resolve_device("cuda:2")
-    with pytest.warns(RuntimeWarning, match="only 2 CUDA"):
+    with caplog.at_level(logging.WARNING, logger="precipdiff.device"):
         assert resolve_device("cuda:2", strict=False) == torch.device("cpu")
+    assert "only 2 CUDA" in caplog.text
 
 
 def test_world_rank_from_launchers() -> None:

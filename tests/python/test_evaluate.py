@@ -140,6 +140,9 @@ def test_qdm_check_on_isimip_gcm(shared_data: Path, tmp_path: Path) -> None:
             assert np.all(d < tol_tail), (var, d)
     for name in ("pr_qq_historical.png", "pr_change_per_quantile.png", "README.md"):
         assert (tmp_path / name).is_file()
+    from precipdiff.testing.cf import cf_failures
+
+    assert not cf_failures([tmp_path / "qdm_check_metrics.nc"])
 
 
 def _iberia_grids(shared_data: Path):
@@ -185,6 +188,9 @@ def test_iberia_experiment_quick_run(shared_data: Path, tmp_path: Path) -> None:
     assert tables.stored_groups() == [0, 1, 11]  # DJF only
     for png in ("a_bias_maps.png", "a_spectra.png", "b_esm_bias_maps.png", "c_change_maps.png"):
         assert (out / png).is_file()
+    from precipdiff.testing.cf import cf_failures
+
+    assert not cf_failures(sorted(out.glob("*.nc")))  # CF: 0 errors, 0 warnings
 
 
 @pytest.mark.needs_data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -177,7 +178,7 @@ def test_online_qdm_changes_inputs_and_restarts_exactly(tmp_path: Path, bundle: 
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU fallback")
-def test_cuda_without_gpu(tmp_path: Path, bundle: Path) -> None:
+def test_cuda_without_gpu(tmp_path: Path, bundle: Path, caplog: pytest.LogCaptureFixture) -> None:
     strict = nml(tmp_path, bundle, "", "x.nml").replace("x.nml", "strict.nml")
     Path(strict).write_text(
         f"&precipdiff_nml\n bundle_path = '{bundle}', device = 'cuda', strict_device = .true.\n/\n"
@@ -186,8 +187,9 @@ def test_cuda_without_gpu(tmp_path: Path, bundle: Path) -> None:
         Plugin.from_namelist(strict, MODEL.lon, MODEL.lat)
     loose = tmp_path / "loose.nml"
     loose.write_text(f"&precipdiff_nml\n bundle_path = '{bundle}', device = 'cuda'\n/\n")
-    with pytest.warns(RuntimeWarning, match="running on the CPU"):
+    with caplog.at_level(logging.WARNING, logger="precipdiff.device"):
         plugin = Plugin.from_namelist(str(loose), MODEL.lon, MODEL.lat)
+    assert "running on the CPU" in caplog.text
     assert len(drive(plugin, range(4))) == 1
 
 

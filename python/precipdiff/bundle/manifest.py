@@ -56,6 +56,28 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+def bundle_hash(manifest: Manifest) -> str:
+    """Return the identity of a bundle: ``sha256:`` + the hash of its canonical manifest.
+
+    The one format used everywhere a bundle is recorded (``bundle_hash`` in every netCDF
+    file, restart identities): the manifest serialised as JSON with sorted keys, so the
+    same model gives the same hash whatever the file's formatting or format version. The
+    manifest holds the sha256 of every weight file, so the hash covers the weights.
+
+    Parameters
+    ----------
+    manifest
+        The bundle's manifest.
+
+    Returns
+    -------
+    str
+        ``"sha256:<64 hex characters>"``.
+    """
+    text = json.dumps(manifest.to_dict(), sort_keys=True, default=str)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
 @dataclass
 class Manifest:
     """The JSON manifest of a bundle (format version 2).

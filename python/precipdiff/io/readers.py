@@ -28,7 +28,9 @@ converted to rates in mm/day, so the daily mean rate is the daily total.
 from __future__ import annotations
 
 import glob
+import logging
 import os
+import re
 import threading
 import weakref
 from collections import OrderedDict
@@ -42,15 +44,17 @@ import numpy as np
 from precipdiff.errors import GridError, InputError
 from precipdiff.grids import LatLonGrid, Regridder, RegridMethod
 from precipdiff.io import import_netcdf4, import_xarray
+from precipdiff.logs import log_once
 from precipdiff.variables import (
     VariableSpec,
+    describe_conversion,
     get_variable,
     normalise_units,
     resolve_variable,
     to_canonical,
 )
 
-__all__ = ["dataset_to_predictors", "is_zarr_store", "open_predictors"]
+__all__ = ["dataset_to_predictors", "is_zarr_store", "open_predictors", "select_time"]
 
 LAT_NAMES = ("lat", "latitude")
 LON_NAMES = ("lon", "longitude")
@@ -61,6 +65,8 @@ _MAX_OPEN_FILES = 64
 _SECONDS_PER_DAY = 86400.0
 
 SpecLike = VariableSpec | str | Mapping[str, Any]
+
+log = logging.getLogger(__name__)
 
 
 def _as_spec(s: SpecLike) -> VariableSpec:
@@ -212,7 +218,14 @@ def _open_source(source: Source, nc4: Any, storage_options: Mapping[str, Any] | 
     """Open a netCDF file (``netCDF4.Dataset``) or a Zarr store (:class:`_ZarrDataset`)."""
     if is_zarr_store(source):
         return _ZarrDataset(source, storage_options)
-    return nc4.Dataset(source)
+    if Path(source).is_dir():
+        raise InputError(f"{source} is a directory, not a netCDF file or a Zarr store")
+    try:
+        return nc4.Dataset(source)
+    except OSError as exc:
+        raise InputError(
+            f"{source} cannot be read as netCDF ({exc.strerror or exc}): is it a netCDF file?"
+        ) from exc
 
 
 # ---------------------------------------------------------------------------
@@ -303,9 +316,33 @@ def _find(names: Sequence[str], available: Iterable[str]) -> str | None:
     return None
 
 
-def _levels_hpa(ds: Any, name: str, path: Source) -> np.ndarray:
+_MODEL_LEVEL_WORDS = ("model_level", "model level", "hybrid", "sigma", "level number")
+
+
+def _is_model_level(attrs: Mapping[str, Any]) -> bool:
+    """Whether a vertical coordinate is model levels (numbers), not pressure."""
+    text = " ".join(
+        str(attrs.get(k, "")).lower() for k in ("long_name", "standard_name", "positive", "units")
+    )
+    return any(w in text for w in _MODEL_LEVEL_WORDS) or "formula_terms" in attrs
+
+
+def _model_level_error(where: str, var: str, lname: str, vals: np.ndarray) -> InputError:
+    lev = f"{vals.min():g}..{vals.max():g}" if vals.size else "none"
+    return InputError(
+        f"{where}: {var!r} is on model levels ({lname} = level numbers {lev}), not pressure "
+        "levels: interpolate it to pressure levels first (e.g. with the model's hybrid "
+        "coefficients and surface pressure), or hand model-level fields with their pressure "
+        "to the online plugin (precipdiff_set_field with pressure)"
+    )
+
+
+def _levels_hpa(ds: Any, name: str, path: Source, var: str = "") -> np.ndarray:
     v = ds.variables[name]
     vals = np.asarray(v[:], dtype=np.float64)
+    attrs = {a: v.getncattr(a) for a in v.ncattrs()}
+    if _is_model_level(attrs):
+        raise _model_level_error(str(path), var or "the variable", name, vals)
     units = normalise_units(str(getattr(v, "units", "")))
     if units == "Pa" or (units == "" and vals.max() > 2000):
         return vals / 100.0
@@ -475,7 +512,7 @@ def _scan_variable(
             lname = _find(LEVEL_NAMES, dims)
             level_index = None
             if lname is not None:
-                levels = _levels_hpa(ds, lname, path)
+                levels = _levels_hpa(ds, lname, path, name)
                 if spec.level_hpa is None:
                     if levels.size != 1:
                         raise InputError(
@@ -845,9 +882,23 @@ def open_predictors(
         ) -> np.ndarray:
             return to_canonical(spec, x, units, accumulation_hours=acc)
 
+        where = str(pieces[0].path) + (f" (+{len(pieces) - 1} files)" if len(pieces) > 1 else "")
+        change = describe_conversion(spec, units, accumulation_hours=acc)
+        if change is not None:
+            log_once(log, logging.INFO, f"{where}: converting {change}")
+        if do_daily and any(g.size > 1 for g in groups):
+            per_day = int(np.median([g.size for g in groups]))
+            log_once(
+                log, logging.INFO, f"{where}: {spec.name}: {per_day} steps a day -> daily means"
+            )
         regridder = None
         if grid is not None and not native.allclose(grid):
             regridder = Regridder(native, grid, regrid_method, skipna=True)
+            log_once(
+                log,
+                logging.INFO,
+                f"{where}: regridding {spec.name} from {native!r} to {grid!r} ({regrid_method})",
+            )
         arr = Array(cache, pieces, groups, flip, native.shape, convert, regridder)
         counts = np.array([g.size for g in groups], dtype=np.int64)
         arrays[name] = (arr, out_secs, regridder, counts)
@@ -932,6 +983,8 @@ def dataset_to_predictors(
         lev = _find(LEVEL_NAMES, da.dims)
         if lev is not None:
             levels = np.asarray(ds[lev].values, dtype=np.float64)
+            if _is_model_level(ds[lev].attrs):
+                raise _model_level_error("data set", str(name), str(lev), levels)
             lunits = normalise_units(str(ds[lev].attrs.get("units", "")))
             hpa = levels / 100.0 if lunits == "Pa" or levels.max() > 2000 else levels
             if spec.level_hpa is None:
@@ -953,6 +1006,149 @@ def dataset_to_predictors(
             raise InputError(f"{name!r} has extra dimensions {tdim}; expected (time, lat, lon)")
         da = da.transpose(*tdim, la, lo)
         units = da.attrs.get("units")
+        change = describe_conversion(spec, units)
+        if change is not None:
+            log_once(log, logging.INFO, f"data set variable {name!r}: converting {change}")
         vals = to_canonical(spec, np.asarray(da.values, dtype=np.float64), units)
         out[spec.name] = np.ascontiguousarray(vals, dtype=np.float32)
     return out, grid
+
+
+# ---------------------------------------------------------------------------
+# Selecting a period (any calendar)
+# ---------------------------------------------------------------------------
+
+_DATE_RE = re.compile(
+    r"^\s*(\d{1,4})(?:-(\d{1,2})(?:-(\d{1,2})"
+    r"(?:[T ](\d{1,2})(?::(\d{1,2})(?::(\d{1,2}))?)?)?)?)?\s*$"
+)
+
+
+def _parse_date(text: str, what: str) -> tuple[int, ...]:
+    """``YYYY[-MM[-DD[Thh[:mm[:ss]]]]]`` -> its given fields (the precision is the length)."""
+    from precipdiff.errors import ConfigError
+
+    m = _DATE_RE.match(str(text))
+    if m is None:
+        raise ConfigError(
+            f"{what} {text!r} is not a date: use YYYY-MM-DD (or YYYY, YYYY-MM, "
+            "YYYY-MM-DDThh:mm[:ss])"
+        )
+    parts = tuple(int(g) for g in m.groups() if g is not None)
+    limits = ((1, 9999), (1, 12), (1, 31), (0, 23), (0, 59), (0, 59))
+    for value, (lo, hi), name in zip(
+        parts, limits, ("year", "month", "day", "hour", "minute", "second"), strict=False
+    ):
+        if not lo <= value <= hi:
+            raise ConfigError(f"{what} {text!r}: {name} {value} is out of range {lo}..{hi}")
+    return parts
+
+
+def _time_fields(times: Any) -> np.ndarray:
+    """``(n, 6)`` int64 year, month, day, hour, minute, second of datetime64 or cftime times."""
+    t = np.asarray(getattr(times, "values", times))
+    if t.size == 0:
+        return np.zeros((0, 6), np.int64)
+    if np.issubdtype(t.dtype, np.datetime64):
+        s = t.astype("datetime64[s]")
+        d = s.astype("datetime64[D]")
+        mo = d.astype("datetime64[M]")
+        sec = (s - d).astype(np.int64)
+        return np.stack(
+            [
+                mo.astype("datetime64[Y]").astype(np.int64) + 1970,
+                mo.astype(np.int64) % 12 + 1,
+                (d - mo).astype(np.int64) + 1,
+                sec // 3600,
+                sec % 3600 // 60,
+                sec % 60,
+            ],
+            axis=1,
+        )
+    try:
+        return np.array(
+            [[x.year, x.month, x.day, x.hour, x.minute, x.second] for x in t.ravel()], np.int64
+        )
+    except AttributeError as exc:
+        raise InputError(f"cannot read dates from times of type {t.dtype}") from exc
+
+
+def _key(fields: np.ndarray, k: int) -> np.ndarray:
+    """Lexicographic integer key of the first ``k`` date fields."""
+    key = np.zeros(fields.shape[0], np.int64)
+    for j, scale in enumerate((10000, 100, 100, 100, 100, 100)[:k]):
+        key = key * scale + fields[:, j]
+    return key
+
+
+def select_time(
+    ds: Any,
+    start: str | None = None,
+    end: str | None = None,
+    times: Sequence[str] | None = None,
+) -> Any:
+    """Select time steps of a data set by date, in its own calendar (CDO's ``seldate``).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        With a ``time`` coordinate of ``datetime64`` or cftime values.
+    start, end : str, optional
+        First and last date kept, both inclusive, at the precision given:
+        ``YYYY``, ``YYYY-MM``, ``YYYY-MM-DD`` or ``YYYY-MM-DDThh:mm[:ss]``
+        (``end="2000-02"`` keeps all of February, a 30 February of a ``360_day``
+        calendar included).
+    times : sequence of str, optional
+        Keep only the steps matching one of these dates (same formats), e.g.
+        ``["2000-01-15"]`` for a single day.
+
+    Returns
+    -------
+    xarray.Dataset
+        The selection (lazy data stay lazy).
+
+    Raises
+    ------
+    ConfigError
+        A date that cannot be parsed, or ``start`` after ``end``.
+    InputError
+        When nothing is selected (the message gives the data's first and last date).
+    """
+    from precipdiff.errors import ConfigError
+
+    if start is None and end is None and not times:
+        return ds
+    fields = _time_fields(ds["time"].values)
+    keep = np.ones(fields.shape[0], bool)
+    if start is not None:
+        b = np.array([_parse_date(start, "--start")], np.int64)
+        keep &= _key(fields, b.shape[1]) >= _key(b, b.shape[1])[0]
+    if end is not None:
+        e = np.array([_parse_date(end, "--end")], np.int64)
+        keep &= _key(fields, e.shape[1]) <= _key(e, e.shape[1])[0]
+    if start is not None and end is not None:
+        first, last = _parse_date(start, "--start"), _parse_date(end, "--end")
+        k = min(len(first), len(last))
+        if first[:k] > last[:k]:
+            raise ConfigError(f"--start {start} is after --end {end}")
+    if times:
+        hit = np.zeros_like(keep)
+        for text in times:
+            d = np.array([_parse_date(text, "--time")], np.int64)
+            hit |= _key(fields, d.shape[1]) == _key(d, d.shape[1])[0]
+        keep &= hit
+    if not keep.any():
+        have = "no time steps"
+        if fields.shape[0]:
+            first, last = fields[0], fields[-1]
+            have = (
+                f"{fields.shape[0]} steps from {first[0]:04d}-{first[1]:02d}-{first[2]:02d} "
+                f"to {last[0]:04d}-{last[1]:02d}-{last[2]:02d}"
+            )
+        asked = ", ".join(
+            f"{k} {v}"
+            for k, v in (("--start", start), ("--end", end), ("--time", " ".join(times or [])))
+            if v
+        )
+        raise InputError(f"no time step selected by {asked}: the input has {have}")
+    return ds.isel(time=np.flatnonzero(keep))

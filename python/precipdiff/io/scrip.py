@@ -19,7 +19,7 @@ import scipy.sparse as sp
 
 from precipdiff.errors import GridError
 from precipdiff.grids import LatLonGrid, Regridder
-from precipdiff.io import import_netcdf4
+from precipdiff.io import cf, import_netcdf4
 from precipdiff.io.atomic import atomic_path
 
 __all__ = ["read_scrip_weights", "write_scrip_weights"]
@@ -110,32 +110,55 @@ def write_scrip_weights(regridder: Regridder, path: str | Path) -> None:
     with atomic_path(path) as tmp, nc4.Dataset(tmp, "w", format="NETCDF4") as ds:
         ds.title = "precipdiff remapping weights"
         ds.map_method = regridder.method
-        ds.conventions = "SCRIP"
+        ds.conventions = "SCRIP"  # the weight-file layout (ESMF reads this attribute)
+        ds.Conventions = cf.CONVENTIONS  # and the attributes are CF
+        ds.history = cf.history_line()
         ds.createDimension("n_a", math.prod(regridder.src_shape))
         ds.createDimension("n_b", math.prod(regridder.dst_shape))
         ds.createDimension("n_s", coo.nnz)
         ds.createDimension("src_grid_rank", len(regridder.src_shape))
         ds.createDimension("dst_grid_rank", len(regridder.dst_shape))
-        v = ds.createVariable("src_grid_dims", "i4", ("src_grid_rank",))
-        v[:] = np.array(regridder.src_shape[::-1], dtype=np.int32)
-        v = ds.createVariable("dst_grid_dims", "i4", ("dst_grid_rank",))
-        v[:] = np.array(regridder.dst_shape[::-1], dtype=np.int32)
-        ds.createVariable("row", "i4", ("n_s",))[:] = (coo.row[order] + 1).astype(np.int32)
-        ds.createVariable("col", "i4", ("n_s",))[:] = (coo.col[order] + 1).astype(np.int32)
-        ds.createVariable("S", "f8", ("n_s",))[:] = coo.data[order]
+
+        def var(name: str, dtype: str, dims: tuple[str, ...], long_name: str, **attrs: str) -> Any:
+            v = ds.createVariable(name, dtype, dims)
+            v.long_name = long_name
+            v.setncatts(attrs)
+            return v
+
+        var("src_grid_dims", "i4", ("src_grid_rank",), "source grid dimensions (lon, lat)")[:] = (
+            np.array(regridder.src_shape[::-1], dtype=np.int32)
+        )
+        var("dst_grid_dims", "i4", ("dst_grid_rank",), "destination grid dimensions")[:] = np.array(
+            regridder.dst_shape[::-1], dtype=np.int32
+        )
+        var("row", "i4", ("n_s",), "destination cell of each weight (1-based)")[:] = (
+            coo.row[order] + 1
+        ).astype(np.int32)
+        var("col", "i4", ("n_s",), "source cell of each weight (1-based)")[:] = (
+            coo.col[order] + 1
+        ).astype(np.int32)
+        var("S", "f8", ("n_s",), "remapping weight", units="1")[:] = coo.data[order]
         for tag, grid in (("a", regridder.src), ("b", regridder.dst)):
             if grid is None:
                 continue
             lat2, lon2 = np.meshgrid(grid.lat, grid.lon, indexing="ij")
             n = "n_" + tag
-            for name, val in (("yc_", lat2), ("xc_", lon2)):
-                var = ds.createVariable(name + tag, "f8", (n,))
-                var.units = "degrees"
-                var[:] = val.ravel()
-            ds.createVariable("area_" + tag, "f8", (n,))[:] = grid.cell_area(1.0).ravel()
-            ds.createVariable("mask_" + tag, "i4", (n,))[:] = np.ones(grid.size, np.int32)
+            which = "source" if tag == "a" else "destination"
+            var("yc_" + tag, "f8", (n,), f"{which} cell centre latitude", units="degrees")[:] = (
+                lat2.ravel()
+            )
+            var("xc_" + tag, "f8", (n,), f"{which} cell centre longitude", units="degrees")[:] = (
+                lon2.ravel()
+            )
+            area = var("area_" + tag, "f8", (n,), f"{which} cell area", units="sr")
+            area[:] = grid.cell_area(1.0).ravel()
+            var("mask_" + tag, "i4", (n,), f"{which} cell mask (1: used)")[:] = np.ones(
+                grid.size, np.int32
+            )
         frac_b = np.asarray(regridder.weights.sum(axis=1)).ravel()
-        ds.createVariable("frac_b", "f8", ("n_b",))[:] = frac_b
+        var("frac_b", "f8", ("n_b",), "covered fraction of each destination cell", units="1")[:] = (
+            frac_b
+        )
 
 
 def _grid_from_scrip(ds: Any, tag: str, shape: tuple[int, ...]) -> LatLonGrid | None:

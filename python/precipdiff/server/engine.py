@@ -150,8 +150,7 @@ class GeneratorEngine:
         samples_per_day: float = 1.0,
         calendar: str | None = None,
     ) -> None:
-        import hashlib
-        import json
+        from precipdiff.bundle import bundle_hash
 
         self.generator = generator
         manifest = generator.manifest
@@ -160,8 +159,7 @@ class GeneratorEngine:
         self.coarse_lon = np.asarray(generator.coarse_grid.lon, dtype=np.float64)
         self.fine_lat = np.asarray(generator.fine_grid.lat, dtype=np.float64)
         self.fine_lon = np.asarray(generator.fine_grid.lon, dtype=np.float64)
-        text = json.dumps(manifest.to_dict(), sort_keys=True, default=str)
-        self.bundle_id = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+        self.bundle_id = bundle_hash(manifest)
         self._qdm: Any = None
         if bias_correction:
             from precipdiff.qdm import OnlineQDM, QDMTables

@@ -130,7 +130,6 @@ class OutputStream:
         carried = self._carry_over(path, window) if path.exists() else []
         attrs = {
             "title": "precipdiff fine-grid precipitation ensemble (online, embedded in an ESM)",
-            "bundle_id": self.bundle_id,
             "seed": int(cfg.seed),
             "members": int(cfg.members),
             "window_s": float(cfg.window_s),

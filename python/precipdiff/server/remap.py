@@ -7,6 +7,7 @@ goes from the fine grid to the ESM grid (conservative, or a weight file).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +19,8 @@ from precipdiff.server.config import PluginConfig
 from precipdiff.server.engine import InferenceEngine
 
 __all__ = ["FlatRegridder", "build_regridders", "check_coords"]
+
+log = logging.getLogger(__name__)
 
 
 def check_coords(name: str, values: np.ndarray) -> np.ndarray:
@@ -101,6 +104,12 @@ def build_regridders(
             "bilinear" if config.remap_method == "bilinear" else "conservative"
         )
         to_coarse = Regridder(model, coarse, method=method)
+    log.info(
+        "remapping ESM fields %s to the bundle's coarse grid %r (%s)",
+        model if model is not None else f"{model_shape[0]}x{model_shape[1]}",
+        coarse,
+        f"weights {config.weights_to_bundle}" if config.weights_to_bundle else method,
+    )
     if config.weights_to_model:
         _check_file("weights_to_model", config.weights_to_model)
         to_model: Callable[[np.ndarray], np.ndarray] = FlatRegridder(
@@ -109,6 +118,11 @@ def build_regridders(
     else:
         assert model is not None
         to_model = Regridder(fine, model, method="conservative")
+    log.info(
+        "remapping generated precipitation %r back to the ESM grid (%s)",
+        fine,
+        f"weights {config.weights_to_model}" if config.weights_to_model else "conservative",
+    )
     return to_coarse, to_model
 
 

@@ -101,7 +101,7 @@ def write_restart_file(path: str | Path, state: RestartState, identity: Mapping[
     InputError
         When the file cannot be written.
     """
-    from precipdiff.io import import_netcdf4
+    from precipdiff.io import cf, import_netcdf4
     from precipdiff.io.atomic import atomic_path
 
     nc4 = import_netcdf4()
@@ -109,7 +109,7 @@ def write_restart_file(path: str | Path, state: RestartState, identity: Mapping[
     shape = (state.lat.size, state.lon.size)
     try:
         with atomic_path(path) as tmp, nc4.Dataset(tmp, "w", format="NETCDF4") as ds:
-            ds.Conventions = "CF-1.8"
+            ds.Conventions = cf.CONVENTIONS
             ds.title = "precipdiff plugin restart"
             ds.restart_format = RESTART_FORMAT
             for k, v in identity.items():
@@ -126,10 +126,12 @@ def write_restart_file(path: str | Path, state: RestartState, identity: Mapping[
                 ("lon", state.lon, "degrees_east"),
             ):
                 coord = ds.createVariable(axis, "f8", (axis,))
+                coord.setncatts(cf.coordinate_attributes(axis))
                 coord.units = units
                 coord[:] = values
             for name in names:
                 var = ds.createVariable(f"sum_{name}", "f8", ("lat", "lon"))
+                var.long_name = f"sum of {name} over the open window's steps"
                 var.sample_count = np.int64(state.counts[name])
                 var[:] = state.sums[name]
             for key, arr in (("members", state.members), ("pending", state.pending)):
@@ -140,7 +142,8 @@ def write_restart_file(path: str | Path, state: RestartState, identity: Mapping[
                     ds.createDimension("lat_f", arr.shape[1])
                     ds.createDimension("lon_f", arr.shape[2])
                 var = ds.createVariable(key, "f8", ("member", "lat_f", "lon_f"))
-                var.units = "mm/day"
+                var.long_name = f"{key} window's generated precipitation, every member"
+                var.units = "mm day-1"
                 var[:] = arr
             grp = ds.createGroup("bias_state")
             for i, (key, arr) in enumerate(state.bias_state.items()):
@@ -151,6 +154,7 @@ def write_restart_file(path: str | Path, state: RestartState, identity: Mapping[
                     grp.createDimension(dname, n)
                     dims.append(dname)
                 var = grp.createVariable(f"v{i}", a.dtype.str.lstrip("<>=|"), tuple(dims))
+                var.long_name = f"bias-correction state {key}"
                 var.key = key
                 var[...] = a
     except OSError as exc:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from precipdiff.grids import LatLonGrid
 from precipdiff.testing.models import random_predictors
-from precipdiff.variables import VariableSpec, get_variable
+from precipdiff.variables import VariableSpec, convert_units, get_variable
 
 __all__ = ["write_predictor_files"]
 
@@ -25,6 +25,7 @@ def write_predictor_files(
     calendar: str = "standard",
     seed: int = 0,
     history: str | None = "2000-01-01T00:00:00Z: made by precipdiff.testing.files",
+    units: Mapping[str, str] | None = None,
 ) -> list[Path]:
     """Write one daily CF file per variable (CMIP-style: ``<name>.nc``, values at 12:00).
 
@@ -47,6 +48,9 @@ def write_predictor_files(
         Random seed.
     history : str or None
         The files' global ``history`` attribute (``None``: none).
+    units : mapping, optional
+        Units to store some variables in instead of the canonical ones, e.g.
+        ``{"psl": "hPa", "ta850": "degC"}`` (values converted accordingly).
 
     Returns
     -------
@@ -75,17 +79,21 @@ def write_predictor_files(
             t.calendar = calendar
             t.standard_name = "time"
             t[:] = np.arange(days) + 0.5
-            for name, vals, units in (
+            for name, vals, cunits in (
                 ("lat", grid.lat, "degrees_north"),
                 ("lon", grid.lon, "degrees_east"),
             ):
                 c = ds.createVariable(name, "f8", (name,))
-                c.units = units
+                c.units = cunits
                 c.standard_name = "latitude" if name == "lat" else "longitude"
                 c[:] = vals
             v = ds.createVariable(spec.name, "f4", ("time", "lat", "lon"))
-            v.units = spec.units
+            given = (units or {}).get(spec.name, spec.units)
+            # the file's units -> canonical is linear: invert it for the stored values
+            b = float(convert_units(np.array([0.0]), given, spec.units)[0])
+            a = float(convert_units(np.array([1.0]), given, spec.units)[0]) - b
+            v.units = given
             v.standard_name = spec.standard_name
-            v[:] = values[spec.name]
+            v[:] = (values[spec.name] - b) / a
         paths.append(path)
     return paths

@@ -103,10 +103,11 @@ def _apply(args: argparse.Namespace) -> int:
 
     from precipdiff.bundle import read_manifest
     from precipdiff.grids import LatLonGrid
-    from precipdiff.io import import_netcdf4, import_xarray
+    from precipdiff.io import cf, import_netcdf4, import_xarray
     from precipdiff.io.atomic import atomic_path
     from precipdiff.offline.qdm_fit import apply_qdm
     from precipdiff.qdm import QDMTables
+    from precipdiff.variables import get_variable
 
     if (args.tables is None) == (args.bundle is None):
         raise ConfigError("give exactly one of --tables FILE or --bundle DIR")
@@ -130,13 +131,29 @@ def _apply(args: argparse.Namespace) -> int:
     ds = xr.Dataset(
         {n: (("time", "lat", "lon"), np.asarray(a, dtype=np.float32)) for n, a in out.items()},
         coords={"time": times, "lat": np.asarray(grid.lat), "lon": np.asarray(grid.lon)},
-        attrs={
-            "history": f"precipdiff qdm apply --projection {args.projection}",
-            "input_files": " ".join(map(str, args.input)),
-        },
+        attrs={"input_files": " ".join(map(str, args.input))},
     )
     for n in names:
-        ds[n].attrs["units"] = tables.variables[n].units
+        spec = get_variable(n)
+        ds[n].attrs.update(
+            {
+                "standard_name": spec.standard_name,
+                "long_name": f"{n} bias-corrected by quantile delta mapping ({args.projection})",
+                "units": tables.variables[n].units,
+            }
+        )
+    cf.annotate_dataset(
+        ds,
+        title="ESM predictors bias-corrected by quantile delta mapping (precipdiff qdm apply)",
+        command_line=" ".join(
+            [
+                "precipdiff qdm apply --input",
+                *map(str, args.input),
+                *("--out", str(args.out), "--projection", args.projection),
+            ]
+        ),
+        previous_history=cf.input_history(args.input),
+    )
     with atomic_path(args.out) as tmp:
         ds.to_netcdf(tmp)
     print(f"wrote {args.out}: {', '.join(names)} corrected ({args.projection} projection CDF)")

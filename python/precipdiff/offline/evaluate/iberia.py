@@ -427,22 +427,30 @@ def run_iberia(
         "runtime_s": time.perf_counter() - t_start,
     }
     bundle_sha = _sha256(config.bundle / "manifest.json")
-    scal_b: dict[str, float] = {f"b_mab_{i}": float(r[1]) for i, r in enumerate(rows_b[:-2])}
+    # Products along labelled dimensions (CF label variables), not numbered names.
     write_metrics_netcdf(
         out / "b_c_esm_metrics.nc",
-        {**scal_b, **{k: v for k, v in headline.items() if k.startswith("c_")}},
+        {k: v for k, v in headline.items() if k.startswith("c_")},
         {
-            **{f"b_bias_map_{i}": (("lat", "lon"), v) for i, v in enumerate(maps_b.values())},
-            **{
-                f"c_change_map_{i}": (("lat", "lon"), v) for i, v in enumerate(change_maps.values())
-            },
-            **{f"c_change_q_{i}": (("q",), v) for i, v in enumerate(qsig.values())},
+            "b_mab": (("b_product",), np.array([float(r[1]) for r in rows_b[:-2]])),
+            "b_bias_map": (("b_product", "lat", "lon"), np.stack(list(maps_b.values()))),
+            "c_change_map": (("c_product", "lat", "lon"), np.stack(list(change_maps.values()))),
+            "c_change_q": (("c_product", "q"), np.stack(list(qsig.values()))),
         },
-        {"lat": flat, "lon": flon, "q": np.asarray(CHANGE_Q)},
         {
-            "b_products": "; ".join(f"{i}: {k}" for i, k in enumerate(maps_b)),
-            "c_products": "; ".join(f"{i}: {k}" for i, k in enumerate(change_maps)),
+            "lat": flat,
+            "lon": flon,
+            "q": np.asarray(CHANGE_Q),
+            "b_product": np.array([str(r[0]) for r in rows_b[:-2]], dtype=object),
+            "c_product": np.array(list(change_maps), dtype=object),
         },
+        long_names={
+            "b_mab": "mean absolute bias of the DJF time mean against E-OBS",
+            "b_bias_map": "bias of the DJF time mean against E-OBS",
+            "c_change_map": "relative change of the DJF mean, RCP8.5 vs historical",
+            "c_change_q": "relative change per quantile, RCP8.5 vs historical",
+        },
+        title="precipdiff evaluate iberia: ESM-driven (b) and RCP8.5 change (c) metrics",
     )
     (out / "metrics.json").write_text(
         json.dumps(

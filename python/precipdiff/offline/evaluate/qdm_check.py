@@ -104,6 +104,7 @@ def run_qdm_check(
         "for temperature); QDM should reproduce the GCM's change."
     )
     arrays: dict[str, tuple[tuple[str, ...], NDArray[Any]]] = {}
+    units: dict[str, str] = {}  # per metric: precipitation in mm/day, temperature in K
     for var, kind, ck, trace in (
         ("pr", "multiplicative", "relative", 0.05),
         ("tas", "additive", "absolute", 0.0),
@@ -177,6 +178,20 @@ def run_qdm_check(
         rep.add_figure(cs, out, f"{var}: change per quantile")
         arrays[f"{var}_change_gcm"] = (("q",), chg["model"])
         arrays[f"{var}_change_qdm"] = (("q",), chg["product"])
-    write_metrics_netcdf(out / "qdm_check_metrics.nc", res, arrays, {"q": np.asarray(QUANTILES)})
+        value_units = "mm day-1" if var == "pr" else "K"
+        change_units = "1" if ck == "relative" else value_units
+        for k in (*res, *arrays):
+            if k.startswith(f"{var}_") and k not in units:
+                units[k] = "1" if "frequency" in k else value_units
+        for k in (f"{var}_change_gcm", f"{var}_change_qdm", f"{var}_max_change_difference"):
+            units[k] = change_units
+    write_metrics_netcdf(
+        out / "qdm_check_metrics.nc",
+        res,
+        arrays,
+        {"q": np.asarray(QUANTILES)},
+        units=units,
+        title="precipdiff qdm-check: QDM of a CMIP6 GCM against ISIMIP3BASD observations",
+    )
     rep.write(out / "README.md", command)
     return res

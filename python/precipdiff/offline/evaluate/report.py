@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,15 @@ from precipdiff.errors import InputError
 from precipdiff.offline import metrics
 from precipdiff.offline.evaluate import plots
 
-__all__ = ["EnsembleEvaluation", "Report", "day_keys", "evaluate_ensemble", "write_metrics_netcdf"]
+__all__ = [
+    "EnsembleEvaluation",
+    "Report",
+    "cf_variable_name",
+    "day_keys",
+    "evaluate_ensemble",
+    "metric_units",
+    "write_metrics_netcdf",
+]
 
 #: High quantiles reported everywhere.
 HIGH_Q = (0.95, 0.99, 0.999)
@@ -160,14 +169,99 @@ class Report:
         return p
 
 
+#: Units of metric names (regular expressions searched in the name, first match wins);
+#: ``V`` stands for the units of the evaluated values (``value_units``), ``V2`` for their
+#: square. Names matching none need ``units=`` (:func:`write_metrics_netcdf` refuses to
+#: write a metric without units).
+METRIC_UNITS: tuple[tuple[str, str], ...] = (
+    (r"spread_skill_ratio|ratio", "1"),
+    (r"wet_day_frequency|frequency", "1"),
+    (r"rank_histogram", "1"),
+    (r"power_spectrum", "V2 degree"),
+    (r"(^|_)(rel|relative)(_|$)|_relative_|corr", "1"),
+    (r"(^|_)change_(q|map)(_|$)", "1"),
+    (r"runtime_s$|_seconds$", "s"),
+    (
+        r"(^|_)(mae|rmse|crps|crps_fair|bias|mean_bias|mean_absolute_bias|mab|p\d+(_\d+)?|"
+        r"bias_map|spread|spread_skill_bin_spread|spread_skill_bin_rmse|block_mae|"
+        r"max_quantile_error|noise_floor)(_|$)",
+        "V",
+    ),
+)
+
+#: Long names of coordinates the evaluation writes (units in the second field).
+METRIC_COORDINATES: dict[str, tuple[str, str]] = {
+    "q": ("quantile probability", "1"),
+    "quantile": ("quantile probability", "1"),
+    "wavenumber": ("radial wavenumber (cycles per degree)", "degree-1"),
+    "rank": ("rank of the observation in the ensemble", "1"),
+}
+
+
+def metric_units(name: str, value_units: str = "mm day-1") -> str | None:
+    """Units of a metric from its name (:data:`METRIC_UNITS`), or ``None`` if unknown.
+
+    Parameters
+    ----------
+    name
+        Metric name, e.g. ``crps_generated``, ``wet_day_frequency_obs``.
+    value_units
+        Units of the evaluated quantity (precipitation: ``mm day-1``).
+
+    Returns
+    -------
+    str or None
+        udunits-compatible units.
+    """
+    for pattern, units in METRIC_UNITS:
+        if re.search(pattern, name):
+            if units == "V":
+                return value_units
+            if units.startswith("V2"):
+                return f"({value_units})^2" + units[2:]
+            return units
+    return None
+
+
+def cf_variable_name(name: str) -> str:
+    """Make a netCDF/CF variable name of a label: letters, digits, ``_``, a letter first.
+
+    Parameters
+    ----------
+    name
+        E.g. ``crps_regression (bilinear)``.
+
+    Returns
+    -------
+    str
+        E.g. ``crps_regression_bilinear``.
+    """
+    out = re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_")
+    out = re.sub(r"_+", "_", out)
+    return out if out[:1].isalpha() else f"v_{out}"
+
+
 def write_metrics_netcdf(
     path: str | os.PathLike[str],
     scalars: Mapping[str, float],
     arrays: Mapping[str, tuple[Sequence[str], NDArray[Any]]] | None = None,
     coords: Mapping[str, NDArray[Any]] | None = None,
     attrs: Mapping[str, Any] | None = None,
+    *,
+    units: Mapping[str, str] | None = None,
+    long_names: Mapping[str, str] | None = None,
+    value_units: str = "mm day-1",
+    title: str = "precipdiff evaluation metrics",
 ) -> Path:
-    """Write scalar metrics and metric arrays to one netCDF file.
+    """Write scalar metrics and metric arrays to one CF-1.8 netCDF file, atomically.
+
+    Every variable gets ``long_name`` and ``units`` (from ``units``, else from its name
+    by :func:`metric_units`); names are made CF-valid by :func:`cf_variable_name` (the
+    original label is kept in ``long_name``); a coordinate of strings (e.g. the product
+    labels of a dimension ``product``) becomes an integer index coordinate plus a
+    character label variable ``<dim>_label`` named in the ``coordinates`` attribute of
+    every variable on that dimension, so CF tools (cfchecks, CDO, cf_xarray) read it.
+    Stack related metrics along such a labelled dimension instead of numbering names.
 
     Parameters
     ----------
@@ -178,28 +272,114 @@ def write_metrics_netcdf(
     arrays
         ``{name: (dims, array)}``.
     coords
-        Coordinates by dimension name (e.g. ``lat``, ``lon``).
+        Coordinates by dimension name: numbers (``lat``, ``lon``, ``q``, ``wavenumber``,
+        ...) or strings (labels).
     attrs
-        Global attributes.
+        Global attributes (structured values are stored as JSON).
+    units
+        Units by metric (or numeric coordinate) name, overriding the name rules.
+    long_names
+        Long names by metric name (default: the metric's label).
+    value_units
+        Units of the evaluated quantity, for the name rules (``mm day-1``; ``K`` for
+        temperature).
+    title
+        Global ``title``.
 
     Returns
     -------
     pathlib.Path
         The file written.
-    """
-    from precipdiff.io import import_netcdf4, import_xarray
 
-    import_netcdf4()
-    xr = import_xarray()
-    data_vars: dict[str, Any] = {k: ((), float(v)) for k, v in scalars.items()}
+    Raises
+    ------
+    InputError
+        A metric whose units are not known, names that collide once made CF-valid, or
+        arrays whose dimensions disagree with the coordinates.
+    """
+    from precipdiff.io import cf, import_netcdf4
+    from precipdiff.io.atomic import atomic_path
+
+    nc4 = import_netcdf4()
+    units = dict(units or {})
+    long_names = dict(long_names or {})
+    variables: dict[str, tuple[tuple[str, ...], NDArray[Any]]] = {
+        k: ((), np.asarray(float(v), dtype=np.float64)) for k, v in scalars.items()
+    }
     for k, (dims, a) in (arrays or {}).items():
-        data_vars[k] = (tuple(dims), np.asarray(a))
-    ds = xr.Dataset(data_vars, coords=dict(coords or {}))
-    ds.attrs.update({"source": f"precipdiff {__version__} evaluate", **dict(attrs or {})})
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    ds.to_netcdf(p)
-    return p
+        variables[k] = (tuple(dims), np.asarray(a))
+    cf_names: dict[str, str] = {}
+    for k in variables:
+        c = cf_variable_name(k)
+        if c in cf_names.values() or c in (coords or {}):
+            raise InputError(f"metric name {k!r} collides with another once made CF-valid ({c})")
+        cf_names[k] = c
+    var_units: dict[str, str] = {}
+    for k in variables:
+        u = units.get(k) or metric_units(k, value_units)
+        if u is None:
+            raise InputError(
+                f"metric {k!r} has no known units: pass units={{{k!r}: ...}} to "
+                "write_metrics_netcdf or add a rule to METRIC_UNITS"
+            )
+        var_units[k] = u
+    sizes: dict[str, int] = {}
+    for k, (dims, a) in variables.items():
+        if len(dims) != a.ndim:
+            raise InputError(f"metric {k!r}: dims {dims} for an array of shape {a.shape}")
+        for d, n in zip(dims, a.shape, strict=True):
+            if sizes.setdefault(d, n) != n:
+                raise InputError(f"dimension {d!r} has sizes {sizes[d]} and {n} ({k!r})")
+    coord_arrays = {str(d): np.asarray(v) for d, v in (coords or {}).items()}
+    for d, v in coord_arrays.items():
+        if sizes.setdefault(d, v.shape[0]) != v.shape[0]:
+            raise InputError(f"coordinate {d!r} has {v.shape[0]} values, the data {sizes[d]}")
+    labelled = {d for d, v in coord_arrays.items() if v.dtype.kind in "OUS"}
+    gattrs = {
+        k: (cf.json_attribute(v) if isinstance(v, (dict, list, tuple)) else v)
+        for k, v in (attrs or {}).items()
+    }
+    with atomic_path(path) as tmp, nc4.Dataset(tmp, "w", format="NETCDF4") as ds:
+        for d, n in sizes.items():
+            ds.createDimension(d, n)
+        for d, v in coord_arrays.items():
+            if d in labelled:
+                labels = [str(x).encode("utf-8") for x in v.tolist()]
+                width = max(1, *(len(b) for b in labels))
+                ds.createDimension(f"{d}_strlen", width)
+                idx = ds.createVariable(d, "i4", (d,))
+                idx.long_name = f"index of {d}"
+                idx.units = "1"
+                idx[:] = np.arange(len(labels), dtype=np.int32)
+                lab = ds.createVariable(f"{d}_label", "S1", (d, f"{d}_strlen"))
+                lab.long_name = f"{d} label"
+                chars = b"".join(b.ljust(width, b"\0") for b in labels)  # UTF-8 bytes
+                lab[:] = np.frombuffer(chars, dtype="S1").reshape(len(labels), width)
+                lab.setncattr("_Encoding", "utf-8")  # readers (xarray) decode to text
+                continue
+            var = ds.createVariable(d, "f8", (d,))
+            if d in ("lat", "lon"):
+                var.setncatts(cf.coordinate_attributes(d))
+            else:
+                long_name, cu = METRIC_COORDINATES.get(d, (d, ""))
+                cu = units.get(d, cu)
+                if not cu:
+                    raise InputError(
+                        f"coordinate {d!r} has no known units: pass units={{{d!r}: ...}}"
+                    )
+                var.long_name = long_name
+                var.units = cu
+            var[:] = v.astype(np.float64)
+        for k, (dims, a) in variables.items():
+            var = ds.createVariable(cf_names[k], "f8", dims)
+            var.long_name = long_names.get(k, k)
+            var.units = var_units[k]
+            aux = [f"{d}_label" for d in dims if d in labelled]
+            if aux:
+                var.coordinates = " ".join(aux)
+            var[...] = a.astype(np.float64)
+        ds.setncatts(cf.provenance_attributes(title=title, extra=gattrs))
+    return Path(path)
 
 
 @dataclass

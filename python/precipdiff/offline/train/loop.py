@@ -379,7 +379,8 @@ def fit(
     bar = tqdm(
         total=optim_cfg.steps,
         initial=step,
-        disable=not (loop_cfg.progress and ctx.is_main),
+        # None: tqdm shows the bar only on a terminal (no carriage returns in a log file)
+        disable=None if (loop_cfg.progress and ctx.is_main) else True,
         desc=run_dir.name,
         dynamic_ncols=True,
     )

@@ -125,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     py = sys.executable
     failures: list[str] = []
 
+    if not (prefix / "share" / "precipdiff" / "precipdiff.meta").is_file():
+        failures.append("share/precipdiff/precipdiff.meta (CCPP metadata) is not installed")
+
     # 1. installed program loads libprecipdiff by its RUNPATH
     exe = prefix / "bin" / "toy_esm"
     r = run(

@@ -59,6 +59,7 @@ STANDARD_NAMES: dict[str, str] = {
     "relative_humidity": "1",
     "air_temperature": "K",
     "surface_temperature": "K",
+    "air_pressure": "Pa",
     "air_pressure_at_mean_sea_level": "Pa",
     "surface_air_pressure": "Pa",
     "eastward_wind": "m s-1",

@@ -385,6 +385,7 @@ def run_iberia(
         qsig,
         out / "c_change_per_quantile.png",
         ylabel="relative change 2081-2100 vs 1983-1997 (DJF)",
+        percent=True,  # in %, as the change maps
     )
     fig_cm = plots.plot_bias_maps(
         {k.replace(" precipitation", ""): 100 * v for k, v in change_maps.items()},

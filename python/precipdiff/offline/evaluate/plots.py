@@ -41,6 +41,46 @@ def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
     return p
 
 
+def label_map_axes(ax: Any, *, ylabel: bool = True) -> None:
+    """Label a lon-lat map panel: ``longitude (°E)`` / ``latitude (°N)``, degree ticks.
+
+    Parameters
+    ----------
+    ax
+        A matplotlib axes holding a map in degrees.
+    ylabel
+        Also label the y axis (only the leftmost panel of a row needs it).
+    """
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_xlabel("longitude (°E)", fontsize=8)
+    if ylabel:
+        ax.set_ylabel("latitude (°N)", fontsize=8)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}°"))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}°"))
+
+
+def log_axes(ax: Any, axis: str = "both") -> None:
+    """Readable log-scale ticks: labels on decades only (no overlapping minor labels).
+
+    Parameters
+    ----------
+    ax
+        A matplotlib axes with logarithmic scales.
+    axis
+        ``"x"``, ``"y"`` or ``"both"``.
+    """
+    from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullFormatter
+
+    for a in [ax.xaxis, ax.yaxis] if axis == "both" else [getattr(ax, f"{axis}axis")]:
+        a.set_major_locator(LogLocator(base=10.0, numticks=6))
+        a.set_major_formatter(LogFormatterSciNotation(base=10.0))
+        a.set_minor_locator(
+            LogLocator(base=10.0, subs=[0.1 * k for k in range(2, 10)], numticks=12)
+        )
+        a.set_minor_formatter(NullFormatter())
+
+
 def plot_bias_maps(
     maps: Mapping[str, NDArray[np.floating]],
     lat: NDArray[np.floating],
@@ -82,12 +122,13 @@ def plot_bias_maps(
     vmax = float(np.percentile(allv, 98)) if allv.size else 1.0
     vmax = vmax if np.isfinite(vmax) and vmax > 0 else 1.0
     im = None
-    for ax, (label, m) in zip(axes[0], maps.items(), strict=True):
+    for i, (ax, (label, m)) in enumerate(zip(axes[0], maps.items(), strict=True)):
         im = ax.pcolormesh(lon, lat, m, cmap="BrBG", vmin=-vmax, vmax=vmax, shading="nearest")
         sub = f"{label}" if scores is None else f"{label}\nMAB {scores[label]:.3f}"
         ax.set_title(sub, fontsize=9)
         ax.set_aspect("equal")
         ax.tick_params(labelsize=7)
+        label_map_axes(ax, ylabel=i == 0)
     if im is not None:
         fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=units, extend="both")
     fig.suptitle(title, fontsize=10)
@@ -120,6 +161,7 @@ def plot_spectra(
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for label, (k, p) in spectra.items():
         ax.loglog(k, p, marker="o", ms=3, label=label)
+    log_axes(ax)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("power (mm²/day²)")
     ax.set_title(title, fontsize=10)
@@ -236,6 +278,8 @@ def plot_change_signal(
     path: str | os.PathLike[str],
     ylabel: str = "relative change",
     title: str = "Change signal per quantile",
+    *,
+    percent: bool = False,
 ) -> Path:
     """Change signal per quantile of several products.
 
@@ -249,6 +293,9 @@ def plot_change_signal(
         Output PNG.
     ylabel, title
         Axis label and title.
+    percent
+        The signals are relative changes (fractions): plot them in % (as the change maps
+        are) and add ``(%)`` to the axis label.
 
     Returns
     -------
@@ -257,11 +304,12 @@ def plot_change_signal(
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.6))
+    scale = 100.0 if percent else 1.0
     for label, s in signals.items():
-        ax.plot(q, s, marker="o", label=label)
+        ax.plot(q, scale * np.asarray(s, dtype=np.float64), marker="o", label=label)
     ax.axhline(0.0, color="k", lw=0.6)
     ax.set_xlabel("quantile")
-    ax.set_ylabel(ylabel)
+    ax.set_ylabel(f"{ylabel} (%)" if percent and "%" not in ylabel else ylabel)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     return _save(fig, path)

@@ -171,8 +171,9 @@ def run_qdm_check(
             QUANTILES,
             {"GCM": chg["model"], "GCM + QDM": chg["product"]},
             out / f"{var}_change_per_quantile.png",
-            ylabel=f"{ck} change ({'wet days' if var == 'pr' else unit})",
+            ylabel=f"{ck} change" + (", wet days" if var == "pr" else f" ({unit})"),
             title=f"{var}: change per quantile, 2065-2100 vs 1979-2014",
+            percent=ck == "relative",
         )
         rep.add_figure(qq, out, f"{var}: QQ against observations, historical")
         rep.add_figure(cs, out, f"{var}: change per quantile")

@@ -219,7 +219,12 @@ def evaluate_bundle(cfg: TrainConfig, dest: Path) -> dict[str, Any]:
         )
     figure_grid = bundle.fine_grid if same else den_data.fine_grid
     scores["figures"] = plot_evaluation(
-        dest / "figures", reg_arrays, fine_arrays, figure_grid, cfg.bundle.name
+        dest / "figures",
+        reg_arrays,
+        fine_arrays,
+        figure_grid,
+        cfg.bundle.name,
+        caveat=cfg.bundle.notes,  # e.g. "not skilful": in the figure, not only in the card
     )
     write_json(dest / "evaluation.json", scores)
     (dest / "EVALUATION.md").write_text(evaluation_markdown(scores, cfg.bundle.name))

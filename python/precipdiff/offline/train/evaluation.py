@@ -300,6 +300,7 @@ def plot_evaluation(
     fine: dict[str, np.ndarray],
     fine_grid: Any,
     title: str,
+    caveat: str = "",
 ) -> list[str]:
     """Write the model-card figures (PNG) and return their file names.
 
@@ -315,6 +316,9 @@ def plot_evaluation(
         The fine grid (for spacing and extent).
     title
         Figure title prefix.
+    caveat
+        What a reader must know about the model (e.g. "not skilful: trained on 20
+        snapshots"), written into every figure's title so it travels with the figure.
 
     Returns
     -------
@@ -324,13 +328,20 @@ def plot_evaluation(
     with warnings.catch_warnings():
         # Sea cells are NaN in every field: their means are NaN by design.
         warnings.simplefilter("ignore", RuntimeWarning)
-        return _plot(out, reg, fine, fine_grid, title)
+        return _plot(out, reg, fine, fine_grid, title, caveat)
 
 
 def _plot(
-    out: Path, reg: dict[str, np.ndarray], fine: dict[str, np.ndarray], fine_grid: Any, title: str
+    out: Path,
+    reg: dict[str, np.ndarray],
+    fine: dict[str, np.ndarray],
+    fine_grid: Any,
+    title: str,
+    caveat: str = "",
 ) -> list[str]:
     import matplotlib
+
+    from precipdiff.offline.evaluate.plots import label_map_axes, log_axes
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -362,17 +373,20 @@ def _plot(
         (bias_d, "upsampled regression bias (mm/day)", "RdBu", -bmax, bmax),
     ]
     wettest = int(np.nanargmax(np.nanmean(obs, axis=(1, 2))))
-    for ax, (arr, label, cmap, lo, hi) in zip(axes.flat, panels, strict=False):
+    for i, (ax, (arr, label, cmap, lo, hi)) in enumerate(zip(axes.flat, panels, strict=False)):
         im = ax.imshow(arr, extent=ext, origin=origin, cmap=cmap, vmin=lo, vmax=hi)
         ax.set_title(label, fontsize=9)
+        label_map_axes(ax, ylabel=i % 3 == 0)
         fig.colorbar(im, ax=ax, shrink=0.8)
     ax = axes.flat[5]
     im = ax.imshow(ens_m[wettest, 0], extent=ext, origin=origin, cmap="Blues")
     ax.set_title(
         f"member 0, wettest validation day (obs max {np.nanmax(obs[wettest]):.0f})", fontsize=9
     )
+    label_map_axes(ax, ylabel=False)
     fig.colorbar(im, ax=ax, shrink=0.8)
-    fig.suptitle(f"{title}: validation split")
+    suptitle = f"{title}: validation split" + (f"\n{caveat}" if caveat else "")
+    fig.suptitle(suptitle, fontsize=10)
     fig.savefig(out / "maps.png", dpi=80)
     plt.close(fig)
     names.append("maps.png")
@@ -392,6 +406,7 @@ def _plot(
     for arr, label in ((obs, "observed"), (ens, "ensemble"), (det, "upsampled regression")):
         k, p = metrics.power_spectrum_radial(arr, dx=dx)
         ax.loglog(k, p, label=label)
+    log_axes(ax)
     ax.set_xlabel("wavenumber (cycles/degree)")
     ax.set_title("radial power spectrum")
     ax.legend(fontsize=8)
@@ -401,7 +416,7 @@ def _plot(
     ax.bar(["regression", "linear", "climatology"], maes, color=["C0", "C1", "C2"])
     ax.set_ylabel("MAE (mm/day), coarse grid")
     ax.set_title("regression vs baselines")
-    fig.suptitle(f"{title}: validation split")
+    fig.suptitle(suptitle, fontsize=10)
     fig.savefig(out / "distributions_spectra.png", dpi=80)
     plt.close(fig)
     names.append("distributions_spectra.png")

@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         help="climate4r_iberia directory (default: from precipdiff.testing.shared_data_dir())",
     )
     p.add_argument("--output", type=Path, default=Path("offline_replay.png"), help="PNG file")
+    p.add_argument("--qdm", choices=("on", "off", ""), default="", help="say it in the title")
     args = p.parse_args(argv)
 
     import matplotlib
@@ -45,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import netCDF4
+
+    from precipdiff.offline.evaluate.plots import label_map_axes
 
     data = args.data_dir
     if data is None:
@@ -133,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             ax.set_xlim(min(elon.min(), olon.min()) - 1, max(elon.max(), olon.max()) + 1)
             ax.set_ylim(min(elat.min(), olat.min()) - 1, max(elat.max(), olat.max()) + 1)
             ax.set_title(f"{name}: {title}", fontsize=9)
+            label_map_axes(ax, ylabel=col == 0)
             if col == 2:
                 fig.colorbar(im, ax=ax, label="mm/day", shrink=0.9)
     ax = fig.add_subplot(gs[2, :])
@@ -149,7 +153,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{gen_series.mean():.2f}, E-OBS {np.nanmean(obs_series):.2f} mm/day",
         fontsize=9,
     )
-    fig.suptitle("precipdiff offline replay of CNRM-CM5 over Iberia", fontsize=12)
+    fig.suptitle(
+        "precipdiff offline replay of CNRM-CM5 over Iberia "
+        + {"on": "(with QDM of the ESM's inputs)", "off": "(without QDM)", "": ""}[args.qdm]
+        + "\n"
+        "CNRM-CM5 runs free: its days are not the observed weather; compare means, not days",
+        fontsize=11,
+    )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.output, dpi=100)
     print(f"wrote {args.output}")

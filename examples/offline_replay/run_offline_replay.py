@@ -36,10 +36,15 @@ SKIP = 77
 PREFIX = "CMIP5_Iberia_"
 
 
-def data_dir() -> Path | None:
-    """The climate4r_iberia directory, or None when the shared data are absent."""
+SAMPLE = HERE / "sample"  # one winter shipped in the repository (sample/ATTRIBUTION.md)
+
+
+def data_dir(given: Path | None = None) -> Path | None:
+    """The directory of the daily files: ``given``, else the shared climate4r_iberia."""
     from precipdiff.testing import shared_data_dir
 
+    if given is not None:
+        return given.resolve() if (given / f"{PREFIX}pr.nc").is_file() else None
     root = shared_data_dir()
     if root is None or not (root / "climate4r_iberia" / f"{PREFIX}pr.nc").is_file():
         return None
@@ -84,6 +89,80 @@ def tiny_bundle(path: Path) -> Path:
         overwrite=True,
     )
     return path
+
+
+def bundle_with_tables(bundle: Path, tables_file: Path, work: Path) -> Path:
+    """A copy of ``bundle`` in ``work`` carrying the QDM tables of ``tables_file``.
+
+    Only the tables of the bundle's own input variables are attached (the sample ships
+    tables for every variable a demo bundle may need), on the bundle's coarse grid.
+    """
+    import shutil
+
+    from precipdiff.bundle import read_manifest
+    from precipdiff.qdm import QDMTables
+
+    names = bundle_predictors(bundle)
+    tables = QDMTables.load(tables_file)
+    missing = [n for n in names if n not in tables.variables]
+    if missing:
+        raise SystemExit(
+            f"{tables_file} has no QDM tables for {missing} (bundle {bundle} needs {names}): "
+            "regenerate them with scripts/make_demo_sample.py"
+        )
+    tables.variables = {n: tables.variables[n] for n in names}
+    dest = work / f"{bundle.name}-qdm"
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(bundle, dest, ignore=shutil.ignore_patterns("figures", "compiled"))
+    manifest = read_manifest(dest)
+    manifest.compiled = []
+    from precipdiff.bundle import write_manifest
+
+    write_manifest(dest, manifest)
+    tables.attach_to_bundle(dest)  # refuses tables on another coarse grid
+    return dest
+
+
+def add_observations(out: Path, data: Path) -> str | None:
+    """Append E-OBS of the replayed dates on the fine grid (``pr_eobs``) to the output.
+
+    Returns a note when E-OBS is absent or does not cover the fine grid (nothing added).
+    """
+    import netCDF4
+
+    eobs = data / "EOBS_Iberia_pr.nc"
+    if not eobs.is_file():
+        return f"no {eobs.name} in {data}: pr_eobs not added"
+    with netCDF4.Dataset(out, "a") as ds, netCDF4.Dataset(eobs) as ob:
+        ds.set_auto_mask(False)
+        t = ds["time"]
+        days = netCDF4.num2date(np.floor(t[:]), t.units, t.calendar)
+        ot = ob["time"]
+        odays = netCDF4.num2date(ot[:], ot.units, getattr(ot, "calendar", "standard"))
+        index = {(d.year, d.month, d.day): i for i, d in enumerate(odays)}
+        keys = [(d.year, d.month, d.day) for d in days]
+        if any(k not in index for k in keys):
+            return "E-OBS does not cover the replayed days: pr_eobs not added"
+        olat, olon = np.asarray(ob["lat"][:]), np.asarray(ob["lon"][:])
+        flat, flon = np.asarray(ds["lat_fine"][:]), np.asarray(ds["lon_fine"][:])
+        jj = [int(np.argmin(np.abs(olat - v))) for v in flat]
+        ii = [int(np.argmin(np.abs(olon - v))) for v in flon]
+        if not (np.allclose(olat[jj], flat) and np.allclose(olon[ii], flon)):
+            return "the fine grid is not a subset of the E-OBS grid: pr_eobs not added"
+        rr = np.asarray(ob["rr"][[index[k] for k in keys]], dtype=np.float64)[:, jj][:, :, ii]
+        v = ds.createVariable("pr_eobs", "f4", ("time", "lat_fine", "lon_fine"), fill_value=1e20)
+        v.standard_name = "precipitation_flux"
+        v.long_name = "E-OBS v14 observed precipitation of the same dates (land only)"
+        v.units = "kg m-2 s-1"
+        v.cell_methods = "time: mean"
+        v.source = "E-OBS v14 (Haylock et al. 2008; ECA&D), non-commercial research and education"
+        v[:] = np.where(np.isfinite(rr), rr / 86400.0, 1e20).astype(np.float32)
+        ds.history = (
+            f"{ds.history}\nrun_offline_replay.py: added pr_eobs from {eobs.name}"
+            if "history" in ds.ncattrs()
+            else f"run_offline_replay.py: added pr_eobs from {eobs.name}"
+        )
+    return None
 
 
 def esm_window(
@@ -219,7 +298,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--days", type=int, default=3)
     p.add_argument("--start-record", type=int, default=1)
     p.add_argument("--dt", type=float, default=21600.0)
-    p.add_argument("--bundle", type=Path, help="bundle to use (default: shipped or tiny)")
+    p.add_argument(
+        "--bundle", help="bundle directory or name (default: a shipped one the data fit, or tiny)"
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        help=f"directory of the daily files (default: ../shared/data/climate4r_iberia; the "
+        f"repository's one-winter sample: {SAMPLE.relative_to(REPO)})",
+    )
+    p.add_argument(
+        "--qdm-tables",
+        type=Path,
+        help="QDM tables to attach to (a copy of) a bundle that carries none",
+    )
     p.add_argument("--tiny-bundle", action="store_true", help="always use a tiny bundle")
     p.add_argument("--members", type=int, default=1)
     p.add_argument("--steps", type=int, default=0, help="sampler steps (0: bundle default)")
@@ -233,17 +325,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
 
-    data = data_dir()
+    data = data_dir(args.data_dir)
     if data is None:
-        print("SKIP: ../shared/data/climate4r_iberia not found (set PRECIPDIFF_SHARED_DATA)")
+        where = args.data_dir or "../shared/data/climate4r_iberia"
+        print(f"SKIP: {where} not found (set PRECIPDIFF_SHARED_DATA, or --data-dir {SAMPLE})")
         return SKIP
+    print(f"data: {data}")
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     if args.bundle is not None:
-        bundle = args.bundle.resolve()
+        from precipdiff.bundle import find_bundle
+
+        bundle = find_bundle(args.bundle).resolve()
     else:
         found = None if args.tiny_bundle else shipped_bundle(data)
         bundle = found if found is not None else tiny_bundle(work / "tiny_bundle")
+    from precipdiff.bundle import read_manifest as _read
+
+    if args.qdm_tables is not None and _read(bundle).bias_correction is None:
+        bundle = bundle_with_tables(bundle, args.qdm_tables.resolve(), work)
+        print(f"QDM tables {args.qdm_tables} attached to a copy of the bundle: {bundle}")
     print(f"bundle: {bundle} (predictors {', '.join(bundle_predictors(bundle))})")
 
     import netCDF4
@@ -302,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAIL: offline_replay exited with status {proc.returncode}")
         return 1
     failures = check_output(out, data, args.start_record, args.days, window)
+    if not failures:
+        note = add_observations(out, data)
+        print(note or "added E-OBS of the same dates to the output (pr_eobs)")
     if args.cfchecks and not failures:
         from precipdiff.testing.cf import cf_failures
 
@@ -310,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         png = work / "offline_replay.png"
         png.unlink(missing_ok=True)
         cmd = [sys.executable, str(HERE / "plot_offline_replay.py"), str(out), "--data-dir"]
-        cmd += [str(data), "--output", str(png)]
+        cmd += [str(data), "--output", str(png), "--qdm", "on" if qdm else "off"]
         r = subprocess.run(cmd, capture_output=True, text=True, env=env)
         sys.stdout.write(r.stdout + r.stderr)
         if r.returncode != 0 or not png.is_file() or png.stat().st_size < 10_000:

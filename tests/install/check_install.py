@@ -9,7 +9,7 @@ Checks, each against the INSTALLED tree (never the build tree):
    and only the venv's ``bin/`` on ``PATH`` (an activated venv): the installed library finds
    the interpreter by the PATH rule;
 3. ``bin/offline_replay`` on real CNRM-CM5 fields for two days (the repository's demo
-   sample, or ``../shared/data``), same environment;
+   sample), same environment;
 4. the run-time Python rule with the consumer program ``which_python`` (built and installed
    by the find_package consumer project):
    a. no PRECIPDIFF_PYTHON, no Python environment with precipdiff on PATH: fails, naming
@@ -180,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             "--days",
             "2",
             "--tiny-bundle",
+            "--data-dir",  # the repository's real-data sample: runs on any machine
+            str(REPO / "examples/offline_replay/sample"),
         ],
         path_env,
         "3 offline_replay",

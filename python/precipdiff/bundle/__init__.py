@@ -51,6 +51,7 @@ from precipdiff.bundle.manifest import (
     sha256_file,
     write_manifest,
 )
+from precipdiff.bundle.registry import find_bundle, shipped_bundles
 from precipdiff.bundle.writer import default_provenance, manifest_from_networks, save_bundle
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "bundle_hash",
     "default_provenance",
     "default_sampler",
+    "find_bundle",
     "load_bundle",
     "load_compiled",
     "manifest_from_networks",
@@ -73,6 +75,7 @@ __all__ = [
     "read_manifest",
     "save_bundle",
     "sha256_file",
+    "shipped_bundles",
     "static_field_arrays",
     "verify_file",
     "write_manifest",

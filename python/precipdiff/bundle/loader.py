@@ -179,7 +179,9 @@ def load_bundle(path: str | os.PathLike[str], device: str | torch.device = "cpu"
     Bundle
         The loaded bundle.
     """
-    root = Path(path)
+    from precipdiff.bundle.registry import find_bundle
+
+    root = find_bundle(path)
     manifest = read_manifest(root)
     required = [REGRESSION_FILE, DENOISER_FILE]
     if any(manifest.static_fields[k] for k in ("coarse", "fine")) and any(

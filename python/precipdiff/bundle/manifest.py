@@ -381,14 +381,17 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
     Parameters
     ----------
     path
-        The bundle directory (or its ``manifest.json``).
+        The bundle directory (or its ``manifest.json``), or the name of a shipped
+        bundle (``iberia-demo``; :func:`precipdiff.bundle.registry.find_bundle`).
 
     Returns
     -------
     Manifest
         The validated manifest, migrated to the current format.
     """
-    p = Path(path)
+    from precipdiff.bundle.registry import find_bundle
+
+    p = find_bundle(path)
     mpath = p if p.is_file() else p / MANIFEST_NAME
     if not p.exists():
         raise BundleError(f"model bundle {p} does not exist")

@@ -284,6 +284,9 @@ class PluginConfig:
             for key in ("bundle_path", "weights_to_bundle", "weights_to_model", "output_dir"):
                 val = kw.get(key)
                 if isinstance(val, str) and val.strip() and not Path(val).is_absolute():
+                    bare = "/" not in val and not (base_dir / val).exists()
+                    if key == "bundle_path" and bare:
+                        continue  # a shipped bundle's name: precipdiff.bundle.find_bundle
                     kw[key] = str(base_dir / val)
         return cls(**kw)
 

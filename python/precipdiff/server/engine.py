@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -205,11 +204,17 @@ class GeneratorEngine:
         BundleError
             When the bundle is missing or corrupt (hash mismatch, bad manifest).
         """
+        from precipdiff.bundle import find_bundle
         from precipdiff.errors import BundleError
         from precipdiff.generator import PrecipGenerator
 
-        if not Path(path).exists():
+        try:
+            resolved = find_bundle(path)  # a path, or the name of a shipped bundle
+        except BundleError as exc:
+            raise BundleError(f"precipdiff_nml: bundle_path = {path!r}: {exc}") from exc
+        if not resolved.exists():
             raise BundleError(f"precipdiff_nml: bundle_path = {path!r} does not exist")
+        path = str(resolved)
         try:
             gen = PrecipGenerator.from_bundle(path, device=device)
         except PrecipDiffError:

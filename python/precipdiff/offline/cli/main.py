@@ -57,9 +57,22 @@ def build_parser() -> argparse.ArgumentParser:
     for name in SUBCOMMANDS:
         module = importlib.import_module(f"precipdiff.offline.cli.{name}")
         module.add_parser(subparsers)
-    for sub in {id(p): p for p in subparsers.choices.values()}.values():
+    for sub in _subparsers(parser):
         _add_verbosity(sub, default=argparse.SUPPRESS)  # also accepted after the subcommand
     return parser
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every (nested) subcommand parser, e.g. ``generate`` and ``qdm fit``."""
+    found: dict[int, argparse.ArgumentParser] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                if id(sub) not in found:
+                    found[id(sub)] = sub
+                    for nested in _subparsers(sub):
+                        found.setdefault(id(nested), nested)
+    return list(found.values())
 
 
 def _add_verbosity(parser: argparse.ArgumentParser, default: object) -> None:
@@ -140,6 +153,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        if getattr(args, "bundle", None) is not None:
+            from precipdiff.bundle import find_bundle
+
+            # a shipped bundle's name (iberia-demo) works wherever a bundle path does
+            args.bundle = find_bundle(args.bundle)
         rc = int(args.func(args) or 0)
         sys.stdout.flush()
         return rc

@@ -109,7 +109,8 @@ def test_namelist_takes_a_bundle_name(tmp_path: Path) -> None:
     from precipdiff.server import Plugin
 
     nml = tmp_path / "p.nml"
-    nml.write_text("&precipdiff_nml\n bundle_path = 'iberia-demo', device = 'cpu', remap_method = 'bilinear'\n/\n")
+    opts = "device = 'cpu', remap_method = 'bilinear'"
+    nml.write_text(f"&precipdiff_nml\n bundle_path = 'iberia-demo', {opts}\n/\n")
     lon, lat = np.arange(-8.0, 2.1, 2.0), np.arange(37.0, 41.1, 2.0)  # inside the fine grid
     plugin = Plugin.from_namelist(str(nml), lon, lat)
     assert "hus850" in plugin.required_fields

@@ -40,7 +40,7 @@ def _run(args: argparse.Namespace) -> int:
         from precipdiff.offline.train.regression import stage_dir
 
         for s in stages:
-            if s != "bundle":
+            if s in ("regression", "diffusion"):
                 shutil.rmtree(stage_dir(cfg, s), ignore_errors=True)
     ctx = setup(cfg.device)
     try:
@@ -53,6 +53,19 @@ def _run(args: argparse.Namespace) -> int:
                 from precipdiff.offline.train.diffusion import train_diffusion
 
                 r = train_diffusion(cfg, ctx, stop_at=args.stop_at)
+            elif s == "evaluate":
+                if ctx.is_main:
+                    from pathlib import Path
+
+                    from precipdiff.offline.train.bundle import evaluate_bundle
+
+                    assert cfg.bundle is not None
+                    dest = Path(args.out or cfg.bundle.out)
+                    evaluate_bundle(cfg, dest)
+                    print(
+                        f"evaluation of {dest} written (evaluation.json, EVALUATION.md, figures/)"
+                    )
+                continue
             else:
                 if ctx.is_main:
                     from precipdiff.offline.train.bundle import build_bundle
@@ -87,7 +100,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("stage", choices=["regression", "diffusion", "bundle", "all"])
+    p.add_argument(
+        "stage",
+        choices=["regression", "diffusion", "bundle", "all", "evaluate"],
+        help="evaluate: re-score an existing bundle on the validation split (figures, "
+        "evaluation.json, EVALUATION.md), without its training run directory",
+    )
     p.add_argument("config", help="training config (YAML or JSON), e.g. configs/iberia_demo.yaml")
     p.add_argument("--run-dir", help="override run_dir of the config")
     p.add_argument("--out", help="bundle output directory (default: bundle.out of the config)")

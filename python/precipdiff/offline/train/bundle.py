@@ -198,8 +198,23 @@ def evaluate_bundle(cfg: TrainConfig, dest: Path) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     bundle = load_bundle(dest, "cpu")
     transform = PrecipTransform.from_dict(cfg.transform)
-    reg_meta, _ = _stage_meta(cfg, "regression")
-    stats = Stats.from_dict(reg_meta["stats"])
+    try:
+        reg_meta, _ = _stage_meta(cfg, "regression")
+        stats = Stats.from_dict(reg_meta["stats"])
+    except ConfigError:
+        # No run directory (e.g. re-evaluating a shipped bundle): the statistics the
+        # networks were trained with are the manifest's normalisation.
+        norm = bundle.manifest.normalisation
+        names = bundle.manifest.variable_names()
+        stats = Stats(
+            predictor_mean={n: float(norm["predictors"][n]["mean"]) for n in names},
+            predictor_std={n: float(norm["predictors"][n]["std"]) for n in names},
+            target_mean=float(norm["precip"]["mean"]),
+            target_std=float(norm["precip"]["std"]),
+            n_train=int(
+                bundle.manifest.provenance.get("data", {}).get("regression", {}).get("n_train", 0)
+            ),
+        )
     reg_data = open_stage_data(cfg.regression.data, transform, base=cfg.source_dir, stats=stats)
     den_data = open_stage_data(cfg.diffusion.data, transform, base=cfg.source_dir, stats=stats)
     n_max = cfg.bundle.max_eval_samples

@@ -121,8 +121,11 @@ def test_written_namelists_validate(toy: ModuleType, replay: ModuleType, tmp_pat
     parsed = f90nml.read(str(nml))
     assert parsed["toy_esm_nml"]["output_file"] == "it's.nc"
     assert parsed["toy_esm_nml"]["use_plugin"] is True
-    cfg = PluginConfig.from_namelist(nml)
-    assert cfg.bundle_path == str(tmp_path / "b")
+    # a bare name that is no directory next to the namelist stays a bundle name
+    # (resolved by precipdiff.bundle.find_bundle); an existing one is made absolute
+    assert PluginConfig.from_namelist(nml).bundle_path == "b"
+    (tmp_path / "b").mkdir()
+    assert PluginConfig.from_namelist(nml).bundle_path == str(tmp_path / "b")
     nml2 = tmp_path / "replay.nml"
     replay.write_namelist(
         nml2,

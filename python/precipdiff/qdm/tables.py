@@ -245,8 +245,11 @@ class VariableTable:
         f = np.where((h <= 0) & (r <= 0), 1.0, f)
         bad = ~np.isfinite(f) & np.isfinite(r)
         if bad.any():
-            big = np.nanmax(np.where(np.isfinite(f), f, np.nan), axis=1, keepdims=True)
-            f = np.where(bad, np.broadcast_to(np.nan_to_num(big, nan=1.0), f.shape), f)
+            # largest finite factor per cell and group; 1 where there is none (no
+            # all-NaN RuntimeWarning from nanmax reaching `qdm apply` users)
+            big = np.max(np.where(np.isfinite(f), f, -np.inf), axis=1, keepdims=True)
+            big = np.where(np.isfinite(big), big, 1.0)
+            f = np.where(bad, np.broadcast_to(big, f.shape), f)
         return f
 
 

@@ -239,3 +239,14 @@ def test_python_api_dataset(bundle: Path, inputs: list[Path], tmp_path: Path) ->
     assert ds2["pr"].attrs["standard_name"] == "precipitation_flux"
     ds2.to_netcdf(tmp_path / "api_arrays.nc")
     assert_clean(tmp_path / "api.nc", tmp_path / "api_arrays.nc")
+
+
+def test_demo_sample_files() -> None:
+    """The real-data sample scripts/make_demo_sample.py cut for the demo is CF too."""
+    sample = Path(__file__).resolve().parents[2] / "examples" / "offline_replay" / "sample"
+    files = sorted(sample.glob("*.nc"))
+    assert len(files) == 5
+    assert_clean(*files)
+    with nc4.Dataset(files[0]) as ds:
+        assert "make_demo_sample.py" in ds.history.splitlines()[0]
+        assert "ATTRIBUTION.md" in ds.comment

@@ -93,8 +93,10 @@ contains
     end do
   end subroutine gauss_legendre
 
-  !> Grid-point state of spectral time level `lev` (2: the newest, after a step).
-  subroutine get_grid_state(lev, s)
+  !> Grid-point state of spectral time level `lev` (2: the newest, after a step). With
+  !> `all_t = .false.` only the lowest layer's temperature is transformed (what sea-level
+  !> pressure needs; the other layers of s%t are left as they were).
+  subroutine get_grid_state(lev, s, all_t)
     use prognostics, only: vor, div, t, ps, tr
     use spectral, only: spec_to_grid, uvspec
     use geometry, only: fsg
@@ -102,13 +104,14 @@ contains
     use params, only: mx, nx
     integer, intent(in) :: lev
     type(grid_state_t), intent(inout) :: s
+    logical, intent(in) :: all_t
     complex(p) :: ucos(mx, nx), vcos(mx, nx)
     integer :: k
     do k = 1, kx
       call uvspec(vor(:, :, k, lev), div(:, :, k, lev), ucos, vcos)
       s%u(:, :, k) = spec_to_grid(ucos, 2)
       s%v(:, :, k) = spec_to_grid(vcos, 2)
-      s%t(:, :, k) = spec_to_grid(t(:, :, k, lev), 1)
+      if (all_t .or. k == kx) s%t(:, :, k) = spec_to_grid(t(:, :, k, lev), 1)
       s%q(:, :, k) = 1.0e-3_p * spec_to_grid(tr(:, :, k, lev, 1), 1)
     end do
     s%qpos = max(s%q, 0.0_p)

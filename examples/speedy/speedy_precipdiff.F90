@@ -182,6 +182,7 @@ program speedy_precipdiff
   end if
 
   allocate (gs)
+  gs%t = 0.0_p
   allocate (acc_pr(ix, il), acc_prc(ix, il), acc_evap(ix, il), acc_ps(ix, il), acc_psl(ix, il), &
             acc_hus(ix, il), acc_ua(ix, il), acc_va(ix, il), acc_ta(ix, il), acc_ts(ix, il), &
             acc_tas(ix, il), pr_eff(ix, il), pr_lim(ix, il), pr_model(ix, il), wcol(ix, il), &
@@ -273,7 +274,7 @@ program speedy_precipdiff
 
       if (.not. need_grid) cycle
       ! The state at the end of the step (the newest leapfrog level).
-      call get_grid_state(2, gs)
+      call get_grid_state(2, gs, len_trim(output_file) > 0 .or. need3d(4))
       acc_ps = acc_ps + gs%ps / nsteps
       acc_psl = acc_psl + gs%psl / nsteps
       acc_tas = acc_tas + gs%t(:, :, kx) / nsteps
@@ -335,7 +336,7 @@ program speedy_precipdiff
     call level_water(2, wcol, w_end)
     residual = (w_end + c_end - w_start - c_start) - (e_day - p_eff_day)
     nan_count = count(.not. ieee_is_finite(wcol))
-    if (need_grid) nan_count = nan_count + count(.not. ieee_is_finite(gs%t)) + &
+    if (need_grid) nan_count = nan_count + count(.not. ieee_is_finite(gs%t(:, :, kx))) + &
                                count(.not. ieee_is_finite(gs%u))
     call system_clock(c1)
     wall_s = real(c1 - clock_day0, p) / clock_rate

@@ -62,6 +62,14 @@ else
   log "precipdiff already installed"
 fi
 
+# The caching CPU allocator for torch's tensors (precipdiff.perf.allocator): built once per
+# torch version into ~/.cache/precipdiff (or $PRECIPDIFF_CACHE_DIR), so that no run compiles it.
+if lib=$("$VPY" -m precipdiff.perf.allocator 2>&1); then
+  log "caching CPU allocator: $lib"
+else
+  log "caching CPU allocator not built (runs use torch's default allocator): $lib"
+fi
+
 # --- 3. native build ----------------------------------------------------------------
 if [[ ! -f build/CMakeCache.txt ]]; then
   log "configuring CMake (build type $BUILD_TYPE)"

@@ -34,13 +34,14 @@ import scipy.sparse as sp
 import torch
 
 from precipdiff.bundle import Bundle, bundle_hash, load_bundle
-from precipdiff.bundle.compiled import load_compiled
+from precipdiff.bundle.compiled import POLICIES, compiled_networks
 from precipdiff.device import resolve_device
-from precipdiff.diffusion.edm import add_condition_noise
+from precipdiff.diffusion.edm import EDMPrecond, add_condition_noise
 from precipdiff.diffusion.samplers import SamplerConfig, member_generators, sample
 from precipdiff.errors import ConfigError, GridError, InputError
 from precipdiff.grids import LatLonGrid, Regridder
 from precipdiff.logs import log_once
+from precipdiff.perf.precision import inference_copy, resolve_precision
 from precipdiff.variables import VariableSpec, check_finite, check_range, resolve_variable
 
 #: Seconds per day: 1 mm/day = 1/86400 kg m-2 s-1.
@@ -239,22 +240,38 @@ class PrecipGenerator:
     bundle
         A loaded :class:`~precipdiff.bundle.Bundle`.
     use_compiled
-        ``"auto"``: use AOTInductor packages from the bundle when one matches the
-        device, shapes and torch version, eager otherwise; ``True``: require
-        them; ``False``: always eager.
+        ``"auto"``: per network, use the AOTInductor package from the bundle when
+        one matches the device, shapes, torch version and precision and was
+        measured to pay at export, eager otherwise; ``True``: require packages
+        for both networks; ``False``: always eager.
     member_batch
         Members denoised together in one network call. The default 1 makes a
         member bit-identical whatever the ensemble size (batched convolutions
         may pick different kernels); larger values trade that for speed on GPUs.
+    precision
+        Precision of the denoiser: ``"bundle"`` (the manifest's choice for this
+        device type), ``"float32"``, ``"bf16"`` or ``"fp16"`` (CUDA only); see
+        :mod:`precipdiff.perf.precision`. The regression runs float32.
+
+    Notes
+    -----
+    The networks run as frozen inference copies (``requires_grad=False``, under
+    ``torch.inference_mode``); the bundle's own modules are left untouched.
     """
 
     def __init__(
-        self, bundle: Bundle, *, use_compiled: bool | str = "auto", member_batch: int = 1
+        self,
+        bundle: Bundle,
+        *,
+        use_compiled: bool | str = "auto",
+        member_batch: int = 1,
+        precision: str = "bundle",
     ) -> None:
         if use_compiled not in ("auto", True, False):
             raise ConfigError(f"use_compiled must be 'auto', True or False, got {use_compiled!r}")
         if member_batch < 1:
             raise ConfigError(f"member_batch must be >= 1, got {member_batch}")
+        self.precision = resolve_precision(precision, bundle.manifest.precision, bundle.device.type)
         self.bundle = bundle
         self.manifest = bundle.manifest
         self.device = bundle.device
@@ -278,16 +295,24 @@ class PrecipGenerator:
         self._mass: MassConserver | None = None
         self._statics_fine = torch.as_tensor(bundle.statics_fine, device=self.device)
         self._statics_coarse = bundle.statics_coarse
-        self.regression_fn: Callable[[torch.Tensor], torch.Tensor] = bundle.regression
-        self.denoise_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = (
-            bundle.denoiser
+        self.regression_fn: Callable[[torch.Tensor], torch.Tensor] = inference_copy(
+            bundle.regression, "float32"
         )
-        self.compiled = False
-        if use_compiled is not False:
-            compiled = load_compiled(bundle, required=use_compiled is True)
-            if compiled is not None:
-                self.regression_fn, self.denoise_fn = compiled
-                self.compiled = True
+        self.denoise_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = (
+            EDMPrecond(
+                inference_copy(bundle.denoiser.net, self.precision),
+                sigma_data=bundle.denoiser.sigma_data,
+            )
+        )
+        policy = {"auto": "auto", True: "always", False: "never"}[use_compiled]
+        assert policy in POLICIES
+        #: Which networks run as compiled packages.
+        self.compiled_networks = compiled_networks(bundle, precision=self.precision, policy=policy)
+        if "regression" in self.compiled_networks:
+            self.regression_fn = self.compiled_networks["regression"]
+        if "denoiser" in self.compiled_networks:
+            self.denoise_fn = self.compiled_networks["denoiser"]
+        self.compiled = bool(self.compiled_networks)
 
     @classmethod
     def from_bundle(
@@ -296,6 +321,7 @@ class PrecipGenerator:
         device: str | torch.device = "auto",
         use_compiled: bool | str = "auto",
         member_batch: int = 1,
+        precision: str = "bundle",
     ) -> PrecipGenerator:
         """Load a bundle and build a generator.
 
@@ -309,6 +335,8 @@ class PrecipGenerator:
             See :class:`PrecipGenerator`.
         member_batch
             See :class:`PrecipGenerator`.
+        precision
+            See :class:`PrecipGenerator`.
 
         Returns
         -------
@@ -319,6 +347,7 @@ class PrecipGenerator:
             load_bundle(path, resolve_device(device)),
             use_compiled=use_compiled,
             member_batch=member_batch,
+            precision=precision,
         )
 
     # ------------------------------------------------------------------ inputs
@@ -395,7 +424,7 @@ class PrecipGenerator:
         return rg(x)
 
     # -------------------------------------------------------------- stage 1
-    @torch.no_grad()
+    @torch.inference_mode()
     def regress(self, predictors: Any, grid: LatLonGrid | None = None) -> np.ndarray:
         """Run the regression: coarse precipitation in normalised transformed space.
 
@@ -530,7 +559,7 @@ class PrecipGenerator:
         fine = np.empty((nt, members, *self.fine_grid.shape), np.float32)
         total = nt * math.ceil(members / self.member_batch)
         done = 0
-        with torch.no_grad():
+        with torch.inference_mode():
             for t in range(nt):
                 y_up = torch.as_tensor(up[t], device=self.device)
                 for k0 in range(0, members, self.member_batch):
@@ -563,6 +592,8 @@ class PrecipGenerator:
                 "sigma_c": self.manifest.sigma_c,
                 "nfe_per_member": config.nfe,
                 "compiled_networks": self.compiled,
+                "compiled": sorted(self.compiled_networks),
+                "precision": self.precision,
                 "provenance": self.manifest.provenance,
                 "bundle_hash": self.bundle_hash,
             },

@@ -45,6 +45,9 @@ def test_manifest_records_packages(exported):
         # published with the umask's mode, not tempfile's 0600 (shared bundles on HPC)
         assert stat.S_IMODE((path / e["file"]).stat().st_mode) == 0o666 & ~umask
         assert len(e["sha256"]) == 64 and e["weights_sha256"] in m.files.values()
+        # timed against the eager inference network at export, interleaved
+        assert e["precision"] == "float32" and e["eager_s"] > 0 and e["compiled_s"] > 0
+        assert e["pays"] == (e["compiled_s"] <= 0.95 * e["eager_s"])
     assert [e["file"] for e in entries] == [e["file"] for e in m.compiled]
 
 
@@ -54,6 +57,7 @@ def test_compiled_matches_eager(exported):
     comp = PrecipGenerator.from_bundle(path, device="cpu", use_compiled=True)
     eager = PrecipGenerator.from_bundle(path, device="cpu", use_compiled=False)
     assert comp.compiled and not eager.compiled
+    assert set(comp.compiled_networks) == {"regression", "denoiser"}
     rc = comp.generate(x, members=2, seed=1)
     re_ = eager.generate(x, members=2, seed=1)
     assert rc.attrs["compiled_networks"] and not re_.attrs["compiled_networks"]
@@ -92,3 +96,50 @@ def test_required_without_export(tmp_path):
     with pytest.raises(BundleError, match="precipdiff export"):
         PrecipGenerator.from_bundle(path, device="cpu", use_compiled=True)
     assert not PrecipGenerator.from_bundle(path, device="cpu").compiled
+
+
+def _with_entries(path, tmp_path, edit):
+    d = tmp_path / "b"
+    shutil.copytree(path, d)
+    mp = d / "manifest.json"
+    data = json.loads(mp.read_text())
+    for e in data["compiled"]:
+        edit(e)
+    mp.write_text(json.dumps(data))
+    return d
+
+
+def test_auto_uses_only_packages_that_pay(exported, tmp_path):
+    path, _ = exported
+
+    def slow_denoiser(e):
+        e["pays"] = e["network"] == "regression"
+
+    d = _with_entries(path, tmp_path, slow_denoiser)
+    gen = PrecipGenerator.from_bundle(d, device="cpu")
+    assert set(gen.compiled_networks) == {"regression"}
+    # "always" (use_compiled=True) takes both regardless of the measurement
+    assert set(
+        PrecipGenerator.from_bundle(d, device="cpu", use_compiled=True).compiled_networks
+    ) == {
+        "regression",
+        "denoiser",
+    }
+    # entries written before the measurement existed count as paying
+    d2 = _with_entries(
+        path,
+        tmp_path / "old",
+        lambda e: [e.pop(k) for k in ("pays", "eager_s", "compiled_s", "precision")],
+    )
+    assert set(PrecipGenerator.from_bundle(d2, device="cpu").compiled_networks) == {
+        "regression",
+        "denoiser",
+    }
+
+
+def test_denoiser_package_must_match_precision(exported):
+    path, _ = exported
+    gen = PrecipGenerator.from_bundle(path, device="cpu", precision="bf16", use_compiled="auto")
+    assert "denoiser" not in gen.compiled_networks
+    with pytest.raises(BundleError, match="precision float32, running at bf16"):
+        PrecipGenerator.from_bundle(path, device="cpu", precision="bf16", use_compiled=True)

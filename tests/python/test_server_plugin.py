@@ -436,3 +436,51 @@ def test_failed_window_close_is_discarded_as_a_whole(
     for (_, a), (_, b) in zip(got, ref, strict=True):
         np.testing.assert_array_equal(a, b)
     assert broken.ready_window == clean.ready_window
+
+
+class DenormalProbeEngine(NumpyEngine):
+    """Records whether denormals are flushed on the thread that runs inference."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushed: list[bool] = []
+
+    def generate(self, *args: object, **kwargs: object) -> np.ndarray:
+        from precipdiff.perf.fpenv import denormals_flushed
+
+        self.flushed.append(denormals_flushed())
+        return super().generate(*args, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("inference", ["sync", "lagged"])
+def test_flush_denormals_only_inside_inference(tmp_path: Path, inference: str) -> None:
+    from precipdiff.perf.fpenv import denormals_flushed
+
+    for flush in (True, False):
+        engine = DenormalProbeEngine()
+        plugin, _ = make_plugin(tmp_path, engine, flush_denormals=flush, inference=inference)
+        run(plugin, 0, 8, 21600.0)
+        plugin.close()
+        assert engine.flushed and all(f is flush for f in engine.flushed)
+        assert not denormals_flushed()  # the caller's thread is restored
+
+
+def test_performance_keys_are_validated(tmp_path: Path) -> None:
+    from precipdiff.bundle.compiled import POLICIES
+    from precipdiff.perf.precision import PRECISIONS
+    from precipdiff.server.config import COMPILED_POLICIES, PRECISION_CHOICES
+
+    assert PRECISION_CHOICES == ("bundle", *PRECISIONS) and COMPILED_POLICIES == POLICIES
+    base = {"bundle_path": "b"}
+    with pytest.raises(ConfigError, match="precision = 'half'"):
+        PluginConfig(**base, precision="half")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"fp16.*CUDA"):
+        PluginConfig(**base, precision="fp16", device="cpu")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="torch_allocator"):
+        PluginConfig(**base, torch_allocator="jemalloc")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="compiled_networks"):
+        PluginConfig(**base, compiled_networks="yes")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="flush_denormals"):
+        PluginConfig(**base, flush_denormals=1)  # type: ignore[arg-type]
+    cfg = PluginConfig(**base, precision="BF16")  # type: ignore[arg-type]
+    assert cfg.precision == "bf16"

@@ -21,6 +21,7 @@ from precipdiff.errors import BundleError, ConfigError, PrecipDiffError
 from precipdiff.grids import LatLonGrid
 from precipdiff.io.atomic import atomic_write_text
 from precipdiff.nn.unet import UNetConfig
+from precipdiff.perf.precision import default_precision, validate_manifest_precision
 from precipdiff.transforms import PrecipTransform
 from precipdiff.variables import VariableSpec, get_variable, normalise_units
 
@@ -120,7 +121,14 @@ class Manifest:
     compiled
         AOTInductor packages (filled by :func:`precipdiff.offline.export.export_bundle`):
         dicts with ``network``, ``file``, ``device``, ``shape``, ``torch``,
-        ``sha256``.
+        ``sha256``, and (added later, optional) ``precision`` (of the denoiser
+        package), ``eager_s``/``compiled_s`` (median seconds per forward, measured
+        interleaved at export) and ``pays`` (whether the package is used by default).
+    precision
+        Default inference precision of the denoiser per device type,
+        ``{"cpu": ..., "cuda": ...}`` with values ``float32``, ``bf16`` (and
+        ``fp16`` for ``cuda`` only); chosen per bundle from measured evidence
+        (:mod:`precipdiff.perf.precision`). Absent in older manifests: float32.
     format_version
         Manifest format (:data:`FORMAT_VERSION`).
     """
@@ -140,6 +148,7 @@ class Manifest:
     provenance: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     compiled: list[dict[str, Any]] = field(default_factory=list)
+    precision: dict[str, str] = field(default_factory=default_precision)
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -199,6 +208,10 @@ class Manifest:
             raise BundleError(f"manifest sigma_c must be finite and >= 0, got {self.sigma_c}")
         if not self.sigma_data > 0:
             raise BundleError(f"manifest sigma_data must be positive, got {self.sigma_data}")
+        try:
+            self.precision = validate_manifest_precision(self.precision)
+        except ConfigError as exc:
+            raise BundleError(str(exc)) from exc
         if set(self.static_fields) != {"coarse", "fine"}:
             raise BundleError(
                 "manifest static_fields needs keys 'coarse' and 'fine', "

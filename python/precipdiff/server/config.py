@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from precipdiff.errors import ConfigError
+from precipdiff.perf.process import ALLOCATORS
 from precipdiff.server.vertical import BELOW_GROUND_POLICIES
 
 NAMELIST_GROUP = "precipdiff_nml"
@@ -25,6 +26,12 @@ INFERENCE_MODES = ("sync", "lagged")
 REMAP_METHODS = ("bilinear", "conservative")
 OUTPUT_FREQUENCIES = ("month", "year")
 OUTPUT_UNITS = ("kg m-2 s-1", "mm/day")
+TORCH_ALLOCATORS = ALLOCATORS
+# The same names as precipdiff.perf.precision.PRECISIONS and
+# precipdiff.bundle.compiled.POLICIES (not imported: this module stays torch-free;
+# tests/python/test_server_config.py checks they agree).
+PRECISION_CHOICES = ("bundle", "float32", "bf16", "fp16")
+COMPILED_POLICIES = ("auto", "always", "never")
 CALENDARS = (
     "standard",
     "gregorian",
@@ -119,6 +126,20 @@ class PluginConfig:
         CF calendar of the model time.
     torch_threads : int
         Intra-op threads of torch in this process; 0 leaves torch's default.
+    torch_allocator : str
+        ``"auto"`` (default): a caching allocator for torch's CPU tensors when it can
+        be built, torch's own otherwise; ``"caching"``: require it; ``"default"``:
+        torch's own. The host's ``malloc`` settings are never changed
+        (:mod:`precipdiff.perf.allocator`).
+    flush_denormals : bool
+        Flush denormals to zero inside inference calls (the host thread's
+        floating-point environment is restored after every call). Off by default.
+    precision : str
+        Denoiser precision: ``"bundle"`` (the bundle's choice for the device),
+        ``"float32"``, ``"bf16"``, or ``"fp16"`` (CUDA only).
+    compiled_networks : str
+        ``"auto"``: AOTInductor packages from ``precipdiff export`` where they match
+        and were measured to pay; ``"always"``: require them; ``"never"``: eager.
     source : str
         Not a namelist key: the ``&precipdiff_nml`` text this config was read from.
     """
@@ -149,6 +170,10 @@ class PluginConfig:
     reference_time: str = "2000-01-01 00:00:00"
     calendar: str = "proleptic_gregorian"
     torch_threads: int = 0
+    torch_allocator: str = "auto"
+    flush_denormals: bool = False
+    precision: str = "bundle"
+    compiled_networks: str = "auto"
     source: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
@@ -163,7 +188,7 @@ class PluginConfig:
                 f"precipdiff_nml: device = {self.device!r} is not one of 'auto', 'cpu', "
                 "'cuda', 'cuda:N'"
             )
-        for name in ("strict_device", "bias_correction", "conserve_mass"):
+        for name in ("strict_device", "bias_correction", "conserve_mass", "flush_denormals"):
             _check_type(name, getattr(self, name), bool)
         for name in ("members", "sampler_steps", "seed", "return_member", "output_rank"):
             _check_type(name, getattr(self, name), int)
@@ -211,6 +236,19 @@ class PluginConfig:
                 f"members = {self.members}"
             )
         _choice("inference", self.inference, INFERENCE_MODES)
+        for name, choices in (
+            ("torch_allocator", TORCH_ALLOCATORS),
+            ("precision", PRECISION_CHOICES),
+            ("compiled_networks", COMPILED_POLICIES),
+        ):
+            _check_type(name, getattr(self, name), str)
+            setattr(self, name, getattr(self, name).strip().lower())
+            _choice(name, getattr(self, name), choices)
+        if self.precision == "fp16" and self.device == "cpu":
+            raise ConfigError(
+                "precipdiff_nml: precision = 'fp16' needs a CUDA device (device = 'cpu'); "
+                "use 'bf16' or 'float32' on the CPU"
+            )
         _choice("remap_method", self.remap_method, REMAP_METHODS)
         _choice("below_ground", self.below_ground, BELOW_GROUND_POLICIES)
         for name in (

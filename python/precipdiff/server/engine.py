@@ -159,6 +159,8 @@ class GeneratorEngine:
         self.fine_lat = np.asarray(generator.fine_grid.lat, dtype=np.float64)
         self.fine_lon = np.asarray(generator.fine_grid.lon, dtype=np.float64)
         self.bundle_id = bundle_hash(manifest)
+        #: The denoiser's inference precision (part of a restart's identity).
+        self.precision = str(getattr(generator, "precision", "float32"))
         self._qdm: Any = None
         if bias_correction:
             from precipdiff.qdm import OnlineQDM, QDMTables
@@ -182,7 +184,15 @@ class GeneratorEngine:
             )
 
     @classmethod
-    def from_bundle(cls, path: str, device: str, **kwargs: Any) -> GeneratorEngine:
+    def from_bundle(
+        cls,
+        path: str,
+        device: str,
+        *,
+        precision: str = "bundle",
+        use_compiled: str = "auto",
+        **kwargs: Any,
+    ) -> GeneratorEngine:
         """Load the bundle at ``path`` onto ``device``.
 
         Parameters
@@ -191,6 +201,10 @@ class GeneratorEngine:
             Bundle directory.
         device : str
             Resolved torch device string (see :func:`resolve_device`).
+        precision : str
+            Denoiser precision (``"bundle"``, ``"float32"``, ``"bf16"``, ``"fp16"``).
+        use_compiled : str
+            ``"auto"``, ``"always"`` or ``"never"`` (namelist ``compiled_networks``).
         **kwargs
             Passed to :class:`GeneratorEngine` (``bias_correction``, ``qdm_mode``, ...).
 
@@ -215,8 +229,11 @@ class GeneratorEngine:
         if not resolved.exists():
             raise BundleError(f"precipdiff_nml: bundle_path = {path!r} does not exist")
         path = str(resolved)
+        compiled: bool | str = {"always": True, "never": False}.get(use_compiled, use_compiled)
         try:
-            gen = PrecipGenerator.from_bundle(path, device=device)
+            gen = PrecipGenerator.from_bundle(
+                path, device=device, precision=precision, use_compiled=compiled
+            )
         except PrecipDiffError:
             raise
         except Exception as exc:  # torch/safetensors errors on damaged files

@@ -36,6 +36,8 @@ import numpy as np
 
 from precipdiff.device import resolve_device, world_rank
 from precipdiff.errors import ConfigError, DeviceError, InputError, PrecipDiffError
+from precipdiff.perf.fpenv import flush_denormals
+from precipdiff.perf.process import ProcessReport, ProcessSettings, configure
 from precipdiff.server.accumulator import FieldAccumulator
 from precipdiff.server.clock import WindowClock
 from precipdiff.server.config import PluginConfig
@@ -122,6 +124,8 @@ class Plugin:
         self._pending: tuple[int, Future[np.ndarray] | np.ndarray] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._closed = False
+        #: What the process set-up did (``Plugin.from_namelist``; None when built directly).
+        self.process: ProcessReport | None = None
         self._weights_id: dict[str, str] | None = None
 
         self._stream: OutputStream | None = None
@@ -169,10 +173,7 @@ class Plugin:
             remapped.
         """
         config = PluginConfig.from_namelist(nml_path)
-        if config.torch_threads > 0:
-            import torch
-
-            torch.set_num_threads(config.torch_threads)
+        process = None
         if engine is None:
             # Per-node mode: the inference ranks of a node share its GPUs.
             local = None if member_comm is None else node_inference_rank(member_comm)
@@ -182,16 +183,38 @@ class Plugin:
                 )
             except DeviceError as exc:
                 raise DeviceError(f"precipdiff_nml: {exc} (strict_device = .true.)") from exc
+            # Threads, allocator and denormals before the bundle is loaded, so that
+            # torch's worker threads start with the settings (precipdiff.perf.process).
+            process = configure(
+                ProcessSettings(
+                    threads=config.torch_threads,
+                    allocator=config.torch_allocator,
+                    flush_denormals=config.flush_denormals,
+                ),
+                device_type=device.type,
+            )
             engine = GeneratorEngine.from_bundle(
                 config.bundle_path,
                 device=str(device),
+                precision=config.precision,
+                use_compiled=config.compiled_networks,
                 bias_correction=config.bias_correction,
                 qdm_mode=config.qdm_mode,
                 qdm_trailing_years=config.qdm_trailing_years,
                 samples_per_day=86400.0 / config.window_s,
                 calendar=config.calendar,
             )
-        return cls(config, lon, lat, engine, rank=rank, member_comm=member_comm)
+        else:
+            process = configure(
+                ProcessSettings(
+                    threads=config.torch_threads,
+                    allocator="default",
+                    flush_denormals=config.flush_denormals,
+                )
+            )
+        plugin = cls(config, lon, lat, engine, rank=rank, member_comm=member_comm)
+        plugin.process = process
+        return plugin
 
     # --------------------------------------------------------------- per step
     def set_field(self, name: str, values: np.ndarray, pressure: np.ndarray | None = None) -> None:
@@ -411,20 +434,23 @@ class Plugin:
         if hi <= lo:
             return np.zeros((0, *self.fine_shape), dtype=np.float64)
         try:
-            if self._member_comm is None:
-                out = self.engine.generate(
-                    batch, c.members, c.seed, n, c.sampler_steps or None, c.conserve_mass
-                )
-            else:
-                out = self.engine.generate(  # type: ignore[call-arg]
-                    batch,
-                    hi - lo,
-                    c.seed,
-                    n,
-                    c.sampler_steps or None,
-                    c.conserve_mass,
-                    member_offset=lo,
-                )
+            # The calling thread is the host's (or the lagged worker): its floating-point
+            # environment is restored on the way out whatever flush_denormals does.
+            with flush_denormals(c.flush_denormals):
+                if self._member_comm is None:
+                    out = self.engine.generate(
+                        batch, c.members, c.seed, n, c.sampler_steps or None, c.conserve_mass
+                    )
+                else:
+                    out = self.engine.generate(  # type: ignore[call-arg]
+                        batch,
+                        hi - lo,
+                        c.seed,
+                        n,
+                        c.sampler_steps or None,
+                        c.conserve_mass,
+                        member_offset=lo,
+                    )
         except PrecipDiffError:
             raise
         except Exception as exc:
@@ -582,6 +608,7 @@ class Plugin:
             "qdm_mode": c.qdm_mode if c.bias_correction else "",
             "qdm_trailing_years": float(c.qdm_trailing_years) if c.bias_correction else 0.0,
             "remap_method": c.remap_method,
+            "precision": str(getattr(self.engine, "precision", "float32")),
             **self._weights_id,
         }
 

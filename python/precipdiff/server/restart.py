@@ -83,6 +83,10 @@ class RestartState:
     lon: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
+#: Identity keys added after format 2, with the value a file written before them implies.
+_IDENTITY_DEFAULTS = {"precision": "float32"}
+
+
 def write_restart_file(path: str | Path, state: RestartState, identity: Mapping[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically.
 
@@ -213,7 +217,7 @@ def read_restart_file(
             )
         _check_grid(p, ds, lat, lon)
         for key, want in identity.items():
-            have = attrs.get(f"id_{key}")
+            have = attrs.get(f"id_{key}", _IDENTITY_DEFAULTS.get(key))
             if isinstance(have, np.generic):
                 have = have.item()
             same = have is not None and (

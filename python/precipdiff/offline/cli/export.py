@@ -18,16 +18,30 @@ def _run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     dev = resolve_device(args.device)
     t0 = time.perf_counter()
-    entries = export_bundle(args.bundle, dev.type, networks=tuple(args.networks))
+    entries = export_bundle(
+        args.bundle,
+        dev.type,
+        networks=tuple(args.networks),
+        precision=args.precision,
+        rounds=args.rounds,
+    )
     print(f"compiled {len(entries)} network(s) for {dev.type} in {time.perf_counter() - t0:.1f} s")
     for e in entries:
-        print(f"  {e['file']}  input {e['shape']}  sha256 {e['sha256'][:16]}…")
+        print(f"  {e['file']}  input {e['shape']}  {e['precision']}  sha256 {e['sha256'][:16]}…")
+        if "pays" in e:
+            verdict = "used" if e["pays"] else "not used (eager is as fast)"
+            print(
+                f"    per forward: eager {e['eager_s']:.4g} s, compiled {e['compiled_s']:.4g} s "
+                f"(ratio {e['compiled_s'] / e['eager_s']:.2f}, median of {args.rounds} "
+                f"alternated rounds): {verdict}"
+            )
     if set(args.networks) == {"regression", "denoiser"}:
         # Check the compiled networks against eager ones on random input.
         from precipdiff.bundle import load_bundle
 
         bundle = load_bundle(args.bundle, dev)
-        compiled = load_compiled(bundle, required=True)
+        prec = entries[-1]["precision"]
+        compiled = load_compiled(bundle, required=True, precision=prec)
         assert compiled is not None
         reg_fn, den_fn = compiled
         g = torch.Generator(device=dev).manual_seed(0)
@@ -41,8 +55,8 @@ def _run(args: argparse.Namespace) -> int:
             d_reg = float((reg_fn(x) - bundle.regression(x)).abs().max())
             d_den = float((den_fn(y, sigma, cond) - bundle.denoiser(y, sigma, cond)).abs().max())
         print(
-            f"max |compiled - eager|: regression {d_reg:.2e}, denoiser {d_den:.2e}"
-            + ("" if np.isfinite(d_reg + d_den) else "  (non-finite!)")
+            f"max |compiled - eager float32|: regression {d_reg:.2e}, denoiser ({prec}) "
+            f"{d_den:.2e}" + ("" if np.isfinite(d_reg + d_den) else "  (non-finite!)")
         )
     return 0
 
@@ -67,6 +81,19 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         choices=("regression", "denoiser"),
         default=["regression", "denoiser"],
         help="which networks to compile (default both)",
+    )
+    p.add_argument(
+        "--precision",
+        default="bundle",
+        choices=("bundle", "float32", "bf16", "fp16"),
+        help="denoiser precision of the package (default: the bundle's for the device)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="alternated eager/compiled forwards timed per network to decide whether the "
+        "package pays (0: no timing, the package is used)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=_run)

@@ -45,6 +45,8 @@ def _command_line(args: argparse.Namespace) -> str:
     if args.time:
         parts += ["--time", *map(str, args.time)]
     parts += ["--device", str(args.device), "--units", repr(args.units)]
+    if args.precision != "bundle":
+        parts += ["--precision", str(args.precision)]
     if args.conserve_mass:
         parts.append("--conserve-mass")
     return " ".join(parts)
@@ -71,17 +73,21 @@ def _daily_windows(times_hours: np.ndarray, daily: bool | str) -> bool:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import torch
-
     from precipdiff.bundle import bundle_hash
+    from precipdiff.device import resolve_device
     from precipdiff.errors import ConfigError
     from precipdiff.generator import PrecipGenerator
     from precipdiff.io import cf
     from precipdiff.io.readers import open_predictors, select_time
     from precipdiff.io.writers import PrecipStreamWriter, encode_times
+    from precipdiff.perf.process import ProcessSettings, configure
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    configure(
+        ProcessSettings(threads=args.threads or 0, allocator=args.torch_allocator),
+        device_type=resolve_device(args.device).type,
+    )
     if args.members < 1:
         raise ConfigError(f"--members must be >= 1, got {args.members}")
     if args.seed < 0:
@@ -93,7 +99,9 @@ def _run(args: argparse.Namespace) -> int:
     use_compiled: bool | str = "auto"
     if args.compiled != "auto":
         use_compiled = args.compiled == "yes"
-    gen = PrecipGenerator.from_bundle(args.bundle, device=args.device, use_compiled=use_compiled)
+    gen = PrecipGenerator.from_bundle(
+        args.bundle, device=args.device, use_compiled=use_compiled, precision=args.precision
+    )
     m = gen.manifest
     full = open_predictors(args.input, m.variables, daily=args.daily)
     try:
@@ -124,7 +132,8 @@ def _run(args: argparse.Namespace) -> int:
             "sigma_c": m.sigma_c,
             "conserve_mass": int(args.conserve_mass),
             "device": str(gen.device),
-            "compiled_networks": int(gen.compiled),
+            "compiled_networks": " ".join(sorted(gen.compiled_networks)) or "none",
+            "precision": gen.precision,
         }
         previous = cf.input_history(args.input)
         if previous:
@@ -250,6 +259,18 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default="auto",
         choices=("auto", "yes", "no"),
         help="use compiled networks from `precipdiff export` (default auto)",
+    )
+    p.add_argument(
+        "--precision",
+        default="bundle",
+        choices=("bundle", "float32", "bf16", "fp16"),
+        help="denoiser precision (default: the bundle's choice for the device)",
+    )
+    p.add_argument(
+        "--torch-allocator",
+        default="auto",
+        choices=("auto", "caching", "default"),
+        help="caching CPU allocator for torch's tensors (default auto: when it can be built)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     g = p.add_mutually_exclusive_group()

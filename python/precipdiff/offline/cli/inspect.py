@@ -57,15 +57,23 @@ def summarize(manifest: Any) -> str:
         f"denoiser         base {den.base_channels}, mult {list(den.channel_mult)}, "
         f"blocks {den.num_blocks}, attention {list(den.attention_levels)}",
         f"bias correction  {'present' if m.bias_correction else 'none'}",
+        "precision        " + ", ".join(f"{d} {p}" for d, p in m.precision.items()),
         "files",
     ]
     lines += [f"  {name:24s} sha256 {digest}" for name, digest in m.files.items()]
     if m.compiled:
         lines.append("compiled")
-        lines += [
-            f"  {e['file']} ({e['network']}, {e['device']}, shape {e['shape']}, torch {e['torch']})"
-            for e in m.compiled
-        ]
+        for e in m.compiled:
+            lines.append(
+                f"  {e['file']} ({e['network']}, {e['device']}, shape {e['shape']}, "
+                f"{e.get('precision', 'float32')}, torch {e['torch']})"
+            )
+            if "pays" in e:
+                lines.append(
+                    f"    measured at export: eager {e['eager_s']:.4g} s, compiled "
+                    f"{e['compiled_s']:.4g} s per forward: "
+                    + ("used" if e["pays"] else "not used (does not pay)")
+                )
     lines.append("provenance")
     lines += [f"  {k:16s} {v}" for k, v in m.provenance.items()]
     return "\n".join(lines)

@@ -7,6 +7,7 @@ import stat
 
 import numpy as np
 import pytest
+import torch
 
 from precipdiff.bundle import read_manifest
 from precipdiff.errors import BundleError
@@ -143,3 +144,23 @@ def test_denoiser_package_must_match_precision(exported):
     assert "denoiser" not in gen.compiled_networks
     with pytest.raises(BundleError, match="precision float32, running at bf16"):
         PrecipGenerator.from_bundle(path, device="cpu", precision="bf16", use_compiled=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_export_with_precision(tmp_path):
+    from precipdiff.offline.export import export_bundle
+
+    path = make_tiny_bundle(tmp_path / "g", coarse_grid=COARSE, fine_grid=FINE, channel_mult=(1,))
+    export_bundle(path, "cuda", precision="bf16", rounds=2)
+    den = [e for e in read_manifest(path).compiled if e["network"] == "denoiser"]
+    assert den[0]["device"] == "cuda" and den[0]["precision"] == "bf16"
+    assert den[0]["eager_s"] > 0 and isinstance(den[0]["pays"], bool)
+    x = random_predictors(DEFAULT_VARIABLES, COARSE, times=1, seed=0)
+    comp = PrecipGenerator.from_bundle(path, device="cuda", precision="bf16", use_compiled=True)
+    eager = PrecipGenerator.from_bundle(path, device="cuda", precision="bf16", use_compiled=False)
+    assert set(comp.compiled_networks) == {"regression", "denoiser"}
+    a = comp.generate(x, members=2, seed=1).fine
+    b = eager.generate(x, members=2, seed=1).fine
+    assert np.isfinite(a).all()
+    np.testing.assert_allclose(np.log1p(a), np.log1p(b), atol=0.05)

@@ -239,6 +239,7 @@ def test_generator_bf16_is_close_to_float32_and_selected_by_the_bundle(tmp_path:
         PrecipGenerator.from_bundle(b, device="cpu", precision="fp16")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_generator_fp16_and_bf16_on_cuda(tmp_path: Path) -> None:
     from precipdiff.generator import PrecipGenerator

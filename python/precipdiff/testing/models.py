@@ -70,6 +70,9 @@ def make_tiny_bundle(
     sampler: SamplerConfig | None = None,
     precip_stats: tuple[float, float] = (1.0, 1.5),
     overwrite: bool = False,
+    num_blocks: int = 1,
+    attention_levels: tuple[int, ...] = (),
+    noise_channels: int = 16,
 ) -> Path:
     """Write a valid bundle with tiny random-weight networks.
 
@@ -105,6 +108,11 @@ def make_tiny_bundle(
         interactive mode, needs a plausible magnitude).
     overwrite
         Replace an existing bundle.
+    num_blocks, attention_levels
+        Residual blocks per level and attention levels of both networks (e.g. a
+        paper-sized network for benchmarks: base 64, ``(1, 2, 2, 4)``, 2, ``(3,)``).
+    noise_channels
+        Noise-embedding size of the denoiser.
 
     Returns
     -------
@@ -120,7 +128,8 @@ def make_tiny_bundle(
             in_channels=len(specs) + len(statics),
             base_channels=base_channels,
             channel_mult=channel_mult,
-            num_blocks=1,
+            num_blocks=num_blocks,
+            attention_levels=attention_levels,
             periodic_lon=coarse_grid.periodic,
         )
     )
@@ -129,9 +138,10 @@ def make_tiny_bundle(
             in_channels=2 + len(statics),
             base_channels=base_channels,
             channel_mult=channel_mult,
-            num_blocks=1,
+            num_blocks=num_blocks,
+            attention_levels=attention_levels,
             periodic_lon=fine_grid.periodic,
-            noise_channels=16,
+            noise_channels=noise_channels,
         )
     )
     # Deterministic weights independent of the global RNG's history.

@@ -7,10 +7,23 @@
    fields, each in a fresh process): ratio of the time-stepping loops (target <= 1.05).
 3. Start-up: precipdiff_init from Fortran (interpreter start + imports + bundle load)
    vs Python (imports + Plugin.from_namelist) in a fresh process.
+4. (``--ftorch``) Glue vs networks, FTorch-like: whole windows of a global bundle
+   (default ``models/era5-global-shape``, 1 regression + the sampler's denoiser
+   evaluations at 721x1440) driven from Fortran through precipdiff, next to the same
+   networks traced to TorchScript (from the same weights, as written before issue
+   #15: explicit padding) and run by a native C++ libtorch program
+   (``bench/ftorch_like_window.cpp``: what FTorch does, no Python at all) with
+   torch's default allocator, and with glibc told to keep freed memory
+   (``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``: process-wide, fine for a
+   benchmark, not for a parameterization inside someone else's model). precipdiff
+   runs with its defaults and with ``torch_allocator = 'default'``. Rounds alternate
+   the programs; 2 torch threads.
 
 Usage:  .venv/bin/python bench/bench_bridge_overhead.py [--build-dir build] [--repeat 3]
         [--only-overhead] [--json]   (part 1 only / as JSON: bench/compare_bridge_overhead.py)
-Needs the CMake build (tests/fortran/pd_replay_driver). Uses 1 torch thread.
+        .venv/bin/python bench/bench_bridge_overhead.py --ftorch [--windows 3] [--repeat 3]
+Needs the CMake build (tests/fortran/pd_replay_driver); part 4 also a C++ compiler (the
+libtorch program is compiled once into ~/.cache/precipdiff). Parts 1-3 use 1 torch thread.
 """
 
 from __future__ import annotations
@@ -193,6 +206,121 @@ def bench_model(build: Path, work: Path, repeat: int, bundle: Path | None) -> di
             "fortran_init_s": min(f_init), "python_init_s": min(p_init)}  # fmt: skip
 
 
+def build_ftorch_like() -> Path:
+    """Compile bench/ftorch_like_window.cpp against the wheel's libtorch (cached)."""
+    import hashlib
+
+    import torch
+
+    from precipdiff.perf.allocator import cache_dir
+
+    src = REPO / "bench" / "ftorch_like_window.cpp"
+    root = Path(torch.__file__).resolve().parent
+    key = hashlib.sha256(src.read_bytes() + str(root).encode()).hexdigest()[:16]
+    exe = cache_dir() / f"ftorch_like_window-{key}"
+    if exe.is_file():
+        return exe
+    exe.parent.mkdir(parents=True, exist_ok=True)
+    tmp = exe.with_suffix(".tmp")
+    api = root / "include" / "torch" / "csrc" / "api" / "include"
+    cmd = [os.environ.get("CXX", "c++"), "-O1", "-std=c++17", f"-I{root / 'include'}",
+           f"-I{api}", str(src), f"-L{root / 'lib'}", "-ltorch", "-ltorch_cpu", "-lc10",
+           f"-Wl,-rpath,{root / 'lib'}", "-o", str(tmp)]  # fmt: skip
+    print("   compiling the FTorch-like libtorch program (minutes on a loaded machine) ...")
+    subprocess.run(cmd, check=True)
+    os.replace(tmp, exe)
+    return exe
+
+
+def trace_networks(bundle: Path, work: Path) -> tuple[Path, Path]:
+    """The bundle's networks as TorchScript, in the formulation before issue #15."""
+    import warnings
+
+    import torch
+
+    from precipdiff.bundle import load_bundle
+
+    b = load_bundle(bundle, "cpu")
+    for p in [*b.regression.parameters(), *b.denoiser.parameters()]:
+        p.requires_grad_(False)
+    c_reg = b.manifest.regression_config().in_channels
+    c_den = b.manifest.denoiser_config().in_channels
+    x = torch.zeros(1, c_reg, *b.coarse_grid.shape)
+    y = torch.zeros(1, 1, *b.fine_grid.shape)
+    cond = torch.zeros(1, c_den - 1, *b.fine_grid.shape)
+    with warnings.catch_warnings(), torch.enable_grad():  # explicit padding, no graph built
+        warnings.simplefilter("ignore")
+        reg = torch.jit.trace(b.regression, (x,), check_trace=False)
+        den = torch.jit.trace(b.denoiser, (y, torch.ones(1), cond), check_trace=False)
+    paths = work / "reg.pt", work / "den.pt"
+    reg.save(str(paths[0]))
+    den.save(str(paths[1]))
+    return paths
+
+
+def bench_ftorch(build: Path, work: Path, bundle: Path, repeat: int, windows: int) -> None:
+    """Part 4: precipdiff's whole window from Fortran vs the networks alone in C++."""
+    import statistics
+
+    from precipdiff.bundle import read_manifest
+
+    m = read_manifest(bundle)
+    exe = build_ftorch_like()
+    reg_pt, den_pt = trace_networks(bundle, work)
+    model = m.coarse_grid_obj()
+    norm = m.normalisation["predictors"]
+    rng = np.random.default_rng(1)
+    dt = 21600.0
+    steps = [
+        {n: norm[n]["mean"] + norm[n]["std"] * rng.standard_normal(model.shape)
+         for n in m.variable_names()}
+        for _ in range(4 * windows)
+    ]  # fmt: skip
+    nfe = m.sampler_config().nfe
+    nmls = {}
+    for name, extra in (
+        ("precipdiff (defaults)", ""),
+        ("precipdiff, torch_allocator='default'", "torch_allocator = 'default',"),
+    ):
+        nml = work / f"part4_{len(nmls)}.nml"
+        nml.write_text(
+            f"&precipdiff_nml\n bundle_path = '{bundle}', device = 'cpu', torch_threads = 2,\n"
+            f" {extra} members = 1, window_s = 86400.0\n/\n"
+        )
+        nmls[name] = nml
+    cpp = {
+        "FTorch-like (libtorch C++)": {},
+        "FTorch-like, glibc keeps memory": {
+            "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
+            "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
+        },
+    }
+    cpp_args = [str(exe), str(reg_pt), str(den_pt), str(len(m.variables))]
+    cpp_args += [str(v) for v in (*m.coarse_grid_obj().shape, *m.fine_grid_obj().shape)]
+    cpp_args += [str(nfe), str(windows), "2"]
+    runs: dict[str, list[float]] = {k: [] for k in [*nmls, *cpp]}
+    for r in range(repeat):
+        for name, nml in nmls.items():
+            res = run_driver(build, nml, work, model.lon, model.lat, steps, dt, None, 8,
+                             env={"OMP_NUM_THREADS": "2"}, timeout=7200)  # fmt: skip
+            if res.errflg or res.returncode:
+                raise SystemExit(f"driver failed: {res.errmsg}\n{res.stderr[-2000:]}")
+            runs[name].append(res.value("RUN_S") / windows)
+        for name, env in cpp.items():
+            out = subprocess.run(cpp_args, capture_output=True, text=True, check=True,
+                                 env={**os.environ, "OMP_NUM_THREADS": "2", **env})  # fmt: skip
+            runs[name].append(float(out.stdout.split("RUN_S")[1].split()[0]) / windows)
+        print(f"   round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in runs.items()),
+              flush=True)  # fmt: skip
+    ref = statistics.median(runs["FTorch-like (libtorch C++)"])
+    print(f"4. glue vs networks: {bundle.name}, {windows} windows of 1 regression + {nfe} "
+          "denoiser forwards (first window included), 2 threads, "
+          f"median of {repeat} rounds")  # fmt: skip
+    for k, v in runs.items():
+        med = statistics.median(v)
+        print(f"   {k:40s} {med:8.2f} s/window   ratio to FTorch-like {med / ref:6.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default_build = Path(os.environ.get("PRECIPDIFF_BUILD_DIR", REPO / "build"))
@@ -206,12 +334,18 @@ def main() -> None:
     )
     ap.add_argument("--only-overhead", action="store_true", help="part 1 only")
     ap.add_argument("--json", action="store_true", help="print part 1 as one JSON line")
+    ap.add_argument("--ftorch", action="store_true", help="only part 4 (glue vs networks)")
+    ap.add_argument("--windows", type=int, default=3, help="windows per run in part 4")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        if args.ftorch:
+            bundle = (args.bundle or REPO / "models" / "era5-global-shape").resolve()
+            bench_ftorch(args.build_dir, work, bundle, args.repeat, args.windows)
+            return
         if args.json:
             res = {
                 f"{nlat}x{nlon}": bench_overhead(args.build_dir, work, args.repeat, nlat, nlon)

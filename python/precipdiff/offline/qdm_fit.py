@@ -157,6 +157,11 @@ def fit_qdm(
                     f"{label} series of {name!r} has {a.shape[0]} time steps but "
                     f"{tf.month.size} times were given"
                 )
+        for label, a in (("reference", r), ("ESM historical", h)):
+            if not np.isfinite(a).any():
+                raise InputError(
+                    f"{label} series of {name!r} has no finite value (all NaN): nothing to fit"
+                )
         mr, mh = float(np.nanmedian(np.abs(r))), float(np.nanmedian(np.abs(h)))
         if mr > 0 and mh > 0 and not 0.1 < mr / mh < 10.0:
             want = (units or {}).get(name, "the reference's units")
@@ -165,11 +170,6 @@ def fit_qdm(
                 f"by more than a factor 10 -- likely a unit mismatch (convert the ESM field to "
                 f"{want} first)"
             )
-        for label, a in (("reference", r), ("ESM historical", h)):
-            if not np.isfinite(a).any():
-                raise InputError(
-                    f"{label} series of {name!r} has no finite value (all NaN): nothing to fit"
-                )
         kind = cfg.kind_of(name)
         trace = float(cfg.trace.get(name, 0.0))
         if kind == "multiplicative":

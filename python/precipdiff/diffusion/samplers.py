@@ -1,6 +1,6 @@
-"""EDM samplers (Karras et al. 2022, Algorithms 1 and 2): Heun and Euler.
+"""Diffusion samplers: EDM Heun/Euler (Karras et al. 2022) and DPM-Solver++(2M).
 
-One pure function, one equation per line, names as in the paper. Randomness
+One pure function, one equation per line, names as in the papers. Randomness
 comes from one ``torch.Generator`` per batch element (member), drawn in a fixed
 order (initial noise, then churn noise step by step), so a member's sample does
 not depend on which other members share its batch.
@@ -14,7 +14,25 @@ Two starts are supported:
   regenerate the smaller scales, which needs fewer steps.
 
 Network evaluations per sample (NFE): Heun ``2 * steps - 1`` (the last step to
-``sigma = 0`` is a plain Euler step), Euler ``steps``.
+``sigma = 0`` is a plain Euler step), Euler ``steps``, DPM-Solver++(2M) ``steps``.
+
+Which sampler is accurate at few evaluations
+--------------------------------------------
+With the exact denoiser of a known target (``bench/bench_sampler_quality.py
+--analytic``, ``tests/python/test_samplers.py``) the EDM Euler/Heun samplers on the
+``rho = 7`` schedule are far off at few steps: Euler 8 gives a standard deviation
+33 % too small for N(2, 0.5^2), Heun 4 (7 evaluations) several times too large,
+and even Heun 18 (35 evaluations) is 5 % too wide. ``dpmpp2m`` is the
+multistep second-order solver of Lu et al. (2022b, "DPM-Solver++", Algorithm 2) in
+the data-prediction form for ``x = x0 + sigma * n`` (alpha = 1, lambda = -log
+sigma), on the ``"loglinear"`` schedule with a *jump*: from ``sigma_max`` it
+steps straight to ``sigma_jump`` (an exponential-integrator step is exact while the
+denoiser is constant in ``x``, which holds for ``sigma`` far above the data's
+scale, so that first evaluation only has to estimate the mean), then
+log-uniformly down to ``sigma_min``; the last evaluation returns the denoised
+field. With 8 evaluations its mean and standard deviation are within 3 % for
+Gaussian targets of any width from 0.1 to 2 and for two-component mixtures (see
+the test for the targets and the bench for the full table).
 """
 
 from __future__ import annotations
@@ -32,8 +50,9 @@ from precipdiff.errors import ConfigError, reject_unknown_keys
 #: ``denoise_fn(x, sigma, cond) -> D(x; sigma, cond)``; ``sigma`` is a 0-d tensor.
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
-SAMPLER_NAMES = ("heun", "euler")
+SAMPLER_NAMES = ("heun", "euler", "dpmpp2m")
 SAMPLER_STARTS = ("noise", "sdedit")
+SCHEDULES = ("karras", "loglinear")
 
 
 @dataclass(frozen=True)
@@ -43,17 +62,28 @@ class SamplerConfig:
     Parameters
     ----------
     name
-        ``"heun"`` (2nd order, EDM Algorithm 1/2) or ``"euler"`` (1st order).
+        ``"heun"`` (2nd order, EDM Algorithm 1/2), ``"euler"`` (1st order) or
+        ``"dpmpp2m"`` (DPM-Solver++(2M), deterministic; the accurate few-step
+        choice, see the module docstring).
     steps
         Number of noise levels ``N`` before the final ``sigma = 0``.
     sigma_min, sigma_max
         Noise-level range of the schedule (``sigma_max`` is ignored for
         ``start="sdedit"``, which starts at ``sdedit_sigma``).
     rho
-        Schedule exponent (EDM Eq. 5); 7 concentrates steps at low noise.
+        Schedule exponent (EDM Eq. 5, ``schedule="karras"``); 7 concentrates
+        steps at low noise.
+    schedule
+        ``"karras"`` (EDM Eq. 5) or ``"loglinear"`` (levels equally spaced in
+        ``log sigma``).
+    sigma_jump
+        Only with ``schedule="loglinear"``: the second level; the first step
+        goes from the start level straight to it and the other ``steps - 1``
+        levels are log-uniform from ``sigma_jump`` to ``sigma_min``. ``None``:
+        log-uniform from the start level.
     s_churn
-        Total stochasticity (EDM Algorithm 2); 0 gives the deterministic ODE
-        sampler.
+        Total stochasticity (EDM Algorithm 2, Heun/Euler only); 0 gives the
+        deterministic ODE sampler.
     s_tmin, s_tmax
         Noise-level range where churn is applied; ``s_tmax=None`` means no
         upper limit.
@@ -71,6 +101,8 @@ class SamplerConfig:
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     rho: float = 7.0
+    schedule: str = "karras"
+    sigma_jump: float | None = None
     s_churn: float = 0.0
     s_tmin: float = 0.0
     s_tmax: float | None = None
@@ -95,6 +127,25 @@ class SamplerConfig:
             raise ConfigError(
                 f"sampler needs s_churn >= 0 and s_noise > 0, got {self.s_churn}, {self.s_noise}"
             )
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(
+                f"sampler schedule {self.schedule!r} is not supported; expected one of {SCHEDULES}"
+            )
+        if self.sigma_jump is not None:
+            if self.schedule != "loglinear":
+                raise ConfigError("sampler sigma_jump needs schedule='loglinear'")
+            if not self.sigma_min < self.sigma_jump < self.sigma_start:
+                raise ConfigError(
+                    f"sampler needs sigma_min < sigma_jump < the start level "
+                    f"({self.sigma_min} < {self.sigma_jump} < {self.sigma_start})"
+                )
+            if self.steps < 2:
+                raise ConfigError("sampler sigma_jump needs steps >= 2")
+        if self.name == "dpmpp2m" and self.s_churn > 0:
+            raise ConfigError(
+                "sampler 'dpmpp2m' is deterministic: s_churn must be 0 "
+                f"(got {self.s_churn}); use 'heun' or 'euler' for churn"
+            )
         if self.start not in SAMPLER_STARTS:
             raise ConfigError(
                 f"sampler start {self.start!r} is not supported; expected one of {SAMPLER_STARTS}"
@@ -114,8 +165,7 @@ class SamplerConfig:
     @property
     def sigma_start(self) -> float:
         """The first noise level of the schedule."""
-        if self.start == "sdedit":
-            assert self.sdedit_sigma is not None
+        if self.start == "sdedit" and self.sdedit_sigma is not None:
             return float(self.sdedit_sigma)
         return float(self.sigma_max)
 
@@ -163,7 +213,7 @@ class SamplerConfig:
 
 
 def sigma_steps(config: SamplerConfig) -> np.ndarray:
-    """Noise levels ``t_0 > ... > t_{N-1} > t_N = 0`` (EDM Eq. 5).
+    """Noise levels ``t_0 > ... > t_{N-1} > t_N = 0`` (EDM Eq. 5 or log-linear).
 
     Parameters
     ----------
@@ -179,6 +229,13 @@ def sigma_steps(config: SamplerConfig) -> np.ndarray:
     hi, lo, rho = config.sigma_start, config.sigma_min, config.rho
     if n == 1:
         return np.array([hi, 0.0])
+    if config.schedule == "loglinear":
+        if config.sigma_jump is None:
+            t = np.exp(np.linspace(np.log(hi), np.log(lo), n))
+        else:
+            rest = np.exp(np.linspace(np.log(config.sigma_jump), np.log(lo), n - 1))
+            t = np.concatenate([[hi], rest])
+        return np.append(t, 0.0)
     i = np.arange(n, dtype=np.float64)
     t = (hi ** (1 / rho) + i / (n - 1) * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
     return np.append(t, 0.0)
@@ -235,7 +292,7 @@ def sample(
     generators: Sequence[torch.Generator],
     x_init: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Draw samples with the EDM Heun/Euler sampler.
+    """Draw samples with the configured sampler (EDM Heun/Euler or DPM-Solver++(2M)).
 
     Parameters
     ----------
@@ -267,6 +324,8 @@ def sample(
         if x_init is None:
             raise ConfigError("start='sdedit' needs x_init (the upsampled condition)")
         x_next = x_next + x_init
+    if config.name == "dpmpp2m":
+        return _dpmpp2m(denoise_fn, cond, x_next, t_steps)
     s_tmax = math.inf if config.s_tmax is None else config.s_tmax
     n = config.steps
     for i in range(n):
@@ -292,3 +351,34 @@ def sample(
             d_prime = (x_next - denoise_fn(x_next, t_next, cond)) / t_next
             x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
     return x_next
+
+
+def _dpmpp2m(
+    denoise_fn: DenoiseFn, cond: torch.Tensor, x: torch.Tensor, t_steps: torch.Tensor
+) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2), variance-exploding form.
+
+    With ``x = x0 + sigma * n`` (``alpha = 1``), ``lambda = -log sigma`` and the
+    denoiser ``D`` as data prediction, one step from ``s`` to ``t`` with
+    ``h = lambda_t - lambda_s`` is ``x_t = (sigma_t / sigma_s) x_s - expm1(-h) D``;
+    from the second step on ``D`` is replaced by the multistep extrapolation
+    ``(1 + 1 / (2 r)) D_s - 1 / (2 r) D_prev`` with ``r = h_prev / h``. The step to
+    ``sigma = 0`` returns the last denoised estimate (one evaluation per level).
+    """
+    d_prev: torch.Tensor | None = None
+    h_prev = 0.0
+    n = t_steps.numel() - 1
+    for i in range(n):
+        t_cur, t_next = t_steps[i], t_steps[i + 1]
+        d_cur = denoise_fn(x, t_cur, cond)
+        if float(t_next) == 0.0:
+            return d_cur
+        h = math.log(float(t_cur)) - math.log(float(t_next))
+        if d_prev is None:
+            d_hat = d_cur  # first step: DPM-Solver++(1) = DDIM
+        else:
+            r = h_prev / h
+            d_hat = (1.0 + 1.0 / (2.0 * r)) * d_cur - (1.0 / (2.0 * r)) * d_prev
+        x = (t_next / t_cur) * x - math.expm1(-h) * d_hat
+        d_prev, h_prev = d_cur, h
+    return x

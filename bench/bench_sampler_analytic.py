@@ -67,7 +67,9 @@ def main() -> None:
     print(f"errors in % of the target std; standard error of the std estimate <= {100 * se:.2f} %")
     print("targets: " + "; ".join(f"[{i}] {n}" for i, n in enumerate(names)))
     for label, nfe, errs in rows:
-        cells = " ".join(f"[{i}] {100 * s:+6.1f}/{100 * m:+5.1f}" for i, (m, s, _) in enumerate(errs))
+        cells = " ".join(
+            f"[{i}] {100 * s:+6.1f}/{100 * m:+5.1f}" for i, (m, s, _) in enumerate(errs)
+        )
         print(f"{label:42s} NFE {nfe:3d}  std/mean: {cells}")
     if args.markdown:
         print("\n| sampler | NFE | " + " | ".join(names) + " |")

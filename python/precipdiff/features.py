@@ -82,7 +82,9 @@ class FeatureSpec:
                     f"[100, 110000] Pa, got {self.pressure_pa}"
                 )
         elif self.pressure_pa is not None:
-            raise ConfigError(f"feature {self.name!r}: pressure_pa only applies to relative_humidity")
+            raise ConfigError(
+                f"feature {self.name!r}: pressure_pa only applies to relative_humidity"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable dict.

@@ -39,6 +39,7 @@ from precipdiff.device import resolve_device
 from precipdiff.diffusion.edm import EDMPrecond, add_condition_noise
 from precipdiff.diffusion.samplers import SamplerConfig, member_generators, sample
 from precipdiff.errors import ConfigError, GridError, InputError
+from precipdiff.features import compute_features
 from precipdiff.grids import LatLonGrid, Regridder
 from precipdiff.logs import log_once
 from precipdiff.perf.precision import inference_copy, resolve_precision
@@ -282,12 +283,14 @@ class PrecipGenerator:
         self.sampler = self.manifest.sampler_config()
         self.bundle_hash = bundle_hash(self.manifest)
         norm = self.manifest.normalisation
+        self.features = self.manifest.feature_specs()
         self._x_mean = np.array(
-            [norm["predictors"][n]["mean"] for n in self.manifest.variable_names()], np.float32
+            [norm["predictors"][f.name]["mean"] for f in self.features], np.float32
         )
         self._x_std = np.array(
-            [norm["predictors"][n]["std"] for n in self.manifest.variable_names()], np.float32
+            [norm["predictors"][f.name]["std"] for f in self.features], np.float32
         )
+        self._cond_predictors = bool(self.manifest.condition["predictors"])
         self._y_mean = float(norm["precip"]["mean"])
         self._y_std = float(norm["precip"]["std"])
         self._upsample = Regridder(self.coarse_grid, self.fine_grid, "bilinear")
@@ -424,6 +427,28 @@ class PrecipGenerator:
         return rg(x)
 
     # -------------------------------------------------------------- stage 1
+    def features_normalised(self, predictors: Any, grid: LatLonGrid | None = None) -> np.ndarray:
+        """Regrid the predictors to the coarse grid, derive the features, normalise.
+
+        Parameters
+        ----------
+        predictors
+            Mapping name → ``(time, lat, lon)`` arrays, or an xarray Dataset.
+        grid
+            Grid of the predictors (default: the bundle's coarse grid).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(time, n_features, nlat_c, nlon_c)`` float32: the regression's input
+            channels before any coarse static fields.
+        """
+        x, src = self._predictor_array(predictors, grid)
+        x = self._to_coarse(x, src)
+        names = self.manifest.variable_names()
+        feats = compute_features(self.features, {n: x[:, i] for i, n in enumerate(names)})
+        return (feats - self._x_mean[None, :, None, None]) / self._x_std[None, :, None, None]
+
     @torch.inference_mode()
     def regress(self, predictors: Any, grid: LatLonGrid | None = None) -> np.ndarray:
         """Run the regression: coarse precipitation in normalised transformed space.
@@ -440,15 +465,17 @@ class PrecipGenerator:
         numpy.ndarray
             ``(time, nlat_c, nlon_c)`` float32, normalised transformed space.
         """
-        x, src = self._predictor_array(predictors, grid)
-        x = self._to_coarse(x, src)
-        x = (x - self._x_mean[None, :, None, None]) / self._x_std[None, :, None, None]
+        return self._regress_features(self.features_normalised(predictors, grid))
+
+    def _regress_features(self, x: np.ndarray) -> np.ndarray:
+        """Run the regression on normalised features ``(time, C, Hc, Wc)``."""
         if self._statics_coarse.shape[0]:
             st = np.broadcast_to(self._statics_coarse, (x.shape[0], *self._statics_coarse.shape))
             x = np.concatenate([x, st], axis=1)
         xt = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32), device=self.device)
         # One time step per call: results never depend on how many steps are passed.
-        out = [self.regression_fn(xt[i : i + 1])[:, 0] for i in range(xt.shape[0])]
+        with torch.no_grad():
+            out = [self.regression_fn(xt[i : i + 1])[:, 0] for i in range(xt.shape[0])]
         return torch.cat(out).cpu().numpy()
 
     def to_precip(self, y: np.ndarray) -> np.ndarray:
@@ -476,12 +503,19 @@ class PrecipGenerator:
         members: Sequence[int],
         seed: int,
         config: SamplerConfig,
+        feats_up: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Sample members ``members`` of one time step (batched together)."""
+        """Sample members ``members`` of one time step (batched together).
+
+        ``feats_up`` are the normalised features upsampled to the fine grid
+        ``(C, Hf, Wf)`` for bundles whose condition includes them.
+        """
         b = len(members)
         gens = member_generators(seed, [t_index] * b, members, self.device)
         up = y_up[None, None].expand(b, 1, *y_up.shape).contiguous()
         cond = add_condition_noise(up, self.manifest.sigma_c, gens)
+        if feats_up is not None:
+            cond = torch.cat([cond, feats_up[None].expand(b, *feats_up.shape)], dim=1)
         if self._statics_fine.shape[0]:
             st = self._statics_fine[None].expand(b, *self._statics_fine.shape)
             cond = torch.cat([cond, st], dim=1)
@@ -552,9 +586,11 @@ class PrecipGenerator:
         times = None
         if hasattr(predictors, "data_vars") and "time" in getattr(predictors, "coords", {}):
             times = np.asarray(predictors["time"].values)
-        y_c = self.regress(predictors, grid)
+        x_feat = self.features_normalised(predictors, grid)
+        y_c = self._regress_features(x_feat)
         coarse = self.to_precip(y_c)
         up = self._upsample(y_c)
+        feats_up = self._upsample(x_feat) if self._cond_predictors else None
         nt = y_c.shape[0]
         fine = np.empty((nt, members, *self.fine_grid.shape), np.float32)
         total = nt * math.ceil(members / self.member_batch)
@@ -562,10 +598,20 @@ class PrecipGenerator:
         with torch.inference_mode():
             for t in range(nt):
                 y_up = torch.as_tensor(up[t], device=self.device)
+                f_up = (
+                    torch.as_tensor(feats_up[t], device=self.device)
+                    if feats_up is not None
+                    else None
+                )
                 for k0 in range(0, members, self.member_batch):
                     ks = list(range(k0, min(members, k0 + self.member_batch)))
                     x = self._member_denoise(
-                        y_up, time_offset + t, [member_offset + k for k in ks], int(seed), config
+                        y_up,
+                        time_offset + t,
+                        [member_offset + k for k in ks],
+                        int(seed),
+                        config,
+                        f_up,
                     )
                     fine[t, ks[0] : ks[-1] + 1] = self.to_precip(x.cpu().numpy())
                     done += 1

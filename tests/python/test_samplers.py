@@ -1,8 +1,8 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
-
-from pathlib import Path
 
 from precipdiff.diffusion import SamplerConfig, member_generators, sample, sigma_steps
 from precipdiff.errors import ConfigError
@@ -149,7 +149,11 @@ def test_dpmpp2m_first_step_removes_start_offset():
 
 def test_dpmpp2m_schedule_and_validation():
     cfg = SamplerConfig(
-        name="dpmpp2m", steps=5, schedule="loglinear", sigma_max=80.0, sigma_jump=4.0,
+        name="dpmpp2m",
+        steps=5,
+        schedule="loglinear",
+        sigma_max=80.0,
+        sigma_jump=4.0,
         sigma_min=0.01,
     )
     t = sigma_steps(cfg)

@@ -28,6 +28,7 @@ from precipdiff.diffusion.edm import EDMPrecond
 from precipdiff.errors import BundleError
 from precipdiff.grids import LatLonGrid
 from precipdiff.nn.unet import UNet
+from precipdiff.statics import computed_static
 from precipdiff.transforms import PrecipTransform
 
 
@@ -106,17 +107,14 @@ def static_field_arrays(
     grid = manifest.coarse_grid_obj() if kind == "coarse" else manifest.fine_grid_obj()
     nlat, nlon = grid.shape
     out = []
-    lat = np.deg2rad(grid.lat)[:, None] * np.ones((1, nlon))
     for name in manifest.static_fields[kind]:
-        if name == "sin_lat":
-            out.append(np.sin(lat))
-        elif name == "cos_lat":
-            out.append(np.cos(lat))
-        else:
+        field_ = computed_static(name, grid)
+        if field_ is None:
             key = f"{kind}/{name}"
             if key not in stored:
                 raise BundleError(f"static field {key} is listed in the manifest but not stored")
-            out.append(stored[key].numpy())
+            field_ = stored[key].numpy()
+        out.append(field_)
     return np.asarray(out, dtype=np.float32).reshape(len(out), nlat, nlon)
 
 

@@ -18,6 +18,12 @@ import numpy as np
 
 from precipdiff.diffusion.samplers import SamplerConfig
 from precipdiff.errors import BundleError, ConfigError, PrecipDiffError
+from precipdiff.features import (
+    FeatureSpec,
+    check_features_against,
+    identity_features,
+    parse_features,
+)
 from precipdiff.grids import LatLonGrid
 from precipdiff.io.atomic import atomic_write_text
 from precipdiff.nn.unet import UNetConfig
@@ -26,7 +32,7 @@ from precipdiff.transforms import PrecipTransform
 from precipdiff.variables import VariableSpec, get_variable, normalise_units
 
 #: Manifest format written by this version of precipdiff.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MANIFEST_NAME = "manifest.json"
 REGRESSION_FILE = "regression.safetensors"
 DENOISER_FILE = "denoiser.safetensors"
@@ -34,7 +40,6 @@ STATICS_FILE = "statics.safetensors"
 COMPILED_DIR = "compiled"
 
 #: Static fields computed from the grid (no data needed in the bundle).
-COMPUTED_STATICS = ("sin_lat", "cos_lat")
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -81,7 +86,7 @@ def bundle_hash(manifest: Manifest) -> str:
 
 @dataclass
 class Manifest:
-    """The JSON manifest of a bundle (format version 2).
+    """The JSON manifest of a bundle (format version 3).
 
     Parameters
     ----------
@@ -94,8 +99,8 @@ class Manifest:
         Grid coordinates (``LatLonGrid.to_dict()``).
     normalisation
         ``{"predictors": {name: {"mean": m, "std": s}}, "precip": {"mean": m,
-        "std": s}}``; predictors are normalised in their manifest units,
-        precipitation in transformed space.
+        "std": s}}``; ``predictors`` is keyed by feature (network channel) name
+        and normalised in physical units, precipitation in transformed space.
     transform
         :class:`~precipdiff.transforms.PrecipTransform` as a dict.
     sigma_c
@@ -108,7 +113,8 @@ class Manifest:
         EDM ``sigma_data`` of the denoiser.
     static_fields
         ``{"coarse": [names], "fine": [names]}`` appended as input channels, in
-        order; ``sin_lat``/``cos_lat`` are computed from the grid, other names
+        order; the names of :data:`precipdiff.statics.COMPUTED_STATICS` are computed
+        from the grid (positional channels), other names
         are read from ``statics.safetensors`` (keys ``"coarse/<name>"``,
         ``"fine/<name>"``).
     bias_correction
@@ -129,6 +135,16 @@ class Manifest:
         ``{"cpu": ..., "cuda": ...}`` with values ``float32``, ``bf16`` (and
         ``fp16`` for ``cuda`` only); chosen per bundle from measured evidence
         (:mod:`precipdiff.perf.precision`). Absent in older manifests: float32.
+    features
+        The regression's input channels computed from the variables
+        (:class:`precipdiff.features.FeatureSpec` dicts, e.g. relative humidity
+        from ``hus850`` and ``ta850``); ``None``: the variables themselves, in order.
+    condition
+        How the denoiser's condition is built: ``{"source": "truth" |
+        "regression", "predictors": bool}``; ``source`` records how the training
+        pairs were made (at run time the condition is always the regression's
+        output), ``predictors`` adds the normalised features upsampled to the
+        fine grid after the noised coarse channel (before the fine statics).
     format_version
         Manifest format (:data:`FORMAT_VERSION`).
     """
@@ -149,6 +165,10 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)
     compiled: list[dict[str, Any]] = field(default_factory=list)
     precision: dict[str, str] = field(default_factory=default_precision)
+    features: list[dict[str, Any]] | None = None
+    condition: dict[str, Any] = field(
+        default_factory=lambda: {"source": "truth", "predictors": False}
+    )
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -186,10 +206,16 @@ class Manifest:
                 "manifest normalisation must have exactly the keys 'predictors' and 'precip', "
                 f"got {sorted(norm) if isinstance(norm, Mapping) else norm!r}"
             )
-        missing = [n for n in names if n not in norm["predictors"]]
+        try:
+            feats = self.feature_specs()
+        except ConfigError as exc:
+            raise BundleError(f"manifest features are invalid: {exc}") from exc
+        check_features_against(feats, names)
+        channels = [f.name for f in feats]
+        missing = [n for n in channels if n not in norm["predictors"]]
         if missing:
-            raise BundleError(f"manifest normalisation has no statistics for variable(s) {missing}")
-        stats = [(f"predictors.{n}", norm["predictors"][n]) for n in names]
+            raise BundleError(f"manifest normalisation has no statistics for feature(s) {missing}")
+        stats = [(f"predictors.{n}", norm["predictors"][n]) for n in channels]
         for label, st in [*stats, ("precip", norm["precip"])]:
             if not isinstance(st, Mapping) or set(st) != {"mean", "std"}:
                 raise BundleError(f"normalisation {label} must be {{'mean', 'std'}}, got {st!r}")
@@ -217,21 +243,34 @@ class Manifest:
                 "manifest static_fields needs keys 'coarse' and 'fine', "
                 f"got {sorted(self.static_fields)}"
             )
-        n_reg = len(names) + len(self.static_fields["coarse"])
+        cond = self.condition
+        if (
+            not isinstance(cond, Mapping)
+            or set(cond) != {"source", "predictors"}
+            or cond["source"] not in ("truth", "regression")
+            or not isinstance(cond["predictors"], bool)
+        ):
+            raise BundleError(
+                "manifest condition must be {'source': 'truth' | 'regression', "
+                f"'predictors': true | false}}, got {cond!r}"
+            )
+        n_reg = len(channels) + len(self.static_fields["coarse"])
         if reg.in_channels != n_reg or reg.out_channels != 1 or reg.noise_channels:
             raise BundleError(
                 f"regression network takes {reg.in_channels} input channel(s) "
                 f"(noise_channels={reg.noise_channels}, out={reg.out_channels}) but the manifest "
-                f"has {len(names)} variable(s) + {len(self.static_fields['coarse'])} coarse "
+                f"has {len(channels)} feature(s) + {len(self.static_fields['coarse'])} coarse "
                 f"static field(s) = {n_reg}, 1 output, no noise embedding"
             )
-        n_den = 2 + len(self.static_fields["fine"])
+        n_pred = len(channels) if cond["predictors"] else 0
+        n_den = 2 + n_pred + len(self.static_fields["fine"])
         if den.in_channels != n_den or den.out_channels != 1 or not den.noise_channels:
             raise BundleError(
                 f"denoiser network takes {den.in_channels} input channel(s) "
                 f"(noise_channels={den.noise_channels}, out={den.out_channels}) but needs "
-                f"noisy field + condition + {len(self.static_fields['fine'])} fine static "
-                f"field(s) = {n_den}, 1 output and a noise embedding"
+                f"noisy field + condition + {n_pred} upsampled feature(s) + "
+                f"{len(self.static_fields['fine'])} fine static field(s) = {n_den}, 1 output "
+                "and a noise embedding"
             )
 
     # ----------------------------------------------------------- typed views
@@ -260,8 +299,14 @@ class Manifest:
         return UNetConfig.from_dict(self.denoiser)
 
     def variable_names(self) -> list[str]:
-        """Return the predictor names in channel order."""
+        """Return the names of the variables the host hands over, in order."""
         return [str(v["name"]) for v in self.variables]
+
+    def feature_specs(self) -> list[FeatureSpec]:
+        """Return the regression's input channels (the variables when ``features`` is unset)."""
+        if self.features is None:
+            return identity_features(self.variable_names())
+        return parse_features(self.features)
 
     # ------------------------------------------------------------ (de)serialise
     def to_dict(self) -> dict[str, Any]:
@@ -333,6 +378,10 @@ def migrate_manifest(data: Mapping[str, Any], source: str = "manifest") -> dict[
     d = copy.deepcopy(dict(data))
     if version == 1:
         d = _migrate_v1(d, source)
+    if d["format_version"] == 2:
+        # Version 2 -> 3: optional 'features' and 'condition' (defaults: the variables
+        # as channels, the paper's truth-trained condition without predictors).
+        d["format_version"] = 3
     return d
 
 
@@ -364,7 +413,7 @@ def _migrate_v1(d: dict[str, Any], source: str) -> dict[str, Any]:
             )
         variables.append(spec)
     out = {
-        "format_version": 2,
+        "format_version": 2,  # then 2 -> 3 in migrate_manifest
         "variables": variables,
         "coarse_grid": d.pop("coarse_grid"),
         "fine_grid": d.pop("fine_grid"),

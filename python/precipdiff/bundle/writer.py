@@ -200,6 +200,8 @@ def manifest_from_networks(
     static_fields: Mapping[str, list[str]] | None = None,
     bias_correction: dict[str, Any] | None = None,
     provenance: Mapping[str, Any] | None = None,
+    features: list[dict[str, Any]] | None = None,
+    condition: Mapping[str, Any] | None = None,
 ) -> Manifest:
     """Build a :class:`Manifest` from trained networks and metadata.
 
@@ -210,7 +212,7 @@ def manifest_from_networks(
     coarse_grid, fine_grid
         The grids.
     predictor_stats
-        ``{name: (mean, std)}`` in the variables' units.
+        ``{name: (mean, std)}`` per feature (network channel), in physical units.
     precip_stats
         ``(mean, std)`` of transformed precipitation.
     regression, denoiser
@@ -227,6 +229,10 @@ def manifest_from_networks(
         QDM tables or ``None``.
     provenance
         Extra provenance merged over :func:`default_provenance`.
+    features
+        Feature dicts (``None``: the variables are the channels).
+    condition
+        ``{"source": ..., "predictors": ...}`` (default: truth, no predictors).
 
     Returns
     -------
@@ -254,4 +260,11 @@ def manifest_from_networks(
         },
         bias_correction=bias_correction,
         provenance=default_provenance(**dict(provenance or {})),
+        features=[dict(f) for f in features] if features is not None else None,
+        condition=dict(condition)
+        if condition is not None
+        else {
+            "source": "truth",
+            "predictors": False,
+        },
     )

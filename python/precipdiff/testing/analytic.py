@@ -140,9 +140,7 @@ REFERENCE_TARGETS: dict[str, GaussianMixture] = {
     "N(-1, 0.15^2)": GaussianMixture.gaussian(-1.0, 0.15),
     "N(0.5, 2^2)": GaussianMixture.gaussian(0.5, 2.0),
     "0.5 N(-1, 0.5^2) + 0.5 N(1, 0.5^2)": GaussianMixture((0.5, 0.5), (-1.0, 1.0), (0.5, 0.5)),
-    "0.6 N(-1, 0.1^2) + 0.4 N(1.5, 0.6^2)": GaussianMixture(
-        (0.6, 0.4), (-1.0, 1.5), (0.1, 0.6)
-    ),
+    "0.6 N(-1, 0.1^2) + 0.4 N(1.5, 0.6^2)": GaussianMixture((0.6, 0.4), (-1.0, 1.5), (0.1, 0.6)),
     "0.3 N(-1, 0.3^2) + 0.7 N(2, 0.3^2)": GaussianMixture((0.3, 0.7), (-1.0, 2.0), (0.3, 0.3)),
 }
 
@@ -177,4 +175,3 @@ def sampler_moment_errors(
     s_err = float(x.std()) / target.std - 1.0
     se = math.sqrt((target.kurtosis - 1.0) / (4.0 * n))
     return m_err, s_err, se
-

@@ -424,6 +424,8 @@ def evaluate_ensemble(
     coarse: NDArray[np.floating] | None = None,
     factor: int | None = None,
     label: str = "ensemble",
+    spectrum_box: tuple[slice, slice] | None = None,
+    band_wavelengths: tuple[float, float] | None = None,
 ) -> EnsembleEvaluation:
     """Score an ensemble ``(time, member, lat, lon)`` and baselines against ``obs``.
 
@@ -445,6 +447,14 @@ def evaluate_ensemble(
         Refinement factor between the coarse and the fine grid.
     label
         Name of the ensemble in tables and figures.
+    spectrum_box
+        ``(rows, cols)`` of the sub-grid the spectra are computed on (e.g. the
+        largest all-land box, :func:`precipdiff.offline.metrics.land_box`, so that
+        filled sea cells and coastlines add no power); the whole grid when ``None``.
+    band_wavelengths
+        ``(shortest, longest)`` wavelength in the units of ``lat``/``lon``: adds
+        ``band_power_ratio_<product>``, the Hann-windowed spectral power in that
+        band relative to the observations' (all members of the ensemble).
 
     Returns
     -------
@@ -521,11 +531,21 @@ def evaluate_ensemble(
         arrays["rank_histogram"] = (("rank",), rh)
         arrays["spread_skill_bin_spread"] = (("spread_bin",), ss.bin_spread)
         arrays["spread_skill_bin_rmse"] = (("spread_bin",), ss.bin_skill)
+    box = spectrum_box if spectrum_box is not None else (slice(None), slice(None))
+
+    def cut(a: NDArray[np.float64]) -> NDArray[np.float64]:
+        return a[..., box[0], box[1]]
+
     spectra: dict[str, tuple[NDArray[np.float64], NDArray[np.float64]]] = {}
-    spectra["observations"] = metrics.power_spectrum_radial(o, dx=dx, dy=dy)
-    spectra[f"{label} (member 0)"] = metrics.power_spectrum_radial(member0, dx=dx, dy=dy)
+    spectra["observations"] = metrics.power_spectrum_radial(cut(o), dx=dx, dy=dy)
+    spectra[f"{label} (all members)"] = metrics.power_spectrum_radial(cut(e), dx=dx, dy=dy)
     for k, p in products.items():
-        spectra[k] = metrics.power_spectrum_radial(p, dx=dx, dy=dy)
+        spectra[k] = metrics.power_spectrum_radial(cut(p), dx=dx, dy=dy)
+    if band_wavelengths is not None:
+        for name, p in [(label, e), *products.items()]:
+            sc[f"band_power_ratio_{name}"] = metrics.band_power_ratio(
+                cut(p), cut(o), band_wavelengths, dx=dx, dy=dy
+            )
     labels = list(spectra)
     arrays["power_spectrum"] = (
         ("product", "wavenumber"),

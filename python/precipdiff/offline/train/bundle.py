@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 
@@ -29,6 +30,7 @@ from precipdiff.offline.train.config import TrainConfig, to_dict
 from precipdiff.offline.train.data import Stats
 from precipdiff.offline.train.regression import stage_dir
 from precipdiff.offline.train.store_data import open_stage_data
+from precipdiff.statics import COMPUTED_STATICS
 from precipdiff.transforms import PrecipTransform
 from precipdiff.variables import get_variable
 
@@ -76,6 +78,14 @@ def load_trained(cfg: TrainConfig) -> tuple[UNet, EDMPrecond, dict[str, Any], di
     return reg, den, reg_meta, den_meta
 
 
+def _derived(features: list[dict[str, Any]] | None, names: list[str]) -> bool:
+    """Whether the features differ from "the variables, in order" (else not recorded)."""
+    if features is None:
+        return False
+    plain = [{"name": n, "op": "identity", "inputs": [n], "pressure_pa": None} for n in names]
+    return features != plain
+
+
 def build_bundle(cfg: TrainConfig, out: str | None = None) -> Path:
     """Write the bundle of a trained experiment (and its evaluation).
 
@@ -107,6 +117,15 @@ def build_bundle(cfg: TrainConfig, out: str | None = None) -> Path:
         )
     names = reg_meta["predictors"]
     variables = [get_variable(n).to_dict() for n in names]
+    features = reg_meta.get("features")
+    feature_names = [f["name"] for f in features] if features is not None else names
+    den_cond = den_meta.get("condition", {"source": "truth", "predictors": False, "statics": []})
+    static_names = list(den_cond.get("statics", []))
+    statics: dict[str, np.ndarray] = {}
+    stored = [n for n in static_names if n not in COMPUTED_STATICS]
+    if stored:
+        with np.load(stage_dir(cfg, "diffusion") / "statics.npz") as z:
+            statics = {f"fine/{n}": np.asarray(z[n], np.float32) for n in stored}
     coarse = LatLonGrid.from_dict(reg_meta["coarse_grid"])
     if cfg.bundle.fine_grid is not None:
         fine = LatLonGrid.regular(**cfg.bundle.fine_grid)
@@ -140,7 +159,7 @@ def build_bundle(cfg: TrainConfig, out: str | None = None) -> Path:
         coarse_grid=coarse,
         fine_grid=fine,
         predictor_stats={
-            n: (reg_stats.predictor_mean[n], reg_stats.predictor_std[n]) for n in names
+            n: (reg_stats.predictor_mean[n], reg_stats.predictor_std[n]) for n in feature_names
         },
         precip_stats=(reg_stats.target_mean, reg_stats.target_std),
         regression=reg,
@@ -148,6 +167,9 @@ def build_bundle(cfg: TrainConfig, out: str | None = None) -> Path:
         sigma_c=cfg.diffusion.sigma_c,
         transform=PrecipTransform.from_dict(cfg.transform),
         sampler=SamplerConfig.from_dict(cfg.bundle.sampler),
+        static_fields={"coarse": [], "fine": static_names},
+        features=features if _derived(features, names) else None,
+        condition={"source": den_cond["source"], "predictors": bool(den_cond["predictors"])},
         provenance={
             "name": cfg.bundle.name,
             "description": cfg.bundle.description,
@@ -162,7 +184,7 @@ def build_bundle(cfg: TrainConfig, out: str | None = None) -> Path:
         dest = Path.cwd() / dest
     # save_bundle replaces the directory: keep hand-written documents (the model card).
     kept = {p.name: p.read_text() for p in dest.glob("*.md")} if dest.is_dir() else {}
-    save_bundle(dest, manifest, reg, den, overwrite=True)
+    save_bundle(dest, manifest, reg, den, statics=statics or None, overwrite=True)
     for name, text in kept.items():
         (dest / name).write_text(text)
     if cfg.bundle.evaluate:

@@ -155,7 +155,14 @@ class DataConfig:
     split
         Train/validation split by time.
     predictors
-        Large-scale predictors (regression stage only; empty for diffusion).
+        Large-scale predictors (regression stage only; empty for diffusion): the
+        variables read from files, each regridded to the coarse grid.
+    features
+        The network's input channels computed from the predictors on the coarse
+        grid (:func:`precipdiff.features.parse_features`): a predictor name, or
+        ``"rh<level>"`` for relative humidity from ``hus<level>`` and
+        ``ta<level>``, or a full feature mapping. ``None``: the predictors
+        themselves, in order.
     store
         A training store written by ``precipdiff prepare`` (path relative to
         the current directory, like ``run_dir``). The stage then reads only the
@@ -196,6 +203,7 @@ class DataConfig:
     target: VariableSource
     split: SplitConfig
     predictors: list[VariableSource] = field(default_factory=list)
+    features: list[Any] | None = None
     store: str | None = None
     data_root: str | None = None
     crop_lat: list[int] | None = None
@@ -231,12 +239,24 @@ class DataConfig:
         names = [p.name for p in self.predictors]
         if len(set(names)) != len(names):
             raise ConfigError(f"data.predictors: duplicate names in {names}")
+        if self.features is not None:
+            from precipdiff.features import parse_features, required_variables
+
+            if not self.features:
+                raise ConfigError("data.features must name at least one feature (or be null)")
+            needed = required_variables(parse_features(self.features))
+            missing = [v for v in needed if v not in names]
+            if missing:
+                raise ConfigError(
+                    f"data.features read predictor(s) {missing} that data.predictors "
+                    f"does not list ({names})"
+                )
         if self.store is None:
             _need_paths([self.target, *self.predictors], "data")
             return
         if not self.store:
             raise ConfigError("data.store must be a non-empty path")
-        with_path = [s.name for s in (self.target, *self.predictors) if s.path or s.variable]
+        with_path = [v.name for v in (self.target, *self.predictors) if v.path or v.variable]
         if with_path:
             raise ConfigError(
                 f"data.store is set: variables {with_path} are read from the store; remove "
@@ -334,7 +354,8 @@ class LoopConfig:
     Parameters
     ----------
     validate_every
-        Steps between validations (the best validation loss selects the model).
+        Steps between validations (the validation loss curve goes to
+        ``metrics.csv``; with ``select: best`` it also selects the model).
     checkpoint_every
         Steps between resumable checkpoints.
     log_every
@@ -349,6 +370,13 @@ class LoopConfig:
         batches are the same either way (:mod:`precipdiff.offline.train.loader`).
     prefetch
         Batches each worker keeps ready (with ``workers > 0``).
+    select
+        Which weights ``best.safetensors`` (the ones a bundle ships) holds:
+        ``"best"`` (the EMA weights of the lowest validation loss) or ``"last"``
+        (the EMA weights at the last step). With ``last`` the validation split
+        is only *reported*, never used for a choice -- the setting for a final
+        model whose step count was chosen on an inner split of the training data
+        (docs/training.md, "Choosing on training data only").
     """
 
     validate_every: int = 100
@@ -358,8 +386,11 @@ class LoopConfig:
     progress: bool = True
     workers: int = 0
     prefetch: int = 2
+    select: Literal["best", "last"] = "best"
 
     def __post_init__(self) -> None:
+        if self.select not in ("best", "last"):
+            raise ConfigError(f"loop.select must be 'best' or 'last', got {self.select!r}")
         for key in ("validate_every", "checkpoint_every", "log_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"loop.{key} must be >= 1")
@@ -402,6 +433,15 @@ class RegressionStageConfig:
         See ``docs/training.md``.
     physical_weight
         Weight of the mm/day term in ``mixed`` (per (mm/day)²); must be > 0.
+    cross_fit_folds
+        ``K > 1``: after the main model, train ``K`` more on the training split
+        with one contiguous block of training days (``1/K`` of them) held out
+        each, and write their predictions for the held-out days -- every training
+        day predicted by a model that never saw it -- to
+        ``run_dir/regression/condition.npz`` (validation days: the main model).
+        A diffusion stage with ``condition.source: regression`` trains on these,
+        so its ensemble learns the regression's real out-of-sample error. ``0``:
+        none.
     """
 
     data: DataConfig
@@ -410,6 +450,7 @@ class RegressionStageConfig:
     loop: LoopConfig = field(default_factory=LoopConfig)
     loss: str = "mse_transformed"
     physical_weight: float = 0.1
+    cross_fit_folds: int = 0
 
     def __post_init__(self) -> None:
         if not self.data.predictors:
@@ -423,6 +464,97 @@ class RegressionStageConfig:
             raise ConfigError(
                 f"regression.physical_weight must be a number > 0, got {self.physical_weight!r}"
             )
+        if self.cross_fit_folds == 1 or self.cross_fit_folds < 0:
+            raise ConfigError(
+                f"regression.cross_fit_folds must be 0 (off) or >= 2, got {self.cross_fit_folds}"
+            )
+
+
+#: Static fine-grid channels a denoiser can be given (see ConditionConfig.statics).
+STATIC_CHANNELS = (
+    "lat_ramp",
+    "lon_ramp",
+    "sin_lat",
+    "cos_lat",
+    "sin_lon",
+    "cos_lon",
+    "target_climatology",
+    "valid_fraction",
+)
+CONDITION_SOURCES = ("truth", "regression")
+
+
+@dataclass
+class StaticFile:
+    """A static fine-grid channel read from a file: the training-split time mean.
+
+    Parameters
+    ----------
+    name
+        Channel name (stored in the bundle's ``statics.safetensors``).
+    path
+        File (relative to the data root), on the target's grid before cropping.
+    variable
+        Variable in the file.
+    """
+
+    name: str
+    path: str
+    variable: str
+
+
+@dataclass
+class ConditionConfig:
+    """What the denoiser is conditioned on besides the noisy field.
+
+    Parameters
+    ----------
+    source
+        The noised coarse channel: ``"truth"`` (the target's block mean, the
+        paper's training pairs) or ``"regression"`` (the regression's predictions:
+        out-of-fold on training days, which needs ``regression.cross_fit_folds``;
+        the denoiser then also learns the large-scale error of the regression and
+        the ensemble carries it).
+    predictors
+        Also give the denoiser the regression's normalised input features,
+        upsampled bilinearly to the fine grid (not noised).
+    statics
+        Fine-grid static channels, in order: ``lat_ramp``/``lon_ramp`` (position
+        as a ramp from -1 to 1 across the grid), ``sin_lat``, ``cos_lat``,
+        ``sin_lon``, ``cos_lon`` (global grids), ``target_climatology`` (the
+        training-split mean of the normalised transformed target per cell),
+        ``valid_fraction`` (fraction of training days with a valid target: a
+        land-sea mask for E-OBS).
+    static_files
+        Further static channels from files, e.g. an observed temperature
+        climatology as an orography proxy (standardised over the grid).
+    """
+
+    source: str = "truth"
+    predictors: bool = False
+    statics: list[str] = field(default_factory=list)
+    static_files: list[StaticFile] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.source not in CONDITION_SOURCES:
+            raise ConfigError(
+                f"diffusion.condition.source must be one of {CONDITION_SOURCES}, "
+                f"got {self.source!r}"
+            )
+        unknown = [s for s in self.statics if s not in STATIC_CHANNELS]
+        if unknown:
+            raise ConfigError(
+                f"diffusion.condition.statics: unknown channel(s) {unknown}; "
+                f"known: {list(STATIC_CHANNELS)} (or use static_files)"
+            )
+        names = [*self.statics, *(f.name for f in self.static_files)]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"diffusion.condition: duplicate static channels {names}")
+
+    @property
+    def static_names(self) -> list[str]:
+        """All static channel names, in channel order."""
+        return [*self.statics, *(f.name for f in self.static_files)]
 
 
 @dataclass
@@ -449,10 +581,14 @@ class DiffusionStageConfig:
         Optimiser section.
     loop
         Loop section.
+    condition
+        What the denoiser is conditioned on (:class:`ConditionConfig`; the
+        default is the paper's: the noised block mean of the target).
     """
 
     data: DataConfig
     model: dict[str, Any] = field(default_factory=dict)
+    condition: ConditionConfig = field(default_factory=ConditionConfig)
     sigma_data: float = 1.0
     sigma_c: float = 0.1
     p_mean: float = -1.2
@@ -726,6 +862,20 @@ class TrainConfig:
             raise ConfigError(
                 "a training config needs a 'regression', 'diffusion' or 'prepare' section"
             )
+        cond = self.diffusion.condition if self.diffusion is not None else None
+        if cond is not None and (cond.source == "regression" or cond.predictors):
+            what = (
+                "condition.source: regression"
+                if cond.source == "regression"
+                else ("condition.predictors: true")
+            )
+            if self.regression is None:
+                raise ConfigError(f"diffusion.{what} needs a 'regression' section")
+            if cond.source == "regression" and self.regression.cross_fit_folds < 2:
+                raise ConfigError(
+                    "diffusion.condition.source: regression trains on out-of-fold regression "
+                    "predictions: set regression.cross_fit_folds >= 2"
+                )
 
 
 # --------------------------------------------------------------------------------------

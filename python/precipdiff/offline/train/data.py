@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,12 @@ import numpy as np
 import torch
 
 from precipdiff.errors import ConfigError, InputError
+from precipdiff.features import (
+    FeatureSpec,
+    compute_features,
+    identity_features,
+    parse_features,
+)
 from precipdiff.grids import LatLonGrid, Regridder, coarsen_block_mean, coarsen_grid
 from precipdiff.offline.train.config import DataConfig, SplitConfig, VariableSource
 from precipdiff.variables import get_variable
@@ -390,27 +396,15 @@ class StageData:
         )
         return out
 
-    def _compute_stats(self, chunk: int) -> Stats:
-        names = [p.source.name for p in self.predictors]
-        moments = {n: _Moments() for n in names}
-        target = _Moments()
-        train = self.split.train
-        for start in range(0, train.size, chunk):
-            batch = self.read(train[start : start + chunk])
-            for n in names:
-                moments[n].add(batch[n])
-            target.add(self.transform.forward(batch["coarse"]))
-        pm: dict[str, float] = {}
-        ps: dict[str, float] = {}
-        for n in names:
-            pm[n], ps[n] = moments[n].result(n)
-        tm, ts = target.result(self.cfg.target.name)
-        return Stats(pm, ps, tm, ts, int(train.size))
+    @property
+    def features(self) -> list[FeatureSpec]:
+        """The network's input channels (``data.features``, or the predictors as they are)."""
+        if self.cfg.features is None:
+            return identity_features([p.source.name for p in self.predictors])
+        return parse_features(self.cfg.features)
 
-    # -- normalisation -----------------------------------------------------------------
-
-    def normalise_predictors(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        """Stack and normalise the predictors of a batch.
+    def feature_fields(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Compute the feature channels of a batch (physical units, not normalised).
 
         Parameters
         ----------
@@ -422,14 +416,50 @@ class StageData:
         numpy.ndarray
             ``(n, C, Hc, Wc)`` float32.
         """
-        chans = []
-        for p in self.predictors:
-            n = p.source.name
-            x = batch[n]
-            if not np.all(np.isfinite(x)):
+        names = [p.source.name for p in self.predictors]
+        for n in names:
+            if not np.all(np.isfinite(batch[n])):
                 raise InputError(f"predictor {n!r} has non-finite values after regridding")
-            chans.append((x - self.stats.predictor_mean[n]) / self.stats.predictor_std[n])
-        return np.stack(chans, axis=1).astype(np.float32)
+        return compute_features(self.features, {n: batch[n] for n in names})
+
+    def _compute_stats(self, chunk: int) -> Stats:
+        feats = [f.name for f in self.features]
+        moments = {n: _Moments() for n in feats}
+        target = _Moments()
+        train = self.split.train
+        for start in range(0, train.size, chunk):
+            batch = self.read(train[start : start + chunk])
+            if feats:
+                x = self.feature_fields(batch)
+                for i, n in enumerate(feats):
+                    moments[n].add(x[:, i])
+            target.add(self.transform.forward(batch["coarse"]))
+        pm: dict[str, float] = {}
+        ps: dict[str, float] = {}
+        for n in feats:
+            pm[n], ps[n] = moments[n].result(n)
+        tm, ts = target.result(self.cfg.target.name)
+        return Stats(pm, ps, tm, ts, int(train.size))
+
+    # -- normalisation -----------------------------------------------------------------
+
+    def normalise_predictors(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Compute, stack and normalise the feature channels of a batch.
+
+        Parameters
+        ----------
+        batch
+            Output of :meth:`read`.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(n, C, Hc, Wc)`` float32, one channel per feature.
+        """
+        x = self.feature_fields(batch)
+        mean = np.array([self.stats.predictor_mean[f.name] for f in self.features], np.float32)
+        std = np.array([self.stats.predictor_std[f.name] for f in self.features], np.float32)
+        return ((x - mean[None, :, None, None]) / std[None, :, None, None]).astype(np.float32)
 
     def normalise_target(self, mm_per_day: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Transform + normalise a precipitation field and return its validity mask.
@@ -513,12 +543,39 @@ class RegressionDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         return {k: v[0] for k, v in self.batch(np.array([i])).items()}
 
 
-class DiffusionDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
-    """Samples ``y`` (fine target), ``coarse`` (its block mean), ``mask`` for diffusion.
+@dataclass
+class ConditionInputs:
+    """What a diffusion sample is conditioned on besides the noisy field.
 
-    The condition (upsampled coarse field + injected noise) and random patches
-    are made by the diffusion stage from per-sample seeds, so that a sample is
-    independent of the batch split across processes.
+    Parameters
+    ----------
+    coarse
+        ``(n_positions, Hc, Wc)`` normalised coarse fields, indexed by aligned
+        position (the regression's out-of-fold predictions), or ``None`` for the
+        target's own block mean (the paper's training pairs).
+    predictors
+        Also return the normalised feature channels upsampled to the fine grid.
+    statics
+        ``(S, Hf, Wf)`` static channels (already normalised).
+    """
+
+    coarse: np.ndarray | None = None
+    predictors: bool = False
+    statics: np.ndarray | None = None
+
+    def n_extra(self, n_features: int) -> int:
+        """Return the number of condition channels besides the noised coarse field."""
+        return (n_features if self.predictors else 0) + (
+            0 if self.statics is None else int(self.statics.shape[0])
+        )
+
+
+class DiffusionDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
+    """Samples ``y`` (fine target), ``mask`` and the condition for diffusion.
+
+    The condition noise and random patches are added by the diffusion stage from
+    per-sample seeds, so that a sample is independent of the batch split across
+    processes.
 
     Parameters
     ----------
@@ -526,14 +583,67 @@ class DiffusionDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         The stage data.
     positions
         Aligned positions of this split.
+    condition
+        What to condition on (default: the target's block mean only).
     """
 
-    def __init__(self, data: StageData, positions: np.ndarray) -> None:
+    def __init__(
+        self, data: StageData, positions: np.ndarray, condition: ConditionInputs | None = None
+    ) -> None:
         self.data = data
         self.positions = np.asarray(positions, np.int64)
+        self.condition = condition if condition is not None else ConditionInputs()
 
     def __len__(self) -> int:
         return int(self.positions.size)
+
+    def coarse_condition(self, pos: np.ndarray, raw: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Return the normalised coarse field the noised condition channel is built from.
+
+        Parameters
+        ----------
+        pos
+            Aligned positions of the batch.
+        raw
+            The batch as :meth:`StageData.read` returns it.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(n, Hc, Wc)`` float32; missing coarse cells (sea) are 0, the
+            training mean, so the condition stays finite.
+        """
+        if self.condition.coarse is not None:
+            return np.asarray(self.condition.coarse[pos], np.float32)
+        c, cm = self.data.normalise_target(raw["coarse"])
+        return np.where(cm > 0, c, 0.0).astype(np.float32)
+
+    def extra_channels(self, raw: Mapping[str, np.ndarray], n: int) -> np.ndarray:
+        """Return the condition channels that are not noised: upsampled features, statics.
+
+        Parameters
+        ----------
+        raw
+            The batch as :meth:`StageData.read` returns it.
+        n
+            Batch size.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(n, E, Hf, Wf)`` float32 (``E`` may be 0).
+        """
+        hf, wf = self.data.fine_grid.shape
+        parts = []
+        if self.condition.predictors:
+            x = self.data.normalise_predictors(raw)  # (n, C, Hc, Wc)
+            parts.append(np.asarray(self.data.upsampler(x), np.float32))
+        if self.condition.statics is not None and self.condition.statics.shape[0]:
+            st = self.condition.statics
+            parts.append(np.broadcast_to(st, (n, *st.shape)).astype(np.float32))
+        if not parts:
+            return np.zeros((n, 0, hf, wf), np.float32)
+        return np.concatenate(parts, axis=1)
 
     def batch(self, items: np.ndarray) -> dict[str, torch.Tensor]:
         """Read a batch of items at once.
@@ -546,22 +656,21 @@ class DiffusionDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         Returns
         -------
         dict
-            ``y``, ``mask`` and ``cond`` ``(n, 1, Hf, Wf)``: ``cond`` is the
-            normalised block mean upsampled bilinearly to the fine grid exactly as
-            :class:`precipdiff.generator.PrecipGenerator` upsamples the regression
-            output (coarse cells with too few valid fine cells are set to 0, the
-            training mean, so the condition stays finite).
+            ``y``, ``mask`` and ``cond`` ``(n, 1, Hf, Wf)`` and ``extra``
+            ``(n, E, Hf, Wf)``: ``cond`` is the normalised coarse condition
+            (:meth:`coarse_condition`) upsampled bilinearly to the fine grid exactly
+            as :class:`precipdiff.generator.PrecipGenerator` upsamples the regression
+            output; ``extra`` the channels of :meth:`extra_channels`.
         """
-        raw = self.data.read(self.positions[np.asarray(items, np.int64)])
+        pos = self.positions[np.asarray(items, np.int64)]
+        raw = self.data.read(pos)
         y, m = self.data.normalise_target(raw["fine"])
-        c, cm = self.data.normalise_target(raw["coarse"])
-        # Missing coarse cells (sea) get 0 = the training mean in normalised space.
-        c = np.where(cm > 0, c, 0.0).astype(np.float32)
-        up = np.asarray(self.data.upsampler(c), np.float32)
+        up = np.asarray(self.data.upsampler(self.coarse_condition(pos, raw)), np.float32)
         return {
             "y": torch.from_numpy(y[:, None]),
             "mask": torch.from_numpy(m[:, None]),
             "cond": torch.from_numpy(up[:, None]),
+            "extra": torch.from_numpy(self.extra_channels(raw, pos.size)),
         }
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:

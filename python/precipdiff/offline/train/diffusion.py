@@ -1,8 +1,15 @@
 """Stage 2: the conditional EDM denoiser, coarse -> 4x finer precipitation.
 
-Training pairs are made from the fine target alone (CorrDiff-style): the
-condition is the target's block mean, upsampled back to the fine grid and
-noised at ``sigma_c`` (Aich et al. 2025, Sect. 4.2). Training runs on random
+By default training pairs are made from the fine target alone (CorrDiff-style):
+the condition is the target's block mean, upsampled back to the fine grid and
+noised at ``sigma_c`` (Aich et al. 2025, Sect. 4.2). With
+``diffusion.condition.source: regression`` the noised channel is instead the
+regression's *out-of-fold* prediction for that day, so the denoiser learns the
+distribution of the fine field given what the regression will actually say at
+run time, including its large-scale error (the ensemble then carries that
+error); ``condition.predictors`` and ``condition.statics`` add the regression's
+inputs and static/positional channels (:mod:`precipdiff.offline.train.condition`).
+Training runs on random
 patches of the fine grid (aligned to whole coarse cells) so a full-resolution
 model fits one GPU; the network is fully convolutional, so inference samples
 the whole grid. Every random draw of a sample (patch position, EDM noise level,
@@ -14,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,7 +30,8 @@ from torch import nn
 from precipdiff.diffusion.edm import EDMPrecond
 from precipdiff.errors import ConfigError
 from precipdiff.nn.unet import UNet, UNetConfig
-from precipdiff.offline.train.config import DiffusionStageConfig, TrainConfig
+from precipdiff.offline.train.condition import condition_inputs, static_channels
+from precipdiff.offline.train.config import DataConfig, DiffusionStageConfig, TrainConfig, to_dict
 from precipdiff.offline.train.data import DiffusionDataset, StageData, Stats
 from precipdiff.offline.train.ddp import DistContext
 from precipdiff.offline.train.loader import patch_corner
@@ -37,13 +45,15 @@ from precipdiff.transforms import PrecipTransform
 VALIDATION_SIGMA_QUANTILES = (-1.5, -0.5, 0.5, 1.5)
 
 
-def build_denoiser(cfg: DiffusionStageConfig) -> EDMPrecond:
+def build_denoiser(cfg: DiffusionStageConfig, extra_channels: int = 0) -> EDMPrecond:
     """Build the EDM-preconditioned denoiser from the stage's ``model`` section.
 
     Parameters
     ----------
     cfg
         The stage configuration.
+    extra_channels
+        Condition channels besides the noised coarse field (features, statics).
 
     Returns
     -------
@@ -52,7 +62,7 @@ def build_denoiser(cfg: DiffusionStageConfig) -> EDMPrecond:
     """
     kwargs = dict(cfg.model)
     kwargs.setdefault("noise_channels", 32)
-    kwargs.update(in_channels=2, out_channels=1)
+    kwargs.update(in_channels=2 + extra_channels, out_channels=1)
     if kwargs["noise_channels"] < 1:
         raise ConfigError("diffusion.model.noise_channels must be >= 1 (EDM needs sigma)")
     return EDMPrecond(UNetConfig.from_dict(kwargs).build(), sigma_data=cfg.sigma_data)
@@ -76,13 +86,16 @@ class DiffusionStage:
     train_set: DiffusionDataset
     val_set: DiffusionDataset
     cfg: DiffusionStageConfig
+    #: Static channels by name (``(Hf, Wf)``), in channel order (stored in the bundle).
+    statics: dict[str, np.ndarray] = field(default_factory=dict)
 
     def _pairs(
         self, batch: dict[str, torch.Tensor], gens: list[torch.Generator], patch: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Clean target, noised condition and mask, cropped to per-sample patches."""
+        """Clean target, condition (noised coarse channel + extra) and mask, per-sample patches."""
         f = self.cfg.data.coarsen_factor
         y, mask, up = batch["y"], batch["mask"], batch["cond"]
+        extra = batch.get("extra")
         # Missing fine cells take the smooth condition, so the network never sees an
         # artificial edge; they are masked out of the loss anyway.
         y = torch.where(mask > 0, y, up)
@@ -101,7 +114,10 @@ class DiffusionStage:
             ys.append(y[i, :, sl[0], sl[1]])
             ms.append(mask[i, :, sl[0], sl[1]])
             noise_c = torch.randn((1, ph, pw), generator=g).to(up.device, up.dtype)
-            cs.append(up[i, :, sl[0], sl[1]] + self.cfg.sigma_c * noise_c)
+            c = up[i, :, sl[0], sl[1]] + self.cfg.sigma_c * noise_c
+            if extra is not None and extra.shape[1]:
+                c = torch.cat([c, extra[i, :, sl[0], sl[1]]], dim=0)
+            cs.append(c)
         return torch.stack(ys), torch.stack(cs), torch.stack(ms)
 
     def _weighted(
@@ -206,6 +222,40 @@ def regression_stats(cfg: TrainConfig) -> Stats:
     return prepare_regression(cfg)[1].stats
 
 
+def diffusion_data_config(cfg: TrainConfig) -> DataConfig:
+    """Return the data section the diffusion stage reads.
+
+    ``diffusion.data`` normally; the regression's (with its predictors and
+    features) when the condition needs them (``condition.source: regression`` or
+    ``condition.predictors``), after checking that both sections describe the
+    same target samples.
+
+    Parameters
+    ----------
+    cfg
+        The experiment configuration.
+
+    Returns
+    -------
+    DataConfig
+        The data section.
+    """
+    assert cfg.diffusion is not None
+    cond = cfg.diffusion.condition
+    if not (cond.source == "regression" or cond.predictors):
+        return cfg.diffusion.data
+    assert cfg.regression is not None
+    d, r = cfg.diffusion.data, cfg.regression.data
+    for key in ("target", "split", "crop_lat", "crop_lon", "coarsen_factor", "store", "data_root"):
+        if to_dict(getattr(d, key)) != to_dict(getattr(r, key)):
+            raise ConfigError(
+                f"diffusion.condition uses the regression's predictions or inputs, so "
+                f"diffusion.data.{key} must equal regression.data.{key} "
+                f"({to_dict(getattr(d, key))!r} != {to_dict(getattr(r, key))!r})"
+            )
+    return r
+
+
 def prepare_diffusion(
     cfg: TrainConfig, stats: Stats | None = None
 ) -> tuple[DiffusionStage, StageData]:
@@ -228,14 +278,20 @@ def prepare_diffusion(
     transform = PrecipTransform.from_dict(cfg.transform)
     if stats is None and cfg.regression is not None:
         stats = regression_stats(cfg)
-    data = open_stage_data(cfg.diffusion.data, transform, base=cfg.source_dir, stats=stats)
+    data_cfg = diffusion_data_config(cfg)
+    data = open_stage_data(data_cfg, transform, base=cfg.source_dir, stats=stats)
+    cond_cfg = cfg.diffusion.condition
+    root = data_cfg.root(cfg.source_dir) if cond_cfg.static_files else None
+    statics = static_channels(cond_cfg, data, root)
+    cond = condition_inputs(cfg, data, statics)
     torch.manual_seed(cfg.seed)
     stage = DiffusionStage(
-        build_denoiser(cfg.diffusion),
-        diffusion_train_set(data, cfg.diffusion),
-        DiffusionDataset(data, data.split.validation),
+        build_denoiser(cfg.diffusion, cond.n_extra(len(data.features))),
+        diffusion_train_set(data, cfg.diffusion, cond),
+        DiffusionDataset(data, data.split.validation, cond),
         cfg.diffusion,
     )
+    stage.statics = statics
     return stage, data
 
 
@@ -269,8 +325,16 @@ def train_diffusion(cfg: TrainConfig, ctx: DistContext, stop_at: int | None = No
             {
                 "unet": net_cfg,
                 "sigma_c": cfg.diffusion.sigma_c,
+                "condition": {
+                    "source": cfg.diffusion.condition.source,
+                    "predictors": cfg.diffusion.condition.predictors,
+                    "statics": list(stage.statics),
+                },
+                "features": [f.to_dict() for f in data.features],
             },
         )
+        if stage.statics:
+            np.savez(out / "statics.npz", **stage.statics)
     return fit(
         stage,
         cfg.diffusion.optim,

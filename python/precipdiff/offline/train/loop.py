@@ -428,8 +428,12 @@ def fit(
             was_training = trained.training
             val = validate()
             trained.train(was_training)
-            if val < best_val:
+            improved = val < best_val
+            if improved:
                 best_val, best_step = val, step
+            # "best": the lowest validation loss picks the shipped weights; "last": the
+            # validation split is only reported, the final EMA weights are shipped.
+            if improved if loop_cfg.select == "best" else step == optim_cfg.steps:
                 if ctx.is_main:
                     weights = ema.shadow if ema is not None else model.state_dict()
                     save_file(

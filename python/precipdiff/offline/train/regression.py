@@ -254,7 +254,7 @@ def prepare_regression(
     transform = PrecipTransform.from_dict(cfg.transform)
     data = open_stage_data(cfg.regression.data, transform, base=cfg.source_dir, stats=stats)
     torch.manual_seed(cfg.seed)
-    net = build_regression_net(cfg.regression, len(data.predictors))
+    net = build_regression_net(cfg.regression, len(data.features))
     stage = RegressionStage(
         net,
         RegressionDataset(data, data.split.train),
@@ -348,8 +348,13 @@ def train_regression(cfg: TrainConfig, ctx: DistContext, stop_at: int | None = N
     assert cfg.regression is not None
     net_cfg = stage.model.config.to_dict() if isinstance(stage.model, UNet) else {}
     if ctx.is_main:
-        write_stage_metadata(out, cfg, data, {"unet": net_cfg})
-    return fit(
+        write_stage_metadata(
+            out,
+            cfg,
+            data,
+            {"unet": net_cfg, "features": [f.to_dict() for f in data.features]},
+        )
+    result = fit(
         stage,
         cfg.regression.optim,
         cfg.regression.loop,
@@ -359,3 +364,136 @@ def train_regression(cfg: TrainConfig, ctx: DistContext, stop_at: int | None = N
         precision=cfg.precision,
         stop_at=stop_at,
     )
+    if result.finished and cfg.regression.cross_fit_folds >= 2:
+        cross_fit(cfg, ctx, stage, data)
+    return result
+
+
+def cross_fit_blocks(train: np.ndarray, folds: int) -> list[np.ndarray]:
+    """Split training positions into contiguous blocks of days (one held out per fold).
+
+    Contiguous blocks keep the days of one season or year together, so a held-out
+    day's neighbours (correlated weather) are held out with it.
+
+    Parameters
+    ----------
+    train
+        Positions of the training samples.
+    folds
+        Number of blocks.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        The blocks, in time order.
+    """
+    return [np.asarray(b) for b in np.array_split(np.sort(np.asarray(train)), folds)]
+
+
+@torch.no_grad()
+def predict_positions(
+    net: nn.Module, data: StageData, positions: np.ndarray, device: torch.device, chunk: int = 64
+) -> np.ndarray:
+    """Run a regression network on aligned positions (normalised transformed output).
+
+    Parameters
+    ----------
+    net
+        The network (eval mode).
+    data
+        The stage data.
+    positions
+        Positions into ``data.split.times``.
+    device
+        Device of ``net``.
+    chunk
+        Samples per network call.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n, Hc, Wc)`` float32.
+    """
+    ds = RegressionDataset(data, positions)
+    out = []
+    for start in range(0, len(ds), chunk):
+        items = np.arange(start, min(start + chunk, len(ds)))
+        x = ds.batch(items)["x"].to(device)
+        out.append(net(x)[:, 0].float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, *data.coarse_grid.shape), np.float32)
+
+
+#: File of the regression's predictions that the diffusion stage trains on.
+CONDITION_FILE = "condition.npz"
+
+
+def cross_fit(cfg: TrainConfig, ctx: DistContext, stage: RegressionStage, data: StageData) -> Path:
+    """Out-of-fold regression predictions for every training day (``condition.npz``).
+
+    Trains ``regression.cross_fit_folds`` models, each on the training split minus
+    one contiguous block of days (same architecture, optimiser and step count as
+    the main model; seeds ``seed + 1 + k``; resumable in ``regression/fold<k>/``),
+    and predicts the held-out block with it. Validation days are predicted by the
+    main model, as at run time.
+
+    Parameters
+    ----------
+    cfg
+        The experiment configuration.
+    ctx
+        Distributed context.
+    stage
+        The trained main stage (its data and loss).
+    data
+        The stage data.
+
+    Returns
+    -------
+    pathlib.Path
+        The written file: ``times`` (datetime64[s] as int64 seconds), ``condition``
+        ``(n, Hc, Wc)`` float32 normalised transformed coarse precipitation,
+        ``out_of_fold`` (bool per time), ``fold`` (int per time, -1 = main model).
+    """
+    from safetensors.torch import load_file
+
+    assert cfg.regression is not None
+    out = stage_dir(cfg, "regression")
+    rc = cfg.regression
+    n = data.split.times.size
+    condition = np.zeros((n, *data.coarse_grid.shape), np.float32)
+    fold_of = np.full(n, -1, np.int64)
+    main = build_regression_net(rc, len(data.features)).to(ctx.device)
+    main.load_state_dict(load_file(out / "best.safetensors", device=str(ctx.device)))
+    main.eval()
+    others = np.setdiff1d(np.arange(n), data.split.train)
+    condition[others] = predict_positions(main, data, others, ctx.device)
+    for k, block in enumerate(cross_fit_blocks(data.split.train, rc.cross_fit_folds)):
+        keep = np.setdiff1d(data.split.train, block)
+        torch.manual_seed(cfg.seed + 1 + k)
+        fold_stage = RegressionStage(
+            build_regression_net(rc, len(data.features)),
+            RegressionDataset(data, keep),
+            RegressionDataset(data, data.split.validation),
+            stage.criterion,
+        )
+        fold_dir = out / f"fold{k}"
+        fit(fold_stage, rc.optim, rc.loop, fold_dir, cfg.seed + 1 + k, ctx, precision=cfg.precision)
+        net = build_regression_net(rc, len(data.features)).to(ctx.device)
+        net.load_state_dict(load_file(fold_dir / "best.safetensors", device=str(ctx.device)))
+        net.eval()
+        condition[block] = predict_positions(net, data, block, ctx.device)
+        fold_of[block] = k
+    path = out / CONDITION_FILE
+    if ctx.is_main:
+        tmp = out / ("tmp-" + CONDITION_FILE)
+        np.savez(
+            tmp,
+            times=data.split.times.astype("datetime64[s]").astype(np.int64),
+            condition=condition,
+            out_of_fold=fold_of >= 0,
+            fold=fold_of,
+        )
+        tmp.replace(path)
+    if ctx.distributed:
+        torch.distributed.barrier()
+    return path

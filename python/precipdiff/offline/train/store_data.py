@@ -30,6 +30,7 @@ from precipdiff.errors import ConfigError
 from precipdiff.grids import Regridder, _bilinear_lat, _bilinear_lon
 from precipdiff.offline.train.config import DataConfig, DiffusionStageConfig, VariableSource
 from precipdiff.offline.train.data import (
+    ConditionInputs,
     DiffusionDataset,
     Split,
     StageData,
@@ -121,6 +122,24 @@ class StoreStageData(StageData):
     def _store_stats(self) -> Stats:
         names = [p.source.name for p in self.predictors]
         d = self.store.stats(self.split.train, names)
+        derived = [f for f in self.features if f.op != "identity" or f.name != f.inputs[0]]
+        if derived:
+            # Derived features (e.g. relative humidity): one pass over the training
+            # days' predictors on the coarse grid; identity features keep the store's
+            # per-day moments.
+            moments = {f.name: _Moments() for f in derived}
+            train = self.split.train
+            for start in range(0, train.size, 256):
+                days = train[start : start + 256]
+                x = self.feature_fields(self.store.read_predictors(days, names))
+                for i, f in enumerate(self.features):
+                    if f.name in moments:
+                        moments[f.name].add(x[:, i])
+            mean = {f.name: d["predictor_mean"][f.name] for f in self.features if f not in derived}
+            std = {f.name: d["predictor_std"][f.name] for f in self.features if f not in derived}
+            for n, m in moments.items():
+                mean[n], std[n] = m.result(n)
+            d["predictor_mean"], d["predictor_std"] = mean, std
         if self.transform.to_dict() != self.store.transform:
             # The stored target moments are of another transform: one pass over the
             # coarse target of the training days (the coarse grid only).
@@ -217,8 +236,14 @@ class PatchDiffusionDataset(DiffusionDataset):
         ``[h, w]`` of the patches (the diffusion stage's ``patch_size``).
     """
 
-    def __init__(self, data: StoreStageData, positions: np.ndarray, patch_size: list[int]) -> None:
-        super().__init__(data, positions)
+    def __init__(
+        self,
+        data: StoreStageData,
+        positions: np.ndarray,
+        patch_size: list[int],
+        condition: ConditionInputs | None = None,
+    ) -> None:
+        super().__init__(data, positions, condition)
         self.store_data = data
         self.patch = (int(patch_size[0]), int(patch_size[1]))
         h, w = data.fine_grid.shape
@@ -235,31 +260,54 @@ class PatchDiffusionDataset(DiffusionDataset):
             _bilinear_lon(data.coarse_grid, data.fine_grid, _TOLERANCE)
         )
 
-    def _upsample_window(self, r0: int, c0: int, coarse_mm: np.ndarray) -> np.ndarray:
-        """Build the normalised condition on the patch at ``(r0, c0)``, as the runtime does.
+    def _upsample_window(self, r0: int, c0: int, coarse: np.ndarray) -> np.ndarray:
+        """Upsample a normalised coarse field on the patch at ``(r0, c0)``, as the runtime does.
 
         :class:`~precipdiff.grids.Regridder` upsamples with the float32 matrix
         ``kron(W_lat, W_lon)``, and scipy sums each row's (at most 4) products in
         column order. The same float32 weights (products of the float64 factors)
         and the same order are formed here from the two factors restricted to
-        the patch, so no row of the million-row matrix is sliced; only the coarse
-        cells the patch uses are normalised.
+        the patch, so no row of the million-row matrix is sliced.
+
+        Parameters
+        ----------
+        r0, c0
+            Patch corner.
+        coarse
+            ``(..., Hc, Wc)`` normalised coarse field(s).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(..., ph, pw)`` float32.
         """
         ph, pw = self.patch
         ia, wa = self._lat_idx[r0 : r0 + ph], self._lat_w[r0 : r0 + ph]  # (ph, 2)
         ib, wb = self._lon_idx[c0 : c0 + pw], self._lon_w[c0 : c0 + pw]  # (pw, 2), sorted
         rows = np.unique(ia)
         cols = np.unique(ib)
-        # Missing coarse cells (sea) are 0 = the training mean, as in DiffusionDataset.
-        c, cm = self.store_data.normalise_target(coarse_mm[np.ix_(rows, cols)])
-        sub = np.where(cm > 0, c, 0.0).astype(np.float32)
+        sub = np.asarray(coarse[..., rows[:, None], cols[None, :]], np.float32)
         ra, cb = np.searchsorted(rows, ia), np.searchsorted(cols, ib)
-        out = np.zeros((ph, pw), np.float32)
+        out = np.zeros((*coarse.shape[:-2], ph, pw), np.float32)
         for ka in range(2):
             for kb in range(2):
                 w = (wa[:, ka, None] * wb[None, :, kb]).astype(np.float32)
-                out += w * sub[ra[:, ka, None], cb[None, :, kb]]
+                out += w * sub[..., ra[:, ka, None], cb[None, :, kb]]
         return out
+
+    def _truth_window(self, r0: int, c0: int, coarse_mm: np.ndarray) -> np.ndarray:
+        """Return the paper's condition on the patch: the normalised block mean, upsampled.
+
+        Only the coarse cells the patch uses are normalised; missing coarse cells
+        (sea) are 0 = the training mean, as in :class:`DiffusionDataset`.
+        """
+        ph, pw = self.patch
+        rows = np.unique(self._lat_idx[r0 : r0 + ph])
+        cols = np.unique(self._lon_idx[c0 : c0 + pw])
+        c, cm = self.store_data.normalise_target(coarse_mm[np.ix_(rows, cols)])
+        full = np.zeros(coarse_mm.shape, np.float32)
+        full[np.ix_(rows, cols)] = np.where(cm > 0, c, 0.0)
+        return self._upsample_window(r0, c0, full)
 
     def seeded_batch(self, items: np.ndarray, seeds: np.ndarray) -> dict[str, torch.Tensor]:
         """Read a batch, each sample cut to the patch its seed draws.
@@ -283,7 +331,9 @@ class PatchDiffusionDataset(DiffusionDataset):
         hf, wf = data.fine_grid.shape
         ph, pw = self.patch
         days = self.positions[np.asarray(items, np.int64)]
-        ys, ms, cs = [], [], []
+        cond = self.condition
+        names = [p.source.name for p in data.predictors]
+        ys, ms, cs, es = [], [], [], []
         for day, seed in zip(days, seeds, strict=True):
             gen = torch.Generator().manual_seed(int(seed))
             r0, c0 = patch_corner(gen, hf, wf, ph, pw, f)
@@ -291,15 +341,28 @@ class PatchDiffusionDataset(DiffusionDataset):
             y, m = data.normalise_target(fine)
             ys.append(y)
             ms.append(m)
-            cs.append(self._upsample_window(r0, c0, store.read_coarse_day(int(day))))
+            if cond.coarse is not None:
+                cs.append(self._upsample_window(r0, c0, cond.coarse[int(day)]))
+            else:
+                cs.append(self._truth_window(r0, c0, store.read_coarse_day(int(day))))
+            extra = []
+            if cond.predictors:
+                x = data.normalise_predictors(store.read_predictors(np.array([day]), names))[0]
+                extra.append(self._upsample_window(r0, c0, x))
+            if cond.statics is not None and cond.statics.shape[0]:
+                extra.append(cond.statics[:, r0 : r0 + ph, c0 : c0 + pw])
+            es.append(np.concatenate(extra, axis=0) if extra else np.zeros((0, ph, pw), np.float32))
         return {
             "y": torch.from_numpy(np.stack(ys)[:, None]),
             "mask": torch.from_numpy(np.stack(ms)[:, None]),
             "cond": torch.from_numpy(np.stack(cs)[:, None]),
+            "extra": torch.from_numpy(np.stack(es).astype(np.float32)),
         }
 
 
-def diffusion_train_set(data: StageData, cfg: DiffusionStageConfig) -> DiffusionDataset:
+def diffusion_train_set(
+    data: StageData, cfg: DiffusionStageConfig, condition: ConditionInputs | None = None
+) -> DiffusionDataset:
     """Build the diffusion training set: patches cut while reading a store, else whole fields.
 
     Parameters
@@ -308,6 +371,8 @@ def diffusion_train_set(data: StageData, cfg: DiffusionStageConfig) -> Diffusion
         The stage's data.
     cfg
         The diffusion stage configuration.
+    condition
+        What the samples are conditioned on (default: the target's block mean).
 
     Returns
     -------
@@ -316,5 +381,5 @@ def diffusion_train_set(data: StageData, cfg: DiffusionStageConfig) -> Diffusion
         the whole-field :class:`DiffusionDataset` (the stage cuts the patches).
     """
     if isinstance(data, StoreStageData) and cfg.patch_size is not None:
-        return PatchDiffusionDataset(data, data.split.train, cfg.patch_size)
-    return DiffusionDataset(data, data.split.train)
+        return PatchDiffusionDataset(data, data.split.train, cfg.patch_size, condition)
+    return DiffusionDataset(data, data.split.train, condition)

@@ -474,7 +474,7 @@ class PrecipGenerator:
             x = np.concatenate([x, st], axis=1)
         xt = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32), device=self.device)
         # One time step per call: results never depend on how many steps are passed.
-        with torch.no_grad():
+        with torch.inference_mode():
             out = [self.regression_fn(xt[i : i + 1])[:, 0] for i in range(xt.shape[0])]
         return torch.cat(out).cpu().numpy()
 
@@ -520,6 +520,84 @@ class PrecipGenerator:
             st = self._statics_fine[None].expand(b, *self._statics_fine.shape)
             cond = torch.cat([cond, st], dim=1)
         return sample(self.denoise_fn, cond, config, gens, x_init=up)[:, 0]
+
+    def sample_fine(
+        self,
+        y_c: np.ndarray,
+        x_feat: np.ndarray | None = None,
+        *,
+        members: int = 1,
+        seed: int = 0,
+        sampler: SamplerConfig | None = None,
+        time_offset: int = 0,
+        member_offset: int = 0,
+        progress: ProgressFn | None = None,
+    ) -> np.ndarray:
+        """Draw fine-grid members from given coarse fields (stage 2 alone).
+
+        :meth:`generate` calls this with the regression's output; evaluations call
+        it with other coarse fields (e.g. the observations' block mean).
+
+        Parameters
+        ----------
+        y_c
+            ``(time, nlat_c, nlon_c)`` coarse precipitation in normalised
+            transformed space (the regression's output space).
+        x_feat
+            ``(time, n_features, nlat_c, nlon_c)`` normalised features
+            (:meth:`features_normalised`); needed when the bundle's condition
+            includes them.
+        members
+            Ensemble size.
+        seed
+            Random seed (member ``k`` of time ``t``: ``SeedSequence([seed,
+            time_offset + t, member_offset + k])``).
+        sampler
+            Sampler settings (default: the bundle's).
+        time_offset, member_offset
+            Offsets of the time/member indices in the seed sequence.
+        progress
+            Called as ``progress(done, total)`` after each member batch.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(time, member, nlat_f, nlon_f)`` float32 in normalised transformed space.
+        """
+        config = sampler if sampler is not None else self.sampler
+        if self._cond_predictors and x_feat is None:
+            raise ConfigError(
+                "this bundle's denoiser is conditioned on the predictors too: pass x_feat"
+            )
+        up = self._upsample(np.asarray(y_c, np.float32))
+        feats_up = self._upsample(np.asarray(x_feat, np.float32)) if self._cond_predictors else None
+        nt = up.shape[0]
+        out = np.empty((nt, members, *self.fine_grid.shape), np.float32)
+        total = nt * math.ceil(members / self.member_batch)
+        done = 0
+        with torch.inference_mode():
+            for t in range(nt):
+                y_up = torch.as_tensor(up[t], device=self.device)
+                f_up = (
+                    torch.as_tensor(feats_up[t], device=self.device)
+                    if feats_up is not None
+                    else None
+                )
+                for k0 in range(0, members, self.member_batch):
+                    ks = list(range(k0, min(members, k0 + self.member_batch)))
+                    x = self._member_denoise(
+                        y_up,
+                        time_offset + t,
+                        [member_offset + k for k in ks],
+                        int(seed),
+                        config,
+                        f_up,
+                    )
+                    out[t, ks[0] : ks[-1] + 1] = x.cpu().numpy()
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+        return out
 
     def generate(
         self,
@@ -589,34 +667,18 @@ class PrecipGenerator:
         x_feat = self.features_normalised(predictors, grid)
         y_c = self._regress_features(x_feat)
         coarse = self.to_precip(y_c)
-        up = self._upsample(y_c)
-        feats_up = self._upsample(x_feat) if self._cond_predictors else None
-        nt = y_c.shape[0]
-        fine = np.empty((nt, members, *self.fine_grid.shape), np.float32)
-        total = nt * math.ceil(members / self.member_batch)
-        done = 0
-        with torch.inference_mode():
-            for t in range(nt):
-                y_up = torch.as_tensor(up[t], device=self.device)
-                f_up = (
-                    torch.as_tensor(feats_up[t], device=self.device)
-                    if feats_up is not None
-                    else None
-                )
-                for k0 in range(0, members, self.member_batch):
-                    ks = list(range(k0, min(members, k0 + self.member_batch)))
-                    x = self._member_denoise(
-                        y_up,
-                        time_offset + t,
-                        [member_offset + k for k in ks],
-                        int(seed),
-                        config,
-                        f_up,
-                    )
-                    fine[t, ks[0] : ks[-1] + 1] = self.to_precip(x.cpu().numpy())
-                    done += 1
-                    if progress is not None:
-                        progress(done, total)
+        fine = self.to_precip(
+            self.sample_fine(
+                y_c,
+                x_feat,
+                members=members,
+                seed=int(seed),
+                sampler=config,
+                time_offset=time_offset,
+                member_offset=member_offset,
+                progress=progress,
+            )
+        )
         if conserve_mass:
             if self._mass is None:
                 self._mass = MassConserver(self.fine_grid, self.coarse_grid)

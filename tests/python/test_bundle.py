@@ -131,7 +131,7 @@ def test_channel_count_mismatch_named(bundle_dir, tmp_path):
 def test_missing_normalisation_named(bundle_dir, tmp_path):
     d = _copy(bundle_dir, tmp_path)
     _edit(d, lambda m: m["normalisation"]["predictors"].pop("psl"))
-    with pytest.raises(BundleError, match=r"no statistics for variable\(s\) \['psl'\]"):
+    with pytest.raises(BundleError, match=r"no statistics for feature\(s\) \[.psl.\]"):
         read_manifest(d)
 
 

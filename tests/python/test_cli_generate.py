@@ -152,7 +152,7 @@ def test_inspect_without_weights(setup, tmp_path, capsys):
     assert "network evaluations per member" in out
     assert main(["inspect", str(d), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["format_version"] == 2 and data["sigma_c"] == 0.5
+    assert data["format_version"] == 3 and data["sigma_c"] == 0.5
     assert main(["inspect", str(d), "--verify"]) == 2
     assert "denoiser.safetensors is corrupt" in capsys.readouterr().err
 

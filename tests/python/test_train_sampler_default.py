@@ -12,7 +12,7 @@ from precipdiff.bundle import load_bundle, read_manifest
 from precipdiff.diffusion.samplers import SamplerConfig
 from precipdiff.errors import ConfigError
 from precipdiff.grids import LatLonGrid
-from precipdiff.offline.train.bundle import MAX_DEFAULT_NFE, set_default_sampler
+from precipdiff.offline.train.bundle import MAX_DEFAULT_NFE, bundle_sampler, set_default_sampler
 from precipdiff.offline.train.config import load_config
 from precipdiff.testing.models import make_tiny_bundle
 
@@ -56,11 +56,11 @@ def test_set_default_sampler_refuses_too_many_evaluations(tmp_path: Path) -> Non
     assert (bundle / "manifest.json").read_text() == before
 
 
-@pytest.mark.parametrize("name", ["iberia_demo", "era5_global_shape"])
+@pytest.mark.parametrize("name", ["iberia_demo", "era5_global_shape", "era5_global_paper"])
 def test_shipped_configs_default_sampler_within_budget(name: str) -> None:
     cfg = load_config(REPO / "configs" / f"{name}.yaml")
     assert cfg.bundle is not None
-    assert SamplerConfig.from_dict(cfg.bundle.sampler).nfe <= MAX_DEFAULT_NFE
+    assert bundle_sampler(cfg).nfe <= MAX_DEFAULT_NFE
 
 
 @pytest.mark.parametrize("name", ["iberia-demo", "era5-global-shape"])
@@ -73,5 +73,5 @@ def test_shipped_bundles_default_sampler_within_budget(name: str) -> None:
     cfg_name = name.replace("-", "_")
     cfg = load_config(REPO / "configs" / f"{cfg_name}.yaml")
     assert cfg.bundle is not None
-    assert man.sampler_config() == SamplerConfig.from_dict(cfg.bundle.sampler)
+    assert man.sampler_config() == bundle_sampler(cfg)
     assert json.loads((path / "evaluation.json").read_text())["sampler"] == man.sampler

@@ -12,7 +12,12 @@ import torch
 from era5_helpers import PREDICTORS, config, store_experiment
 
 from precipdiff.errors import ConfigError
-from precipdiff.offline.train.data import DiffusionDataset, RegressionDataset, _Moments
+from precipdiff.offline.train.data import (
+    ConditionInputs,
+    DiffusionDataset,
+    RegressionDataset,
+    _Moments,
+)
 from precipdiff.offline.train.diffusion import prepare_diffusion
 from precipdiff.offline.train.loader import BatchStream, StepPlan, patch_corner, sample_seeds
 from precipdiff.offline.train.prepare import run_prepare
@@ -108,7 +113,7 @@ def test_patches_read_from_the_store_equal_cut_whole_fields(experiment: dict[str
     for i, seed in enumerate(seeds):
         g = torch.Generator().manual_seed(int(seed))
         r0, c0 = patch_corner(g, 32, 64, 16, 16, 4)
-        for key in ("y", "mask", "cond"):
+        for key in ("y", "mask", "cond", "extra"):
             torch.testing.assert_close(
                 cut[key][i], full[key][i, :, r0 : r0 + 16, c0 : c0 + 16], rtol=0, atol=0
             )
@@ -117,7 +122,7 @@ def test_patches_read_from_the_store_equal_cut_whole_fields(experiment: dict[str
     for day, (r0, c0) in ((2, (0, 0)), (4, (16, 48)), (6, (16, 0)), (1, (0, 48))):
         c, cm = data.normalise_target(data.store.read_coarse(np.array([day])))
         up = data.upsampler(np.where(cm > 0, c, 0.0).astype(np.float32))[0]
-        got = ds._upsample_window(r0, c0, data.store.read_coarse_day(day))
+        got = ds._truth_window(r0, c0, data.store.read_coarse_day(day))
         np.testing.assert_array_equal(got, up[r0 : r0 + 16, c0 : c0 + 16])
     # Hence the stage's loss is the same: the patch is drawn from the same generator state.
     model = stage.model.eval()
@@ -184,3 +189,37 @@ def test_workers_on_netcdf_sources_deliver_the_same_batches(
     for a, b in zip(ref, got, strict=True):
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_store_patches_with_regression_condition_features_and_statics(
+    experiment: dict[str, Any],
+) -> None:
+    """A conditioned patch batch (given coarse field, features, statics) = the whole batch, cut."""
+    cfg = config(experiment)
+    _stage, data = prepare_diffusion(cfg)
+    reg_cfg = cfg.regression
+    assert reg_cfg is not None
+    rdata = open_stage_data(reg_cfg.data, PrecipTransform(), stats=data.stats)
+    rng = np.random.default_rng(3)
+    n = rdata.split.times.size
+    cond = ConditionInputs(
+        coarse=rng.standard_normal((n, *rdata.coarse_grid.shape)).astype(np.float32),
+        predictors=True,
+        statics=rng.standard_normal((2, *rdata.fine_grid.shape)).astype(np.float32),
+    )
+    assert cfg.diffusion is not None
+    patches = PatchDiffusionDataset(rdata, rdata.split.train, cfg.diffusion.patch_size, cond)
+    whole = DiffusionDataset(rdata, rdata.split.train, cond)
+    items = np.array([0, 7, 3])
+    seeds = sample_seeds(0, 5, np.arange(3))
+    cut = patches.seeded_batch(items, seeds)
+    full = whole.batch(items)
+    ph, pw = cfg.diffusion.patch_size
+    assert full["extra"].shape[1] == len(reg_cfg.data.predictors) + 2
+    for i, seed in enumerate(seeds):
+        g = torch.Generator().manual_seed(int(seed))
+        r0, c0 = patch_corner(g, 32, 64, ph, pw, 4)
+        for key in ("y", "mask", "cond", "extra"):
+            torch.testing.assert_close(
+                cut[key][i], full[key][i, :, r0 : r0 + ph, c0 : c0 + pw], rtol=0, atol=1e-6
+            )

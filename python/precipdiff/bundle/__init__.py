@@ -37,7 +37,6 @@ from precipdiff.bundle.compiled import load_compiled
 from precipdiff.bundle.loader import Bundle, load_bundle, static_field_arrays, verify_file
 from precipdiff.bundle.manifest import (
     COMPILED_DIR,
-    COMPUTED_STATICS,
     DENOISER_FILE,
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -53,6 +52,7 @@ from precipdiff.bundle.manifest import (
 )
 from precipdiff.bundle.registry import find_bundle, shipped_bundles
 from precipdiff.bundle.writer import default_provenance, manifest_from_networks, save_bundle
+from precipdiff.statics import COMPUTED_STATICS
 
 __all__ = [
     "COMPILED_DIR",

@@ -16,7 +16,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from precipdiff.bundle.manifest import (
-    COMPUTED_STATICS,
     DENOISER_FILE,
     REGRESSION_FILE,
     STATICS_FILE,
@@ -28,7 +27,7 @@ from precipdiff.diffusion.edm import EDMPrecond
 from precipdiff.errors import BundleError
 from precipdiff.grids import LatLonGrid
 from precipdiff.nn.unet import UNet
-from precipdiff.statics import computed_static
+from precipdiff.statics import COMPUTED_STATICS, computed_static
 from precipdiff.transforms import PrecipTransform
 
 

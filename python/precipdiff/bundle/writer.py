@@ -21,7 +21,6 @@ import torch
 from safetensors.torch import save_file
 
 from precipdiff.bundle.manifest import (
-    COMPUTED_STATICS,
     DENOISER_FILE,
     REGRESSION_FILE,
     STATICS_FILE,
@@ -36,6 +35,7 @@ from precipdiff.errors import BundleError
 from precipdiff.grids import LatLonGrid
 from precipdiff.io.atomic import publish_permissions
 from precipdiff.nn.unet import UNet
+from precipdiff.statics import COMPUTED_STATICS
 from precipdiff.transforms import PrecipTransform
 
 

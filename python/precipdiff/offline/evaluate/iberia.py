@@ -25,10 +25,12 @@ winters from ``validation_start`` on.
 (c) **RCP8.5** (2081-2100 against the historical run): change of the DJF mean,
     of its quantiles and its map, generated against the ESM's own change.
 
-Optionally (``output_calibration``) a trend-preserving per-cell QDM of the
-*generated* precipitation, fitted on the training winters (NCEP-driven
-generation against E-OBS), is applied to every generated product and reported
-next to the uncalibrated rows (the issue's "option of last resort").
+Optionally (``output_calibration``) a per-cell QDM of the *generated*
+precipitation, fitted on the training winters (NCEP-driven generation against
+E-OBS), is applied to the generated products and reported next to the
+uncalibrated rows (the issue's "option of last resort"): plain quantile mapping
+in the training climate (reanalysis-driven and historical ESM-driven days),
+trend-preserving QDM for the RCP8.5 period.
 
 Grids: the bundle defines a coarse grid (2° here) and a fine grid (0.5°).
 NCEP (2.5°, 6×8) and CNRM-CM5 (~1.4°, 8×11) predictors are bilinearly regridded
@@ -140,6 +142,12 @@ class IberiaConfig:
             v = getattr(self, key)
             if v is not None and v < 10:
                 raise ConfigError(f"{key} must be >= 10, got {v}")
+        if self.output_calibration and self.esm_max_days is not None and self.esm_max_days < 60:
+            raise ConfigError(
+                "output_calibration applies trend-preserving QDM to the generated RCP8.5 days, "
+                "which needs esm_max_days >= 60 (>= 10 per cell and month), got "
+                f"{self.esm_max_days}"
+            )
         try:
             np.datetime64(self.validation_start)
         except ValueError as exc:
@@ -208,15 +216,23 @@ def _pr_qdm(
     return fit_qdm({"pr": ref}, {"pr": hist}, ref_times, hist_times, cfg, units={"pr": "mm/day"})
 
 
-def _apply_pr_qdm(tables: Any, x: NDArray[Any], times: Any) -> NDArray[Any]:
-    """Apply precipitation QDM (trend-preserving: the series' own CDF) to any shape."""
+def _apply_pr_qdm(
+    tables: Any, x: NDArray[Any], times: Any, projection: str = "self"
+) -> NDArray[Any]:
+    """Apply precipitation QDM to any shape (``self``: trend-preserving, the series' CDF)."""
     from precipdiff.offline.qdm_fit import apply_qdm
 
     a = np.asarray(x, np.float32)
     if a.ndim == 3:
-        return apply_qdm(tables, "pr", a, times)
+        return apply_qdm(tables, "pr", a, times, projection=projection)  # type: ignore[arg-type]
     # (time, member, lat, lon): each member is a series of its own
-    return np.stack([apply_qdm(tables, "pr", a[:, k], times) for k in range(a.shape[1])], axis=1)
+    return np.stack(
+        [
+            apply_qdm(tables, "pr", a[:, k], times, projection=projection)  # type: ignore[arg-type]
+            for k in range(a.shape[1])
+        ],
+        axis=1,
+    )
 
 
 def _rel_change(h: NDArray[Any], f: NDArray[Any]) -> float:
@@ -327,9 +343,12 @@ def run_iberia(
             config.n_quantiles,
         )
 
-    def calibrated(x: NDArray[Any], times: Any) -> NDArray[Any]:
+    def calibrated(x: NDArray[Any], times: Any, projection: str = "static") -> NDArray[Any]:
+        # In the training climate (reanalysis-driven, historical ESM) the calibration is
+        # plain quantile mapping against the fitted CDF of the generated output; for the
+        # RCP8.5 period it is trend-preserving QDM (the period's own CDF).
         assert calib is not None
-        return _apply_pr_qdm(calib, x, times) * mask_l
+        return _apply_pr_qdm(calib, x, times, projection) * mask_l
 
     # ------------------------------------------------- (a) reanalysis-driven
     _, va_n = split(t_ncep)
@@ -515,7 +534,7 @@ def run_iberia(
     if calib is not None:
         pairs["generated, QDM on, output-calibrated"] = (
             calibrated(gh_on.fine, t_esm_h[sh]),
-            calibrated(gf_on.fine, t_esm_f[sf]),
+            calibrated(gf_on.fine, t_esm_f[sf], "self"),
         )
     rows_c: list[list[Any]] = []
     change_maps: dict[str, NDArray[Any]] = {}
@@ -799,7 +818,9 @@ def run_iberia(
         rep.add_figure(fpath, out, captions[k])
     rep.add_heading("(b) ESM-driven (CNRM-CM5), validation-winter climatology against E-OBS")
     rep.add_text(
-        f"All {va_h.size} days of the ESM's validation winters, {m} member(s). The time mean of "
+        "The paper's headline row (GFDL-ESM4 against ERA5: 0.424 -> 0.091 mm/day) for this "
+        f"data set. All {va_h.size} days of the ESM's validation winters, {m} member(s). The "
+        "time mean of "
         "each product is compared with the E-OBS mean of the same winters (a free-running "
         "model's weather is not comparable day by day, so the interannual floor -- E-OBS's own "
         "training climatology against the validation winters -- bounds what any product can "

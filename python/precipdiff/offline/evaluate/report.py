@@ -521,6 +521,14 @@ def evaluate_ensemble(
     for k, p in products.items():
         score(k, p, metrics.mae(p, o))
     rows.append(["observations", 0.0, 0.0, 0.0, 0.0, float(obs_q[1]), float(obs_q[2]), obs_wet])
+    sc.update(
+        {
+            "wet_day_frequency_observations": obs_wet,
+            "p95_observations": float(obs_q[0]),
+            "p99_observations": float(obs_q[1]),
+            "p99_9_observations": float(obs_q[2]),
+        }
+    )
     ss = None
     rh = None
     if members > 1:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from precipdiff.bundle import load_bundle, manifest_from_networks, save_bundle
+from precipdiff.bundle import default_sampler, load_bundle, manifest_from_networks, save_bundle
 from precipdiff.diffusion.edm import EDMPrecond
 from precipdiff.diffusion.samplers import SamplerConfig
 from precipdiff.errors import ConfigError
@@ -76,6 +76,23 @@ def load_trained(cfg: TrainConfig) -> tuple[UNet, EDMPrecond, dict[str, Any], di
     reg.eval()
     den.eval()
     return reg, den, reg_meta, den_meta
+
+
+def bundle_sampler(cfg: TrainConfig) -> SamplerConfig:
+    """Return the default sampler a config gives its bundle.
+
+    Parameters
+    ----------
+    cfg
+        The experiment configuration (with a ``bundle`` section).
+
+    Returns
+    -------
+    SamplerConfig
+        ``bundle.sampler``, or :func:`precipdiff.bundle.default_sampler` when empty.
+    """
+    assert cfg.bundle is not None
+    return SamplerConfig.from_dict(cfg.bundle.sampler) if cfg.bundle.sampler else default_sampler()
 
 
 def _derived(features: list[dict[str, Any]] | None, names: list[str]) -> bool:
@@ -166,7 +183,7 @@ def build_bundle(cfg: TrainConfig, out: str | None = None) -> Path:
         denoiser=den,
         sigma_c=cfg.diffusion.sigma_c,
         transform=PrecipTransform.from_dict(cfg.transform),
-        sampler=SamplerConfig.from_dict(cfg.bundle.sampler),
+        sampler=bundle_sampler(cfg),
         static_fields={"coarse": [], "fine": static_names},
         features=features if _derived(features, names) else None,
         condition={"source": den_cond["source"], "predictors": bool(den_cond["predictors"])},
@@ -238,7 +255,11 @@ def evaluate_bundle(cfg: TrainConfig, dest: Path) -> dict[str, Any]:
             ),
         )
     reg_data = open_stage_data(cfg.regression.data, transform, base=cfg.source_dir, stats=stats)
-    den_data = open_stage_data(cfg.diffusion.data, transform, base=cfg.source_dir, stats=stats)
+    from precipdiff.offline.train.diffusion import diffusion_data_config
+
+    den_data = open_stage_data(
+        diffusion_data_config(cfg), transform, base=cfg.source_dir, stats=stats
+    )
     n_max = cfg.bundle.max_eval_samples
     m = cfg.bundle.members
     scores: dict[str, Any] = {"members": m, "sampler": bundle.manifest.sampler}

@@ -633,7 +633,8 @@ class BundleSection:
         One-line description recorded in the manifest.
     sampler
         Default sampler settings (keyword arguments of
-        :class:`precipdiff.diffusion.samplers.SamplerConfig`).
+        :class:`precipdiff.diffusion.samplers.SamplerConfig`); empty: the
+        project's default, :func:`precipdiff.bundle.default_sampler`.
     fine_grid
         Keyword arguments of :meth:`precipdiff.grids.LatLonGrid.regular` for the
         bundle's fine grid; ``None`` uses the diffusion stage's (cropped) grid.

@@ -24,11 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from precipdiff.bundle import Bundle
-from precipdiff.diffusion.edm import add_condition_noise
-from precipdiff.diffusion.samplers import member_generators, sample
 from precipdiff.offline import metrics
 from precipdiff.offline.train.data import StageData
 
@@ -138,47 +135,6 @@ def evaluate_regression(
     return scores, arrays
 
 
-@torch.no_grad()
-def sample_from_coarse(
-    bundle: Bundle, y_up: np.ndarray, members: int, seed: int = 0, steps: int | None = None
-) -> np.ndarray:
-    """Draw ensemble members from given upsampled conditions (normalised space).
-
-    Uses the runtime's pieces (condition noise at ``sigma_c``, the bundle's sampler,
-    one generator per member seeded by ``SeedSequence([seed, t, k])``).
-
-    Parameters
-    ----------
-    bundle
-        The loaded bundle.
-    y_up
-        ``(time, H, W)`` upsampled conditions in normalised transformed space.
-    members
-        Ensemble size.
-    seed
-        Seed.
-    steps
-        Sampler steps (default: the bundle's).
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(time, member, H, W)`` in normalised transformed space.
-    """
-    config = bundle.manifest.sampler_config()
-    if steps is not None:
-        config = config.replace(steps=steps)
-    out = np.empty((y_up.shape[0], members, *y_up.shape[1:]), np.float32)
-    dev = bundle.device
-    for t in range(y_up.shape[0]):
-        gens = member_generators(seed, [t] * members, list(range(members)), dev)
-        up = torch.as_tensor(y_up[t], device=dev)[None, None].expand(members, 1, *y_up.shape[1:])
-        cond = add_condition_noise(up.contiguous(), bundle.manifest.sigma_c, gens)
-        x = sample(bundle.denoiser, cond, config, gens, x_init=up.contiguous())
-        out[t] = x[:, 0].cpu().numpy()
-    return out
-
-
 def _fine_scores(ens: np.ndarray, det: np.ndarray, obs: np.ndarray) -> dict[str, Any]:
     crps_ens = float(np.nanmean(metrics.crps_ensemble(ens, obs)))
     crps_det = float(np.nanmean(np.abs(det - obs)))
@@ -220,7 +176,7 @@ def _fine_scores(ens: np.ndarray, det: np.ndarray, obs: np.ndarray) -> dict[str,
 def evaluate_diffusion_given_truth(
     bundle: Bundle, data: StageData, members: int, max_samples: int = 0, seed: int = 0
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Score the denoiser conditioned on the observations' block mean.
+    """Score the denoiser conditioned on the observations' block mean (an oracle coarse field).
 
     Parameters
     ----------
@@ -240,6 +196,9 @@ def evaluate_diffusion_given_truth(
     tuple
         Scores and arrays (``ens``, ``det``, ``obs``; mm/day).
     """
+    from precipdiff.generator import PrecipGenerator
+
+    gen = PrecipGenerator(bundle, use_compiled=False)
     val = data.split.validation
     if max_samples:
         val = val[:max_samples]
@@ -247,8 +206,9 @@ def evaluate_diffusion_given_truth(
     obs = raw["fine"]
     c, cm = data.normalise_target(raw["coarse"])
     c = np.where(cm > 0, c, 0.0).astype(np.float32)
-    up = np.asarray(data.upsampler(c), np.float32)
-    ens = data.denormalise_target(sample_from_coarse(bundle, up, members, seed))
+    # the denoiser's other inputs as at run time: the features when it is conditioned on them
+    x_feat = data.normalise_predictors(raw) if bundle.manifest.condition["predictors"] else None
+    ens = data.denormalise_target(gen.sample_fine(c, x_feat, members=members, seed=seed))
     coarse_mm = np.where(cm > 0, raw["coarse"], data.denormalise_target(np.zeros_like(c)))
     det = np.asarray(data.upsampler(coarse_mm.astype(np.float32)), np.float32)
     scores = {"n_validation": int(val.size), "members": members, **_fine_scores(ens, det, obs)}

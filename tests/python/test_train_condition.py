@@ -1,0 +1,123 @@
+"""Diffusion conditioned on the regression's out-of-fold output, features and statics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from train_helpers import tiny_config
+
+from precipdiff.errors import ConfigError
+from precipdiff.offline.cli.main import main
+from precipdiff.offline.train.config import (
+    ConditionConfig,
+    StaticFile,
+    TrainConfig,
+    from_dict,
+    to_dict,
+)
+from precipdiff.offline.train.regression import cross_fit_blocks
+
+
+def test_cross_fit_blocks_are_contiguous_and_partition() -> None:
+    train = np.array([9, 1, 2, 3, 4, 5, 6, 7, 8, 0])
+    blocks = cross_fit_blocks(train, 3)
+    assert [b.tolist() for b in blocks] == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+
+
+def _conditioned(tmp_path: Path, data_root: Path, steps: int = 6) -> TrainConfig:
+    cfg = tiny_config(tmp_path / "run", data_root, steps=steps)
+    assert cfg.regression is not None and cfg.diffusion is not None
+    cfg.regression.cross_fit_folds = 2
+    cfg.regression.data.features = ["rh850", "psl"]
+    cfg.diffusion.patch_size = None
+    cfg.diffusion.condition = ConditionConfig(
+        source="regression",
+        predictors=True,
+        statics=["lat_ramp", "lon_ramp", "target_climatology", "valid_fraction"],
+        static_files=[StaticFile("tas_climatology", "climate4r_iberia/EOBS_Iberia_tas.nc", "tg")],
+    )
+    return cfg
+
+
+def test_condition_config_is_checked(tmp_path: Path) -> None:
+    cfg = to_dict(tiny_config(tmp_path / "run", tmp_path))
+    cfg["diffusion"]["condition"] = {"source": "regression"}
+    with pytest.raises(ConfigError, match="cross_fit_folds"):
+        from_dict(TrainConfig, cfg)
+    cfg["diffusion"]["condition"] = {"source": "oracle"}
+    with pytest.raises(ConfigError, match=r"condition\.source"):
+        from_dict(TrainConfig, cfg)
+    cfg["diffusion"]["condition"] = {"statics": ["orography"]}
+    with pytest.raises(ConfigError, match="orography"):
+        from_dict(TrainConfig, cfg)
+    cfg["diffusion"]["condition"] = {}
+    cfg["regression"]["cross_fit_folds"] = 1
+    with pytest.raises(ConfigError, match="cross_fit_folds"):
+        from_dict(TrainConfig, cfg)
+    cfg["regression"]["cross_fit_folds"] = 0
+    cfg["regression"]["data"]["features"] = ["rh500"]
+    with pytest.raises(ConfigError, match="hus500"):
+        from_dict(TrainConfig, cfg)
+
+
+@pytest.mark.needs_data
+@pytest.mark.slow
+def test_regression_conditioned_denoiser_end_to_end(tmp_path: Path, shared_data: Path) -> None:
+    cfg = _conditioned(tmp_path, shared_data)
+    path = tmp_path / "cond.yaml"
+    path.write_text(yaml.safe_dump(to_dict(cfg)))
+    assert main(["train", "all", str(path), "--threads", "1", "--no-progress"]) == 0
+    run = tmp_path / "run"
+
+    # every training day predicted by a model that never saw it; folds are time blocks
+    with np.load(run / "regression" / "condition.npz") as z:
+        oof, fold, cond = z["out_of_fold"], z["fold"], z["condition"]
+    from precipdiff.offline.train.diffusion import prepare_diffusion
+
+    stage, data = prepare_diffusion(cfg)
+    train, val = data.split.train, data.split.validation
+    assert oof[train].all() and not oof[val].any()
+    assert set(fold[train]) == {0, 1} and np.all(np.diff(fold[np.sort(train)]) >= 0)
+    assert (run / "regression" / "fold0" / "best.safetensors").is_file()
+
+    from precipdiff.generator import PrecipGenerator
+
+    bundle = run / "bundle"
+    gen = PrecipGenerator.from_bundle(bundle, device="cpu", use_compiled=False)
+    man = gen.manifest
+    assert man.variable_names() == ["hus850", "psl", "ta850"]
+    assert [f.name for f in man.feature_specs()] == ["rh850", "psl"]
+    assert man.condition == {"source": "regression", "predictors": True}
+    assert man.static_fields["fine"] == [
+        "lat_ramp",
+        "lon_ramp",
+        "target_climatology",
+        "valid_fraction",
+        "tas_climatology",
+    ]
+
+    # The runtime rebuilds the training condition exactly (validation days): the noised
+    # channel's source (the main regression), the upsampled features, the statics.
+    items = np.arange(3)
+    batch = stage.val_set.batch(items)
+    raw = data.read(val[items])
+    preds = {n: raw[n] for n in ("hus850", "psl", "ta850")}
+    x_feat = gen.features_normalised(preds)
+    np.testing.assert_allclose(x_feat, data.normalise_predictors(raw), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gen.regress(preds), cond[val[items]], rtol=1e-4, atol=1e-4)
+    extra = batch["extra"].numpy()
+    n_feat = 2
+    np.testing.assert_allclose(extra[:, :n_feat], gen._upsample(x_feat), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        extra[:, n_feat:],
+        np.broadcast_to(gen.bundle.statics_fine, extra[:, n_feat:].shape),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+    res = gen.generate(preds, members=2, seed=0)
+    assert res.fine.shape == (3, 2, 16, 28) and np.all(res.fine >= 0)
+    with pytest.raises(ConfigError, match="x_feat"):
+        gen.sample_fine(gen.regress(preds), None)

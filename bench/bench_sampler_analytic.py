@@ -25,7 +25,7 @@ from precipdiff.bundle import default_sampler
 from precipdiff.diffusion import SamplerConfig, member_generators, sample
 from precipdiff.testing.analytic import REFERENCE_TARGETS, sampler_moment_errors
 
-LOGJUMP = {"schedule": "loglinear", "sigma_jump": 5.0, "sigma_min": 0.015}
+LOGJUMP = {"schedule": "loglinear", "sigma_jump": 5.0, "sigma_min": 0.03}
 
 
 def candidates() -> dict[str, SamplerConfig]:
@@ -37,7 +37,7 @@ def candidates() -> dict[str, SamplerConfig]:
         "heun 18 (EDM rho=7)": SamplerConfig(name="heun", steps=18),
         "dpmpp2m 8 (EDM rho=7)": SamplerConfig(name="dpmpp2m", steps=8),
         "dpmpp2m 8 (log-linear, no jump)": SamplerConfig(
-            name="dpmpp2m", steps=8, schedule="loglinear", sigma_min=0.015
+            name="dpmpp2m", steps=8, schedule="loglinear", sigma_min=0.03
         ),
         "dpmpp2m 6 (log-linear, jump 5)": SamplerConfig(name="dpmpp2m", steps=6, **LOGJUMP),
         "dpmpp2m 10 (log-linear, jump 5)": SamplerConfig(name="dpmpp2m", steps=10, **LOGJUMP),

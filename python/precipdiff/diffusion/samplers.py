@@ -31,7 +31,7 @@ denoiser is constant in ``x``, which holds for ``sigma`` far above the data's
 scale, so that first evaluation only has to estimate the mean), then
 log-uniformly down to ``sigma_min``; the last evaluation returns the denoised
 field. With 8 evaluations (``bundle.default_sampler()``: ``sigma_jump`` 5,
-``sigma_min`` 0.015) its standard deviation is within +2.5 % and its mean within
+``sigma_min`` 0.03) its standard deviation is within 3 % and its mean within
 1 % of the target for Gaussians of width 0.15 to 1.5 and for two-component
 mixtures of that scale (normalised precipitation has ``sigma_data = 1``); wider
 targets lose spread in the jump (-4 % at width 2). Full table:

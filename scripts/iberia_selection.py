@@ -1,0 +1,296 @@
+#!/usr/bin/env python
+"""Choose the Iberia demo's design on training winters only (inner split), then report.
+
+Every choice that shapes ``models/iberia-demo`` (how the denoiser is conditioned,
+the predictor set, static channels, the condition noise) is made here, on an
+*inner* split of the training winters: the networks train on DJF 1982/83-1990/91
+and are scored on DJF 1991/92-1993/94. The validation winters of the shipped
+bundle (1994/95-1996/97) are never read. Each variant is the shipped config
+(``configs/iberia_demo.yaml``) with one change, trained with the package's own
+pipeline (``precipdiff train``), and scored with the same metrics as
+``precipdiff evaluate iberia`` (a):
+
+* CRPS of the ensemble, and against NCEP's own precipitation (bilinear);
+* spread-skill ratio; p99 and wet-day frequency relative to E-OBS;
+* power at 1-2 degree wavelengths relative to E-OBS (Hann, all-land box);
+* for the predictor sets, the stationarity check of issue 13 item 4: the
+  relative change of the land-mean DJF mean of the regression driven by QDM-mapped
+  CNRM-CM5 predictors (RCP8.5 2081-2100 against 1983-1997), next to CNRM-CM5's own
+  change. QDM tables are fitted on the inner training winters.
+
+Usage (about 20 minutes per variant on one core of the development machine)::
+
+    .venv/bin/python scripts/iberia_selection.py [--variants NAME ...] [--members 8]
+
+Writes ``out/selection/<variant>/`` (runs, bundles) and the table
+``docs/results/iberia/selection.md`` (with ``--write-docs``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: Inner split: train on the first nine training winters, score on the last three.
+INNER_SPLIT = {
+    "validation_start": "1991-12-01",
+    "validation_end": "1994-02-28",
+    "train_end": "1991-02-28",
+}
+
+Edit = Callable[[dict[str, Any]], None]
+
+
+def _cond(**kw: Any) -> Edit:
+    def edit(cfg: dict[str, Any]) -> None:
+        cfg["diffusion"]["condition"].update(kw)
+
+    return edit
+
+
+def _features(feats: list[str]) -> Edit:
+    def edit(cfg: dict[str, Any]) -> None:
+        cfg["regression"]["data"]["features"] = feats
+
+    return edit
+
+
+def _set(path: str, value: Any) -> Edit:
+    def edit(cfg: dict[str, Any]) -> None:
+        node = cfg
+        keys = path.split(".")
+        for k in keys[:-1]:
+            node = node[k]
+        node[keys[-1]] = value
+
+    return edit
+
+
+def _both(*edits: Edit) -> Edit:
+    def edit(cfg: dict[str, Any]) -> None:
+        for e in edits:
+            e(cfg)
+
+    return edit
+
+
+#: Variants: one change each from the shipped config.
+VARIANTS: dict[str, Edit] = {
+    "shipped": lambda cfg: None,
+    "paper: condition on the true block mean": _cond(source="truth", predictors=False),
+    "no predictors in the condition": _cond(predictors=False),
+    "no static channels": _cond(statics=[], static_files=[]),
+    "features hus850, psl": _features(["hus850", "psl"]),
+    "features hus850, psl, ta850": _features(["hus850", "psl", "ta850"]),
+    "features rh850, psl, ta850": _features(["rh850", "psl", "ta850"]),
+    "sigma_c 0.5": _set("diffusion.sigma_c", 0.5),
+}
+
+
+def variant_config(name: str, run_root: Path) -> Any:
+    """The shipped config with the inner split and one variant's change."""
+    import yaml
+
+    from precipdiff.offline.train.config import from_dict
+
+    raw = yaml.safe_load((REPO / "configs" / "iberia_demo.yaml").read_text())
+    raw = copy.deepcopy(raw)
+    for stage in ("regression", "diffusion"):
+        raw[stage]["data"]["split"] = dict(INNER_SPLIT)
+        raw[stage]["loop"]["progress"] = False
+    raw["diffusion"].setdefault("condition", {})
+    VARIANTS[name](raw)
+    slug = "".join(c if c.isalnum() else "_" for c in name).strip("_")
+    raw["run_dir"] = str(run_root / slug)
+    raw["bundle"]["out"] = str(run_root / slug / "bundle")
+    raw["bundle"]["evaluate"] = False
+    cfg = from_dict(type_of_config(), raw)
+    cfg.source_dir = REPO / "configs"
+    return cfg
+
+
+def type_of_config() -> Any:
+    from precipdiff.offline.train.config import TrainConfig
+
+    return TrainConfig
+
+
+def train(cfg: Any) -> Path:
+    """Train both stages and write the bundle (resumes finished stages)."""
+    from precipdiff.offline.train.bundle import build_bundle
+    from precipdiff.offline.train.ddp import setup
+    from precipdiff.offline.train.diffusion import train_diffusion
+    from precipdiff.offline.train.regression import train_regression
+
+    ctx = setup("cpu")
+    train_regression(cfg, ctx)
+    train_diffusion(cfg, ctx)
+    return build_bundle(cfg)
+
+
+def score(cfg: Any, bundle: Path, members: int, seed: int = 0) -> dict[str, float]:
+    """Scores on the inner validation winters, as ``precipdiff evaluate iberia`` (a)."""
+    from precipdiff.generator import PrecipGenerator
+    from precipdiff.grids import LatLonGrid, Regridder
+    from precipdiff.io import import_xarray
+    from precipdiff.offline import metrics
+    from precipdiff.offline.qdm_fit import apply_qdm, fit_qdm
+    from precipdiff.offline.train.data import StageData
+    from precipdiff.qdm import QDMConfig
+    from precipdiff.testing import shared_data_dir
+    from precipdiff.transforms import PrecipTransform
+
+    xr = import_xarray()
+    gen = PrecipGenerator.from_bundle(bundle, device="cpu", use_compiled=False)
+    data = StageData(
+        cfg.regression.data, PrecipTransform.from_dict(cfg.transform), REPO / "configs"
+    )
+    val = data.split.validation
+    raw = data.read(val)
+    names = gen.manifest.variable_names()
+    res = gen.generate({n: raw[n] for n in names}, members=members, seed=seed)
+    obs = raw["fine"]
+    ens = np.where(np.isfinite(obs)[:, None], res.fine, np.nan)
+    root = shared_data_dir()
+    assert root is not None
+    with xr.open_dataset(root / "climate4r_iberia" / "NCEP_Iberia_pr.nc") as ds:
+        keys = ds["time"].values.astype("datetime64[D]")
+        want = data.split.times[val].astype("datetime64[D]")
+        idx = np.searchsorted(keys, want)
+        g = LatLonGrid(ds["lat"].values, ds["lon"].values)
+        ncep_pr = np.asarray(ds["pr"].values[idx], np.float32) * 86400.0
+    ncep_fine = Regridder(g, gen.fine_grid, "bilinear")(ncep_pr)
+    ncep_fine = np.where(np.isfinite(obs), ncep_fine, np.nan)
+    land = np.isfinite(obs).all(axis=0)
+    box = metrics.land_box(land)
+    dx = float(abs(gen.fine_grid.lon[1] - gen.fine_grid.lon[0]))
+    crps = float(np.nanmean(metrics.crps_ensemble(ens, obs)))
+    crps_ncep = metrics.mae(ncep_fine, obs)
+    out = {
+        "crps": crps,
+        "crps_ncep_own": crps_ncep,
+        "crps_ratio_to_ncep_own": crps / crps_ncep,
+        "spread_skill": metrics.spread_skill(ens, obs).ratio,
+        "p99_ratio": float(metrics.quantiles(ens, (0.99,))[0] / metrics.quantiles(obs, (0.99,))[0]),
+        "wet_ratio": float(
+            np.nanmean(metrics.wet_day_frequency(ens)) / np.nanmean(metrics.wet_day_frequency(obs))
+        ),
+        "band_ratio": metrics.band_power_ratio(
+            ens[..., box[0], box[1]], obs[..., box[0], box[1]], (1.0, 2.0), dx=dx
+        ),
+        "mean_bias": metrics.mean_bias(ens, obs),
+    }
+    # stationarity check of the predictor set: the regression's RCP8.5 change
+    specs = list(gen.manifest.variables)
+    from precipdiff.io.readers import open_predictors
+
+    def load(stem: str, suffix: str = "") -> tuple[dict[str, np.ndarray], Any]:
+        paths = [root / "climate4r_iberia" / f"{stem}_Iberia_{n}{suffix}.nc" for n in names]
+        dsx = open_predictors(paths, specs, grid=gen.coarse_grid)
+        try:
+            return {n: np.asarray(dsx[n].values, np.float32) for n in names}, dsx["time"].values
+        finally:
+            dsx.close()
+
+    ncep, t_n = load("NCEP")
+    hist, t_h = load("CMIP5")
+    fut, t_f = load("CMIP5", ".rcp85")
+    tr_n = (t_n < np.datetime64(INNER_SPLIT["train_end"])).nonzero()[0]
+    tr_h = (t_h < np.datetime64(INNER_SPLIT["train_end"])).nonzero()[0]
+    tables = fit_qdm(
+        {n: ncep[n][tr_n] for n in names},
+        {n: hist[n][tr_h] for n in names},
+        t_n[tr_n],
+        t_h[tr_h],
+        QDMConfig(group="month"),
+    )
+    mask = np.where(land, 1.0, np.nan)
+    up = Regridder(gen.coarse_grid, gen.fine_grid, "bilinear")
+
+    def land_mean(x: np.ndarray) -> float:
+        return float(np.nanmean(np.nanmean(x, axis=0) * mask))
+
+    reg_h = up(gen.to_precip(gen.regress({n: apply_qdm(tables, n, hist[n], t_h) for n in names})))
+    reg_f = up(gen.to_precip(gen.regress({n: apply_qdm(tables, n, fut[n], t_f) for n in names})))
+    with xr.open_dataset(root / "climate4r_iberia" / "CMIP5_Iberia_pr.nc") as ds:
+        gh = LatLonGrid(ds["lat"].values, ds["lon"].values)
+        pr_h = Regridder(gh, gen.fine_grid, "bilinear")(ds["pr"].values.astype(np.float32))
+    with xr.open_dataset(root / "climate4r_iberia" / "CMIP5_Iberia_pr.rcp85.nc") as ds:
+        pr_f = Regridder(gh, gen.fine_grid, "bilinear")(ds["pr"].values.astype(np.float32))
+    out["rcp85_change_regression"] = land_mean(reg_f) / land_mean(reg_h) - 1.0
+    out["rcp85_change_esm_own"] = land_mean(pr_f) / land_mean(pr_h) - 1.0
+    return out
+
+
+def main() -> int:
+    """Train and score the variants; print (and optionally write) the table."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    ap.add_argument("--members", type=int, default=8)
+    ap.add_argument("--out", default=str(REPO / "out" / "selection"))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--write-docs", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    from precipdiff.testing import shared_data_dir
+
+    if shared_data_dir() is None:
+        print("SKIP: ../shared/data not found (set PRECIPDIFF_SHARED_DATA)")
+        return 0
+    root = Path(args.out)
+    rows = []
+    for name in args.variants:
+        if name not in VARIANTS:
+            print(f"unknown variant {name!r}; known: {list(VARIANTS)}", file=sys.stderr)
+            return 2
+        t0 = time.perf_counter()
+        cfg = variant_config(name, root)
+        cache = Path(cfg.run_dir) / "scores.json"
+        if cache.is_file():
+            s = json.loads(cache.read_text())
+        else:
+            bundle = train(cfg)
+            s = score(cfg, bundle, args.members)
+            s["wall_s"] = time.perf_counter() - t0
+            cache.write_text(json.dumps(s, indent=1))
+        rows.append((name, s))
+        print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in s.items()), flush=True)
+    header = (
+        "| variant | CRPS | CRPS / NCEP own | spread-skill | p99 / E-OBS | wet days / E-OBS "
+        "| 1-2 deg power / E-OBS | mean bias | RCP8.5 change, regression (ESM own) |\n"
+        "|---|---|---|---|---|---|---|---|---|"
+    )
+    lines = [header]
+    for name, s in rows:
+        lines.append(
+            f"| {name} | {s['crps']:.3f} | {s['crps_ratio_to_ncep_own']:.3f} | "
+            f"{s['spread_skill']:.2f} | {s['p99_ratio']:.2f} | {s['wet_ratio']:.2f} | "
+            f"{s['band_ratio']:.2f} | {s['mean_bias']:+.2f} | "
+            f"{100 * s['rcp85_change_regression']:+.1f} % "
+            f"({100 * s['rcp85_change_esm_own']:+.1f} %) |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    if args.write_docs:
+        path = REPO / "docs" / "results" / "iberia" / "selection.md"
+        text = (path.read_text().split("<!-- table -->")[0] if path.is_file() else "") or (
+            "# Design choices for the Iberia demo, on training winters only\n\n"
+        )
+        path.write_text(text + "<!-- table -->\n" + table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

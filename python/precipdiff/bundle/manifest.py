@@ -496,7 +496,7 @@ def default_sampler() -> SamplerConfig:
     denoiser of analytic targets (Gaussians of width 0.1-2, two-component
     mixtures) its mean and standard deviation are within 3 % at 8 evaluations,
     where EDM Euler 8 loses a third of the spread (``tests/python/test_samplers.py``,
-    ``bench/bench_sampler_quality.py --analytic``; docs/generator.md).
+    ``bench/bench_sampler_analytic.py``; docs/generator.md).
 
     Returns
     -------

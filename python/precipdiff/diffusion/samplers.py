@@ -18,8 +18,8 @@ Network evaluations per sample (NFE): Heun ``2 * steps - 1`` (the last step to
 
 Which sampler is accurate at few evaluations
 --------------------------------------------
-With the exact denoiser of a known target (``bench/bench_sampler_quality.py
---analytic``, ``tests/python/test_samplers.py``) the EDM Euler/Heun samplers on the
+With the exact denoiser of a known target (``bench/bench_sampler_analytic.py``,
+``tests/python/test_samplers.py``) the EDM Euler/Heun samplers on the
 ``rho = 7`` schedule are far off at few steps: Euler 8 gives a standard deviation
 33 % too small for N(2, 0.5^2), Heun 4 (7 evaluations) several times too large,
 and even Heun 18 (35 evaluations) is 5 % too wide. ``dpmpp2m`` is the

@@ -532,6 +532,7 @@ class PrecipGenerator:
         time_offset: int = 0,
         member_offset: int = 0,
         progress: ProgressFn | None = None,
+        upsampler: Regridder | None = None,
     ) -> np.ndarray:
         """Draw fine-grid members from given coarse fields (stage 2 alone).
 
@@ -558,6 +559,10 @@ class PrecipGenerator:
             Offsets of the time/member indices in the seed sequence.
         progress
             Called as ``progress(done, total)`` after each member batch.
+        upsampler
+            Coarse-to-fine regridder for fields on other grids than the bundle's
+            (the fully convolutional denoiser runs on any grid, e.g. the patches a
+            bundle was trained on); only for bundles without fine static fields.
 
         Returns
         -------
@@ -569,10 +574,20 @@ class PrecipGenerator:
             raise ConfigError(
                 "this bundle's denoiser is conditioned on the predictors too: pass x_feat"
             )
-        up = self._upsample(np.asarray(y_c, np.float32))
-        feats_up = self._upsample(np.asarray(x_feat, np.float32)) if self._cond_predictors else None
+        up_fn = self._upsample if upsampler is None else upsampler
+        if upsampler is not None and self._statics_fine.shape[0]:
+            raise ConfigError(
+                "sample_fine(upsampler=...) samples on another grid, but this bundle's "
+                "denoiser reads fine static fields of its own grid"
+            )
+        up = np.asarray(up_fn(np.asarray(y_c, np.float32)), np.float32)
+        feats_up = (
+            np.asarray(up_fn(np.asarray(x_feat, np.float32)), np.float32)
+            if self._cond_predictors
+            else None
+        )
         nt = up.shape[0]
-        out = np.empty((nt, members, *self.fine_grid.shape), np.float32)
+        out = np.empty((nt, members, *up.shape[-2:]), np.float32)
         total = nt * math.ceil(members / self.member_batch)
         done = 0
         with torch.inference_mode():

@@ -44,6 +44,7 @@ def _conditioned(tmp_path: Path, data_root: Path, steps: int = 6) -> TrainConfig
 
 def test_condition_config_is_checked(tmp_path: Path) -> None:
     cfg = to_dict(tiny_config(tmp_path / "run", tmp_path))
+    cfg["regression"]["cross_fit_folds"] = 0
     cfg["diffusion"]["condition"] = {"source": "regression"}
     with pytest.raises(ConfigError, match="cross_fit_folds"):
         from_dict(TrainConfig, cfg)

@@ -10,6 +10,7 @@ import xarray as xr
 from train_helpers import tiny_config
 
 from precipdiff.errors import ConfigError, InputError
+from precipdiff.features import relative_humidity
 from precipdiff.offline.train.config import DataConfig, SplitConfig, VariableSource
 from precipdiff.offline.train.data import RegressionDataset, StageData, TimeSeriesSource
 from precipdiff.transforms import PrecipTransform
@@ -37,9 +38,14 @@ def test_split_is_by_time_and_stats_use_training_split_only(shared_data: Path) -
     assert data.split.validation.size == 90 + 91 + 90  # DJF 94/95, 95/96 (leap), 96/97
     # Statistics equal those computed directly from the training split's raw values.
     raw = data.read(data.split.train)
-    hus = raw["hus850"]
-    assert data.stats.predictor_mean["hus850"] == pytest.approx(float(hus.mean()), rel=1e-5)
-    assert data.stats.predictor_std["hus850"] == pytest.approx(float(hus.std()), rel=1e-4)
+    psl = raw["psl"]
+    assert data.stats.predictor_mean["psl"] == pytest.approx(float(psl.mean()), rel=1e-5)
+    assert data.stats.predictor_std["psl"] == pytest.approx(float(psl.std()), rel=1e-4)
+    # derived features are computed from the regridded predictors, then normalised
+    rh = relative_humidity(raw["hus850"], raw["ta850"], 85000.0)
+    assert [f.name for f in data.features] == ["rh850", "psl"]
+    assert data.stats.predictor_mean["rh850"] == pytest.approx(float(rh.mean()), rel=1e-5)
+    assert data.stats.predictor_std["rh850"] == pytest.approx(float(rh.std()), rel=1e-4)
     z = PrecipTransform().forward(raw["coarse"])
     assert data.stats.target_mean == pytest.approx(float(np.nanmean(z)), rel=1e-5)
     # ... and differ from statistics that would include the (wetter) validation winters.
@@ -59,7 +65,8 @@ def test_mask_marks_sea_and_values_are_finite(shared_data: Path) -> None:
     data = StageData(_demo_data(shared_data), PrecipTransform())
     ds = RegressionDataset(data, data.split.train)
     b = ds.batch(np.arange(8))
-    assert b["x"].shape == (8, 3, 4, 7) and b["y"].shape == (8, 1, 4, 7)
+    # one channel per feature (rh850, psl), not per predictor read
+    assert b["x"].shape == (8, 2, 4, 7) and b["y"].shape == (8, 1, 4, 7)
     assert np.isfinite(b["y"].numpy()).all()
     m = b["mask"].numpy()
     assert 0 < m.mean() < 1  # some coarse cells are sea

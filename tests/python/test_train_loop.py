@@ -47,7 +47,7 @@ def test_masked_mse_ignores_missing_cells() -> None:
 
 @pytest.mark.needs_data
 def test_regression_loss_decreases_on_real_data(tmp_path: Path, shared_data: Path) -> None:
-    cfg = tiny_config(tmp_path / "run", shared_data, steps=40, batch=16)
+    cfg = tiny_config(tmp_path / "run", shared_data, steps=40, batch=16, paper_condition=True)
     res = train_regression(cfg, CPU)
     assert res.finished and res.step == 40
     first, last = np.mean(res.train_losses[:5]), np.mean(res.train_losses[-5:])
@@ -62,7 +62,7 @@ def test_regression_loss_decreases_on_real_data(tmp_path: Path, shared_data: Pat
 
 @pytest.mark.needs_data
 def test_diffusion_loss_decreases_on_real_data(tmp_path: Path, shared_data: Path) -> None:
-    cfg = tiny_config(tmp_path / "run", shared_data, steps=40, batch=16)
+    cfg = tiny_config(tmp_path / "run", shared_data, steps=40, batch=16, paper_condition=True)
     res = train_diffusion(cfg, CPU)
     first, last = np.mean(res.train_losses[:5]), np.mean(res.train_losses[-5:])
     assert last < 0.8 * first, (first, last)
@@ -76,14 +76,14 @@ def _weights(run: Path, stage: str) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("stage", ["regression", "diffusion"])
 def test_resume_retraces_uninterrupted_run(tmp_path: Path, shared_data: Path, stage: str) -> None:
     train = train_regression if stage == "regression" else train_diffusion
-    straight = tiny_config(tmp_path / "a", shared_data, steps=10)
+    straight = tiny_config(tmp_path / "a", shared_data, steps=10, paper_condition=True)
     full = train(straight, CPU)
 
-    resumed_cfg = tiny_config(tmp_path / "b", shared_data, steps=10)
+    resumed_cfg = tiny_config(tmp_path / "b", shared_data, steps=10, paper_condition=True)
     part1 = train(resumed_cfg, CPU, stop_at=4)
     assert not part1.finished and part1.step == 4
     # A fresh process would rebuild everything from the config: do the same.
-    part2 = train(tiny_config(tmp_path / "b", shared_data, steps=10), CPU)
+    part2 = train(tiny_config(tmp_path / "b", shared_data, steps=10, paper_condition=True), CPU)
     assert part2.finished and part2.step == 10
     np.testing.assert_allclose(
         part1.train_losses + part2.train_losses, full.train_losses, rtol=1e-5, atol=1e-6
@@ -102,10 +102,14 @@ def test_resume_retraces_uninterrupted_run(tmp_path: Path, shared_data: Path, st
 
 @pytest.mark.needs_data
 def test_seed_reproduces_and_changes_run(tmp_path: Path, shared_data: Path) -> None:
-    a = train_diffusion(tiny_config(tmp_path / "a", shared_data, steps=4), CPU)
-    b = train_diffusion(tiny_config(tmp_path / "b", shared_data, steps=4), CPU)
+    a = train_diffusion(
+        tiny_config(tmp_path / "a", shared_data, steps=4, paper_condition=True), CPU
+    )
+    b = train_diffusion(
+        tiny_config(tmp_path / "b", shared_data, steps=4, paper_condition=True), CPU
+    )
     assert a.train_losses == b.train_losses
-    cfg = tiny_config(tmp_path / "c", shared_data, steps=4)
+    cfg = tiny_config(tmp_path / "c", shared_data, steps=4, paper_condition=True)
     cfg.seed = 1
     c = train_diffusion(cfg, CPU)
     assert c.train_losses != a.train_losses
@@ -116,7 +120,7 @@ def test_seed_reproduces_and_changes_run(tmp_path: Path, shared_data: Path) -> N
 def test_cuda_bf16_training_reduces_loss(tmp_path: Path, shared_data: Path) -> None:
     if not torch.cuda.is_available():
         pytest.skip("CUDA is not available")
-    cfg = tiny_config(tmp_path / "run", shared_data, steps=40, batch=16)
+    cfg = tiny_config(tmp_path / "run", shared_data, steps=40, batch=16, paper_condition=True)
     cfg.device = "cuda"
     cfg.precision = "bf16"
     from precipdiff.offline.train.ddp import setup

@@ -4,13 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from precipdiff.offline.train.config import TrainConfig, load_config
+from precipdiff.offline.train.config import ConditionConfig, TrainConfig, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def tiny_config(run_dir: Path, data_root: Path, steps: int = 12, batch: int = 8) -> TrainConfig:
-    """The demo experiment shrunk to a few steps of base-8 networks, no dropout."""
+def tiny_config(
+    run_dir: Path,
+    data_root: Path,
+    steps: int = 12,
+    batch: int = 8,
+    paper_condition: bool = False,
+) -> TrainConfig:
+    """The demo experiment shrunk to a few steps of base-8 networks, no dropout.
+
+    It keeps the demo's conditioning of the denoiser (out-of-fold regression output,
+    features, statics) with 2 cross-fitting folds; ``paper_condition=True`` switches
+    to the paper's condition (the target's block mean only), for tests of the
+    training loop that train the diffusion stage without a regression.
+    """
     cfg = load_config(REPO / "configs" / "iberia_demo.yaml")
     cfg.run_dir = str(run_dir)
     cfg.device = "cpu"
@@ -35,6 +47,9 @@ def tiny_config(run_dir: Path, data_root: Path, steps: int = 12, batch: int = 8)
         "num_blocks": 1,
         "noise_channels": 8,
     }
+    cfg.regression.cross_fit_folds = 2
+    if paper_condition:
+        cfg.diffusion.condition = ConditionConfig()
     cfg.bundle.out = str(run_dir / "bundle")
     cfg.bundle.members = 2
     cfg.bundle.max_eval_samples = 6

@@ -208,7 +208,13 @@ def evaluate_diffusion_given_truth(
     c = np.where(cm > 0, c, 0.0).astype(np.float32)
     # the denoiser's other inputs as at run time: the features when it is conditioned on them
     x_feat = data.normalise_predictors(raw) if bundle.manifest.condition["predictors"] else None
-    ens = data.denormalise_target(gen.sample_fine(c, x_feat, members=members, seed=seed))
+    # the denoiser on the data's own fine grid (which may differ from the bundle's, e.g.
+    # the patch region a global bundle's denoiser was trained on)
+    same_grid = data.fine_grid == gen.fine_grid and data.coarse_grid == gen.coarse_grid
+    z = gen.sample_fine(
+        c, x_feat, members=members, seed=seed, upsampler=None if same_grid else data.upsampler
+    )
+    ens = data.denormalise_target(z)
     coarse_mm = np.where(cm > 0, raw["coarse"], data.denormalise_target(np.zeros_like(c)))
     det = np.asarray(data.upsampler(coarse_mm.astype(np.float32)), np.float32)
     scores = {"n_validation": int(val.size), "members": members, **_fine_scores(ens, det, obs)}

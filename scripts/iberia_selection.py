@@ -126,15 +126,42 @@ def type_of_config() -> Any:
     return TrainConfig
 
 
+def _regression_key(cfg: Any) -> str:
+    import hashlib
+
+    from precipdiff.offline.train.config import to_dict
+
+    blob = json.dumps(
+        {"regression": to_dict(cfg.regression), "seed": cfg.seed, "tf": cfg.transform},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def train(cfg: Any) -> Path:
-    """Train both stages and write the bundle (resumes finished stages)."""
+    """Train both stages and write the bundle (resumes finished stages).
+
+    Variants with the same regression section share one trained regression (its
+    directory, cross-fitted folds included, is copied): the same config and seed
+    give the same weights.
+    """
+    import shutil
+
     from precipdiff.offline.train.bundle import build_bundle
     from precipdiff.offline.train.ddp import setup
     from precipdiff.offline.train.diffusion import train_diffusion
     from precipdiff.offline.train.regression import train_regression
 
     ctx = setup("cpu")
+    shared = Path(cfg.run_dir).parent / "regressions" / _regression_key(cfg)
+    mine = Path(cfg.run_dir) / "regression"
+    if not (mine / "best.safetensors").is_file():
+        if (shared / "condition.npz").is_file() or (shared / "best.safetensors").is_file():
+            shutil.rmtree(mine, ignore_errors=True)
+            shutil.copytree(shared, mine)
     train_regression(cfg, ctx)
+    if not (shared / "best.safetensors").is_file():
+        shutil.copytree(mine, shared, dirs_exist_ok=True)
     train_diffusion(cfg, ctx)
     return build_bundle(cfg)
 

@@ -20,6 +20,7 @@ sample's loss does not depend on the batch split across processes.
 from __future__ import annotations
 
 import json
+from typing import Any
 import math
 from dataclasses import dataclass, field
 
@@ -334,7 +335,8 @@ def train_diffusion(cfg: TrainConfig, ctx: DistContext, stop_at: int | None = No
             },
         )
         if stage.statics:
-            np.savez(out / "statics.npz", **stage.statics)
+            statics: dict[str, Any] = dict(stage.statics)
+            np.savez(out / "statics.npz", **statics)
     return fit(
         stage,
         cfg.diffusion.optim,

@@ -20,9 +20,9 @@ sample's loss does not depend on the batch split across processes.
 from __future__ import annotations
 
 import json
-from typing import Any
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch

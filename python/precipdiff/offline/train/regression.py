@@ -431,10 +431,11 @@ def cross_fit(cfg: TrainConfig, ctx: DistContext, stage: RegressionStage, data: 
     """Out-of-fold regression predictions for every training day (``condition.npz``).
 
     Trains ``regression.cross_fit_folds`` models, each on the training split minus
-    one contiguous block of days (same architecture, optimiser and step count as
-    the main model; seeds ``seed + 1 + k``; resumable in ``regression/fold<k>/``),
-    and predicts the held-out block with it. Validation days are predicted by the
-    main model, as at run time.
+    one contiguous block of days (same architecture, optimiser, step count and
+    ``loop.select`` rule as the main model; seeds ``seed + 1 + k``; validated on
+    their held-out block; resumable in ``regression/fold<k>/``), and predicts the
+    held-out block with it. Validation days are predicted by the main model, as at
+    run time.
 
     Parameters
     ----------
@@ -470,10 +471,12 @@ def cross_fit(cfg: TrainConfig, ctx: DistContext, stage: RegressionStage, data: 
     for k, block in enumerate(cross_fit_blocks(data.split.train, rc.cross_fit_folds)):
         keep = np.setdiff1d(data.split.train, block)
         torch.manual_seed(cfg.seed + 1 + k)
+        # A fold's validation set is its held-out block: its loss curve is the
+        # out-of-fold error, and the outer validation split is not touched.
         fold_stage = RegressionStage(
             build_regression_net(rc, len(data.features)),
             RegressionDataset(data, keep),
-            RegressionDataset(data, data.split.validation),
+            RegressionDataset(data, block),
             stage.criterion,
         )
         fold_dir = out / f"fold{k}"

@@ -96,6 +96,39 @@ def test_cli_evaluate_files(tmp_path: Path) -> None:
         assert float(ds["crps_product"]) > 0
 
 
+def test_cli_evaluate_iberia_defaults_are_the_config_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import precipdiff.offline.evaluate.iberia as ib
+
+    seen = []
+
+    def fake_run(cfg: ib.IberiaConfig, **kw: object) -> dict[str, float]:
+        seen.append(cfg)
+        return {}
+
+    monkeypatch.setattr(ib, "run_iberia", fake_run)
+    base = ["evaluate", "iberia", "--bundle", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert main(base) == 0
+    ref = ib.IberiaConfig(bundle=tmp_path, out=tmp_path / "o")
+    got = seen[-1]
+    assert (got.members, got.esm_members, got.esm_max_days, got.output_calibration) == (
+        ref.members,
+        ref.esm_members,
+        ref.esm_max_days,
+        True,
+    )
+    more = ["--members", "4", "--esm-members", "3", "--esm-max-days", "0"]
+    assert main([*base, *more, "--no-output-calibration"]) == 0
+    got = seen[-1]
+    assert (got.members, got.esm_members, got.esm_max_days, got.output_calibration) == (
+        4,
+        3,
+        None,
+        False,
+    )
+
+
 def test_cli_errors_are_one_line(tmp_path: Path, capsys) -> None:
     rc = main(
         [

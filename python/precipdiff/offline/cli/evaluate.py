@@ -21,6 +21,7 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def _cmdline() -> str:
@@ -38,17 +39,25 @@ def _iberia(args: argparse.Namespace) -> int:
     from precipdiff.offline.evaluate.iberia import IberiaConfig, run_iberia
 
     _threads(args.threads)
+    # options left out keep IberiaConfig's defaults (one place for them)
+    given = {
+        "members": args.members,
+        "esm_members": args.esm_members,
+        "esm_max_days": args.esm_max_days,
+    }
+    opt: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    if opt.get("esm_max_days") == 0:
+        opt["esm_max_days"] = None
     cfg = IberiaConfig(
         bundle=args.bundle,
         out=args.out,
         data_dir=args.data,
-        members=args.members,
-        esm_members=args.esm_members,
         steps=args.steps,
         max_days=args.max_days,
-        esm_max_days=None if args.esm_max_days == 0 else args.esm_max_days,
         seed=args.seed,
         device=args.device,
+        output_calibration=not args.no_output_calibration,
+        **opt,
     )
     head = run_iberia(cfg, log=lambda m: print(m, file=sys.stderr), command=_cmdline())
     for k, v in head.items():
@@ -170,15 +179,20 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     ib.add_argument("--bundle", type=Path, required=True, help="bundle (models/iberia-demo)")
     ib.add_argument("--out", type=Path, required=True, help="output directory")
     ib.add_argument("--data", type=Path, help="shared data directory (default: ../shared/data)")
-    ib.add_argument("--members", type=int, default=6, help="members of the (a) ensemble")
-    ib.add_argument("--esm-members", type=int, default=1, help="members of (b)/(c) runs")
+    ib.add_argument("--members", type=int, help="members of the (a) ensemble (default 16)")
+    ib.add_argument("--esm-members", type=int, help="members of (b)/(c) runs (default 2)")
     ib.add_argument("--steps", type=int, help="sampler steps (default: the bundle's)")
     ib.add_argument("--max-days", type=int, help="at most this many validation days in (a)")
     ib.add_argument(
         "--esm-max-days",
         type=int,
-        default=400,
-        help="days generated per ESM/NCEP climatology run in (b)/(c); 0 = all (slow on CPU)",
+        help="days generated per ESM/NCEP climatology run in (b)/(c) (default 600); "
+        "0 = all (slow on CPU)",
+    )
+    ib.add_argument(
+        "--no-output-calibration",
+        action="store_true",
+        help="skip the rows with the generated precipitation's output calibration",
     )
     ib.add_argument("--seed", type=int, default=0)
     ib.add_argument("--device", default="auto")

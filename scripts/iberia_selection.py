@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import sys
 import time
@@ -91,15 +92,43 @@ VARIANTS: dict[str, Edit] = {
     "paper: condition on the true block mean": _cond(source="truth", predictors=False),
     "no predictors in the condition": _cond(predictors=False),
     "no static channels": _cond(statics=[], static_files=[]),
-    "features hus850, psl": _features(["hus850", "psl"]),
-    "features hus850, psl, ta850": _features(["hus850", "psl", "ta850"]),
-    "features rh850, psl, ta850": _features(["rh850", "psl", "ta850"]),
     "sigma_c 0.5": _set("diffusion.sigma_c", 0.5),
 }
+
+#: Predictor sets (issue 13 item 4): the regression alone decides them -- its skill
+#: on the inner validation winters and its RCP8.5 change (the stationarity check).
+#: Only the regression is trained (no cross-fitting, a one-step placeholder
+#: denoiser so that the bundle machinery can load it; no diffusion score is read).
+PREDICTOR_SETS: dict[str, list[str]] = {
+    "rh850, psl (shipped)": ["rh850", "psl"],
+    "hus850, psl (the paper's humidity + pressure)": ["hus850", "psl"],
+    "hus850, psl, ta850": ["hus850", "psl", "ta850"],
+    "rh850, psl, ta850": ["rh850", "psl", "ta850"],
+}
+
+
+def predictor_set_config(name: str, run_root: Path) -> Any:
+    """The shipped regression with the inner split and one predictor set."""
+    feats = PREDICTOR_SETS[name]
+
+    def edit(cfg: dict[str, Any]) -> None:
+        cfg["regression"]["data"]["features"] = feats
+        cfg["regression"]["cross_fit_folds"] = 0
+        cfg["diffusion"]["condition"] = {"source": "truth", "predictors": False, "statics": []}
+        cfg["diffusion"]["optim"]["steps"] = 1
+        cfg["diffusion"]["optim"]["warmup_steps"] = 0
+        cfg["diffusion"]["loop"]["validate_every"] = 1
+        cfg["diffusion"]["loop"]["checkpoint_every"] = 1
+
+    return _configured(edit, "predictors_" + name, run_root)
 
 
 def variant_config(name: str, run_root: Path) -> Any:
     """The shipped config with the inner split and one variant's change."""
+    return _configured(VARIANTS[name], name, run_root)
+
+
+def _configured(edit: Edit, name: str, run_root: Path) -> Any:
     import yaml
 
     from precipdiff.offline.train.config import from_dict
@@ -110,7 +139,7 @@ def variant_config(name: str, run_root: Path) -> Any:
         raw[stage]["data"]["split"] = dict(INNER_SPLIT)
         raw[stage]["loop"]["progress"] = False
     raw["diffusion"].setdefault("condition", {})
-    VARIANTS[name](raw)
+    edit(raw)
     slug = "".join(c if c.isalnum() else "_" for c in name).strip("_")
     raw["run_dir"] = str(run_root / slug)
     raw["bundle"]["out"] = str(run_root / slug / "bundle")
@@ -172,9 +201,7 @@ def score(cfg: Any, bundle: Path, members: int, seed: int = 0) -> dict[str, floa
     from precipdiff.grids import LatLonGrid, Regridder
     from precipdiff.io import import_xarray
     from precipdiff.offline import metrics
-    from precipdiff.offline.qdm_fit import apply_qdm, fit_qdm
     from precipdiff.offline.train.data import StageData
-    from precipdiff.qdm import QDMConfig
     from precipdiff.testing import shared_data_dir
     from precipdiff.transforms import PrecipTransform
 
@@ -218,9 +245,55 @@ def score(cfg: Any, bundle: Path, members: int, seed: int = 0) -> dict[str, floa
         ),
         "mean_bias": metrics.mean_bias(ens, obs),
     }
-    # stationarity check of the predictor set: the regression's RCP8.5 change
-    specs = list(gen.manifest.variables)
+    out.update(rcp85_change(gen, land))
+    return out
+
+
+def score_regression(cfg: Any, bundle: Path) -> dict[str, float]:
+    """The regression alone on the inner validation winters, and its RCP8.5 change."""
+    from precipdiff.generator import PrecipGenerator
+    from precipdiff.offline import metrics
+    from precipdiff.offline.train.data import StageData
+    from precipdiff.transforms import PrecipTransform
+
+    gen = PrecipGenerator.from_bundle(bundle, device="cpu", use_compiled=False)
+    data = StageData(
+        cfg.regression.data, PrecipTransform.from_dict(cfg.transform), REPO / "configs"
+    )
+    raw = data.read(data.split.validation)
+    names = gen.manifest.variable_names()
+    pred = gen.to_precip(gen.regress({n: raw[n] for n in names}))
+    obs = raw["coarse"]
+    pred = np.where(np.isfinite(obs), pred, np.nan)
+    out = {
+        "regression_mae": metrics.mae(pred, obs),
+        "regression_bias": metrics.mean_bias(pred, obs),
+    }
+    land = np.isfinite(raw["fine"]).all(axis=0)
+    out.update(rcp85_change(gen, land))
+    return out
+
+
+def rcp85_change(gen: Any, land: np.ndarray) -> dict[str, float]:
+    """Stationarity check of the predictor set: the regression's RCP8.5 change.
+
+    Relative change of the land-mean DJF mean of the regression driven by
+    QDM-mapped CNRM-CM5 predictors (tables fitted on the inner training winters),
+    2081-2100 against 1983-1997, next to CNRM-CM5's own change.
+    """
+    from precipdiff.grids import LatLonGrid, Regridder
+    from precipdiff.io import import_xarray
     from precipdiff.io.readers import open_predictors
+    from precipdiff.offline.qdm_fit import apply_qdm, fit_qdm
+    from precipdiff.qdm import QDMConfig
+    from precipdiff.testing import shared_data_dir
+
+    xr = import_xarray()
+    root = shared_data_dir()
+    assert root is not None
+    names = gen.manifest.variable_names()
+    out: dict[str, float] = {}
+    specs = list(gen.manifest.variables)
 
     def load(stem: str, suffix: str = "") -> tuple[dict[str, np.ndarray], Any]:
         paths = [root / "climate4r_iberia" / f"{stem}_Iberia_{n}{suffix}.nc" for n in names]
@@ -260,10 +333,30 @@ def score(cfg: Any, bundle: Path, members: int, seed: int = 0) -> dict[str, floa
     return out
 
 
+def _score_set(cfg: Any) -> dict[str, float]:
+    return score_regression(cfg, train(cfg))
+
+
+def _score_variant(cfg: Any, members: int) -> dict[str, float]:
+    return score(cfg, train(cfg), members)
+
+
+def _cached(cfg: Any, run: Callable[[], dict[str, float]]) -> dict[str, float]:
+    cache = Path(cfg.run_dir) / "scores.json"
+    if cache.is_file():
+        return dict(json.loads(cache.read_text()))
+    t0 = time.perf_counter()
+    s = run()
+    s["wall_s"] = time.perf_counter() - t0
+    cache.write_text(json.dumps(s, indent=1))
+    return s
+
+
 def main() -> int:
-    """Train and score the variants; print (and optionally write) the table."""
+    """Train and score the variants; print (and optionally write) the tables."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    ap.add_argument("--predictor-sets", nargs="*", default=list(PREDICTOR_SETS))
     ap.add_argument("--members", type=int, default=8)
     ap.add_argument("--out", default=str(REPO / "out" / "selection"))
     ap.add_argument("--threads", type=int, default=1)
@@ -276,30 +369,41 @@ def main() -> int:
     if shared_data_dir() is None:
         print("SKIP: ../shared/data not found (set PRECIPDIFF_SHARED_DATA)")
         return 0
+    for name, known in ((args.variants, VARIANTS), (args.predictor_sets, PREDICTOR_SETS)):
+        bad = [n for n in name if n not in known]
+        if bad:
+            print(f"unknown {bad!r}; known: {list(known)}", file=sys.stderr)
+            return 2
     root = Path(args.out)
+    sets = []
+    for name in args.predictor_sets:
+        cfg = predictor_set_config(name, root)
+        s = _cached(cfg, functools.partial(_score_set, cfg))
+        sets.append((name, s))
+        print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in s.items()), flush=True)
     rows = []
     for name in args.variants:
-        if name not in VARIANTS:
-            print(f"unknown variant {name!r}; known: {list(VARIANTS)}", file=sys.stderr)
-            return 2
-        t0 = time.perf_counter()
         cfg = variant_config(name, root)
-        cache = Path(cfg.run_dir) / "scores.json"
-        if cache.is_file():
-            s = json.loads(cache.read_text())
-        else:
-            bundle = train(cfg)
-            s = score(cfg, bundle, args.members)
-            s["wall_s"] = time.perf_counter() - t0
-            cache.write_text(json.dumps(s, indent=1))
+        s = _cached(cfg, functools.partial(_score_variant, cfg, args.members))
         rows.append((name, s))
         print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in s.items()), flush=True)
-    header = (
+    lines = [
+        "| predictor set | regression MAE (2 deg, mm/day) | regression mean bias "
+        "| RCP8.5 change of the DJF mean, regression | CNRM-CM5's own change |",
+        "|---|---|---|---|---|",
+    ]
+    for name, s in sets:
+        lines.append(
+            f"| {name} | {s['regression_mae']:.3f} | {s['regression_bias']:+.3f} | "
+            f"{100 * s['rcp85_change_regression']:+.1f} % | "
+            f"{100 * s['rcp85_change_esm_own']:+.1f} % |"
+        )
+    lines += [
+        "",
         "| variant | CRPS | CRPS / NCEP own | spread-skill | p99 / E-OBS | wet days / E-OBS "
-        "| 1-2 deg power / E-OBS | mean bias | RCP8.5 change, regression (ESM own) |\n"
-        "|---|---|---|---|---|---|---|---|---|"
-    )
-    lines = [header]
+        "| 1-2 deg power / E-OBS | mean bias | RCP8.5 change, regression (ESM own) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, s in rows:
         lines.append(
             f"| {name} | {s['crps']:.3f} | {s['crps_ratio_to_ncep_own']:.3f} | "
@@ -315,7 +419,8 @@ def main() -> int:
         text = (path.read_text().split("<!-- table -->")[0] if path.is_file() else "") or (
             "# Design choices for the Iberia demo, on training winters only\n\n"
         )
-        path.write_text(text + "<!-- table -->\n" + table + "\n")
+        cmd = " ".join(["scripts/iberia_selection.py", *sys.argv[1:]])
+        path.write_text(text + "<!-- table -->\n" + table + f"\n\nProduced by `{cmd}`.\n")
     return 0
 
 

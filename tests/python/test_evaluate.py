@@ -67,6 +67,18 @@ def test_evaluate_ensemble_scores_and_figures(tmp_path: Path) -> None:
         evaluate_ensemble(ens[:, :, :-1], obs, LAT, LON)
 
 
+def test_water_mass_check_is_over_the_scored_cells() -> None:
+    from precipdiff.offline.metrics import block_mean
+
+    _, obs = _synthetic()
+    land = np.isfinite(obs[0])
+    fine = np.where(land, 2.0, 500.0)[None, None].repeat(obs.shape[0], 0).repeat(3, 1)
+    coarse = block_mean(np.where(land, fine[:, 0], np.nan), 4, LAT)
+    ev = evaluate_ensemble(fine, obs, LAT, LON, coarse=coarse, factor=4, label="gen")
+    # the never-trained sea cells (500 mm/day) do not enter the land budget
+    assert ev.scalars["water_mass_relative_total_error"] == pytest.approx(0.0, abs=1e-9)
+
+
 def test_cli_evaluate_files(tmp_path: Path) -> None:
     xr = pytest.importorskip("xarray")
     from precipdiff.grids import LatLonGrid

@@ -442,7 +442,7 @@ def evaluate_ensemble(
         their MAE).
     coarse
         The coarse field the ensemble was generated from, for the water-mass
-        check (needs ``factor``).
+        check over the cells where the observations are valid (needs ``factor``).
     factor
         Refinement factor between the coarse and the fine grid.
     label
@@ -564,9 +564,9 @@ def evaluate_ensemble(
         "wavenumber": spectra["observations"][0],
     }
     if coarse is not None and factor:
-        wm = metrics.water_mass_consistency(
-            np.asarray(coarse, dtype=np.float64), np.asarray(ens, dtype=np.float64), factor, lat
-        )
+        # over the cells scored (valid observations): generated values elsewhere (e.g.
+        # over the sea of a land-only target) were never trained against
+        wm = metrics.water_mass_consistency(np.asarray(coarse, dtype=np.float64), e, factor, lat)
         for k, v in wm.items():
             sc[f"water_mass_{k}"] = v
     return EnsembleEvaluation(sc, arrays, coords, rows, spectra, ss, rh)

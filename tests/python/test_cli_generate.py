@@ -157,6 +157,15 @@ def test_inspect_without_weights(setup, tmp_path, capsys):
     assert "denoiser.safetensors is corrupt" in capsys.readouterr().err
 
 
+def test_inspect_shows_derived_features(capsys):
+    # the shipped Iberia bundle reads hus850, ta850, psl and feeds rh850, psl
+    assert main(["inspect", "iberia-demo"]) == 0
+    out = capsys.readouterr().out
+    assert "ta850" in out
+    assert "rh850      = relative_humidity(hus850, ta850)" in out
+    assert "'source': 'regression'" in out
+
+
 @pytest.mark.needs_data
 def test_generate_from_real_era5_files(shared_data, tmp_path):
     """ERA5 exactly as delivered (WAM2layers sample): hourly, latitude descending, levels."""

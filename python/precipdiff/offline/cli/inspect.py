@@ -32,15 +32,17 @@ def summarize(manifest: Any) -> str:
 
     lines = [
         f"format_version   {m.format_version}",
-        "predictors",
+        "inputs (what the host passes)",
     ]
     for v in m.variables:
         lev = f" at {v['level_hpa']:g} hPa" if v.get("level_hpa") is not None else ""
-        st = m.normalisation["predictors"][v["name"]]
-        lines.append(
-            f"  {v['name']:10s} {v.get('standard_name', '')}{lev} [{v['units']}] "
-            f"mean {st['mean']:.4g} std {st['std']:.4g}"
-        )
+        lines.append(f"  {v['name']:10s} {v.get('standard_name', '')}{lev} [{v['units']}]")
+    lines.append("network features (normalised)")
+    for f in m.feature_specs():
+        st = m.normalisation["predictors"][f.name]
+        how = "" if f.op == "identity" else f" = {f.op}({', '.join(f.inputs)})"
+        lines.append(f"  {f.name:10s}{how} mean {st['mean']:.4g} std {st['std']:.4g}")
+    lines.append(f"condition        {m.condition}")
     reg, den = m.regression_config(), m.denoiser_config()
     lines += [
         f"coarse grid      {grid(cg)}",

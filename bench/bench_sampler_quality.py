@@ -80,7 +80,9 @@ def main() -> int:
     gen = PrecipGenerator.from_bundle(args.bundle, device="cpu", use_compiled=False)
     data = open_stage_data(cfg.regression.data, gen.transform, base=cfg.source_dir)
     val = data.split.validation
-    pick = val[np.unique(np.linspace(0, val.size - 1, min(args.days, val.size)).round())]
+    pick = val[
+        np.unique(np.linspace(0, val.size - 1, min(args.days, val.size)).round().astype(int))
+    ]
     pick = pick.astype(np.int64)
     raw = data.read(pick)
     names = gen.manifest.variable_names()

@@ -398,12 +398,16 @@ def main() -> int:
             f"{100 * s['rcp85_change_regression']:+.1f} % | "
             f"{100 * s['rcp85_change_esm_own']:+.1f} % |"
         )
-    lines += [
-        "",
-        "| variant | CRPS | CRPS / NCEP own | spread-skill | p99 / E-OBS | wet days / E-OBS "
-        "| 1-2 deg power / E-OBS | mean bias | RCP8.5 change, regression (ESM own) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    lines += (
+        []
+        if not rows
+        else [
+            "",
+            "| variant | CRPS | CRPS / NCEP own | spread-skill | p99 / E-OBS | wet days / E-OBS "
+            "| 1-2 deg power / E-OBS | mean bias | RCP8.5 change, regression (ESM own) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+    )
     for name, s in rows:
         lines.append(
             f"| {name} | {s['crps']:.3f} | {s['crps_ratio_to_ncep_own']:.3f} | "

@@ -140,9 +140,16 @@ def child_window(args: argparse.Namespace) -> dict[str, Any]:
         cpus.append(c1 - c0)
         syss.append(s1 - s0)
         faults.append(f1 - f0)
+    cached_gb = 0.0
+    if args.variant != "baseline":
+        from precipdiff.perf import allocator
+
+        # what the caching allocator keeps resident between windows
+        cached_gb = allocator.stats().cached_bytes / 2**30
     return {
         "s_per_window": statistics.median(walls),
         "cpu_s_per_window": statistics.median(cpus),
+        "cached_gb": cached_gb,
         "sys_s_per_window": statistics.median(syss),
         "minor_faults_per_window": statistics.median(faults),
         "nfe": int(gen.sampler.nfe),
@@ -470,7 +477,7 @@ def print_window_table(name: str, rows: dict[str, list[dict[str, Any]]]) -> None
     print(f"\n{name}: one window (1 member), median over rounds")
     print(
         f"{'variant':14s} {'s/window':>9s} {'CPU s':>8s} {'sys s':>7s} {'faults':>9s} "
-        f"{'RSS GB':>7s} {'speed-up wall':>13s} {'speed-up CPU':>12s}"
+        f"{'RSS GB':>7s} {'cache GB':>8s} {'speed-up wall':>13s} {'speed-up CPU':>12s}"
     )
     for v, rs in rows.items():
         if not rs:
@@ -479,7 +486,7 @@ def print_window_table(name: str, rows: dict[str, list[dict[str, Any]]]) -> None
         print(
             f"{v:14s} {w:9.2f} {c:8.2f} {_med(rs, 'sys_s_per_window'):7.2f} "
             f"{_med(rs, 'minor_faults_per_window'):9.0f} {_med(rs, 'peak_rss_gb'):7.2f} "
-            f"{bw / w:13.2f} {bc / c:12.2f}"
+            f"{_med(rs, 'cached_gb'):8.2f} {bw / w:13.2f} {bc / c:12.2f}"
         )
 
 

@@ -14,7 +14,8 @@
 # Usage:  bash bench/gpu_check.sh [OUTDIR]      (default out/gpu_check; needs scripts/setup.sh
 #         with a CUDA torch: PRECIPDIFF_TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126)
 # Every step logs to OUTDIR/*.txt and writes OUTDIR/*.json; a failing step does not stop the
-# others. Record the numbers in bench/README.md and the README's performance table.
+# others. Record the numbers in docs/generator.md ("Measured speed") and the README's
+# performance table, with the command and the GPU named.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-out/gpu_check}

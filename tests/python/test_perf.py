@@ -75,7 +75,7 @@ def test_caching_allocator_reuses_blocks_and_uninstalls() -> None:
         """
     )
     assert out["installed"] and out["equal"] and out["small_ok"] and out["z_ok"]
-    assert out["hits"] > 10 * max(out["misses"], 1) // 10 and out["hits"] >= 10
+    assert out["hits"] >= 10 and out["hits"] > out["misses"]
     assert out["cached"] >= 36 << 20 and out["freed"] == out["cached"]
     assert out["cached_after_release"] == 0 and not out["installed_after"]
     # re-used blocks are not page-faulted again: torch's own allocator re-faults every

@@ -231,8 +231,9 @@ def install(*, min_block: int = DEFAULT_MIN_BLOCK, max_cached: int = 0, build: b
     min_block
         Smallest block (bytes) that is cached.
     max_cached
-        Most bytes held for reuse; 0 means the peak of live cached-size bytes
-        (one working set).
+        Most bytes held for reuse; 0 means twice the peak of live cached-size
+        bytes (room for one working set even when freed blocks do not fit
+        the next requests exactly).
     build
         Compile the library when it is missing.
 

@@ -12,9 +12,9 @@
 // hands out comes from, and finally goes back to, the allocator it replaced (through that
 // allocator's raw allocate/deleter pair). Blocks below `min_block` bytes are not cached.
 // A freed block is kept when the cache stays within its cap: `max_cached` bytes if given,
-// else the peak of live cached-size bytes (the cache then never holds more than one
-// working set). Best fit: a request takes the smallest cached block that is at least as
-// large and at most 2x as large.
+// else twice the peak of live cached-size bytes (room for one working set even when the
+// freed blocks do not fit the next requests exactly). Best fit: a request takes the
+// smallest cached block that is at least as large and at most 2x as large.
 //
 // C interface (loaded with ctypes by precipdiff.perf.allocator): pdc_install, pdc_uninstall,
 // pdc_release, pdc_stats. The singleton is never destroyed: tensors may be freed after

@@ -8,10 +8,11 @@ spread-skill and p99 on the Iberia validation split, and speed); the namelist
 
 Reduced precision means a copy of the denoiser's UNet with bf16/fp16 weights whose
 activations stay in that dtype (one cast on the way in and out, none per layer:
-autocast would cast every convolution's input and weights in every call and, on
-this CPU, ran slower than float32). The EDM preconditioning, the sampler and the
-regression stay float32; so do the noise-level sinusoids, and GroupNorm
-accumulates its statistics in float32 internally.
+autocast would cast every convolution's input and weights in every call;
+``bench/bench_generate_speed.py --what forward`` compares the two). The EDM
+preconditioning, the sampler and the regression stay float32; so do the
+noise-level sinusoids, and GroupNorm accumulates its statistics in float32
+internally.
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ call it too. What it does, and what it deliberately leaves alone:
 - **autograd**: off inside inference (``torch.inference_mode``, frozen inference
   copies of the networks), never switched off globally (the switch is thread-local).
 
-Flushing denormals is opt-in: measured here it changes nothing for these
-networks (``bench/bench_generate_speed.py``), and it changes results wherever
-denormals do occur.
+Flushing denormals is opt-in: it changes results wherever denormals do occur,
+and no speed-up from it has been shown for these networks
+(``bench/bench_generate_speed.py --what forward``, variant ``flush-denormals``).
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ import argparse
 import importlib.util
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -106,16 +107,8 @@ def run_speedy(exe: Path, work: Path, days: int, plugin: dict[str, Any] | None) 
     return statistics.median(host)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--days", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--hosts", nargs="+", default=["toy", "speedy"], choices=("toy", "speedy"))
-    p.add_argument("--build-dir", type=Path, default=REPO / "build")
-    args = p.parse_args(argv)
-    load = Path("/proc/loadavg").read_text().split()[:3]
-    print(f"load average {' / '.join(load)} on {os.cpu_count()} CPU(s)", flush=True)
-    work = Path(tempfile.mkdtemp(prefix="bench_host_"))
+def _measure(args: argparse.Namespace, work: Path) -> None:
+    """Run every host and configuration in ``work``; print the tables."""
     global_bundle = str(REPO / "models" / "era5-global-shape")
     for host in args.hosts:
         if host == "toy":
@@ -171,6 +164,22 @@ def main(argv: list[str] | None = None) -> int:
             med = statistics.median(v)
             print(f"{name:26s} {med:10.3f} {med / off:12.3f}")
         print()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--days", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--hosts", nargs="+", default=["toy", "speedy"], choices=("toy", "speedy"))
+    p.add_argument("--build-dir", type=Path, default=REPO / "build")
+    args = p.parse_args(argv)
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    print(f"load average {' / '.join(load)} on {os.cpu_count()} CPU(s)", flush=True)
+    work = Path(tempfile.mkdtemp(prefix="bench_host_"))
+    try:
+        _measure(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     load = Path("/proc/loadavg").read_text().split()[:3]
     print(f"load average {' / '.join(load)} at the end")
     return 0

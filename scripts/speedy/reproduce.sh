@@ -6,7 +6,7 @@
 #                                               evaluate bench (default: all, in order)
 #
 #   data         spin-up + 12-year control run (the perfect-model truth)
-#   train        models/speedy-t30 = precipdiff train all configs/speedy_t30.yaml --restart
+#   train        models/speedy-t30 = precipdiff train all configs/speedy_t30.yaml
 #   experiments  the biased-SST and SST+2K/+4K runs (6 years each)
 #   coupled      10 years diagnostic and 10 years interactive with models/speedy-t30
 #   evaluate     precipdiff evaluate speedy --out docs/results/speedy (all parts)
@@ -26,7 +26,7 @@ for step in "${steps[@]}"; do
   start=$(date +%s)
   case "$step" in
     data) nice -n 10 "$PY" scripts/speedy/run_experiment.py spinup control ;;
-    train) nice -n 10 .venv/bin/precipdiff train all configs/speedy_t30.yaml --restart \
+    train) nice -n 10 .venv/bin/precipdiff train all configs/speedy_t30.yaml \
              --threads "$OMP_NUM_THREADS" --no-progress ;;
     experiments) nice -n 10 "$PY" scripts/speedy/run_experiment.py biased sst+4k sst+2k ;;
     coupled) nice -n 10 "$PY" scripts/speedy/run_experiment.py interactive diagnostic ;;

@@ -236,3 +236,22 @@ def test_one_part_keeps_other_headlines(world: tuple[Path, Path], tmp_path: Path
     saved = json.loads((out / "metrics.json").read_text())["headline"]
     assert saved["earlier"] == 1.0
     assert "coupled_interactive_pr_drift_mm_day" in saved
+
+
+def test_cli_years(
+    world: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--coupled-years etc. reach the config (short runs are evaluated over their years)."""
+    from precipdiff.offline.cli.main import main
+
+    runs, bundle = world
+    out = tmp_path / "cli"
+    argv = ["evaluate", "speedy", "--runs", str(runs), "--bundle", str(bundle)]
+    argv += ["--out", str(out), "--parts", "coupled", "--device", "cpu"]
+    assert main([*argv, "--coupled-years", "1981", "1982"]) == 0
+    text = (out / "README_coupled.md").read_text()
+    assert "1981-1982" in text and "1981-1983" not in text
+    # Years the runs do not have: a one-line error naming the missing run files.
+    capsys.readouterr()
+    assert main([*argv, "--coupled-years", "1981", "1984"]) == 2
+    assert "scripts/speedy/run_experiment.py" in capsys.readouterr().err

@@ -18,6 +18,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 from pathlib import Path
@@ -65,6 +66,11 @@ def _iberia(args: argparse.Namespace) -> int:
     return 0
 
 
+def _years(given: list[int] | None, default: tuple[int, int]) -> tuple[int, int]:
+    """Return a ``FIRST LAST`` option as a pair, or the default."""
+    return default if given is None else (int(given[0]), int(given[1]))
+
+
 def _speedy(args: argparse.Namespace) -> int:
     from precipdiff.offline.evaluate.speedy import PARTS, SpeedyConfig, run_speedy
 
@@ -81,6 +87,12 @@ def _speedy(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         extra={"condensate_days": args.condensate_days},
+    )
+    cfg = dataclasses.replace(  # checked again by __post_init__
+        cfg,
+        heldout_years=_years(args.heldout_years, cfg.heldout_years),
+        analysis_years=_years(args.analysis_years, cfg.analysis_years),
+        coupled_years=_years(args.coupled_years, cfg.coupled_years),
     )
     head = run_speedy(cfg, log=lambda m: print(m, file=sys.stderr), command=_cmdline())
     for k, v in head.items():
@@ -223,6 +235,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     sp.add_argument(
         "--condensate-days", type=float, default=1.0, help="the interactive run's setting (report)"
     )
+    for flag, what in (
+        ("--heldout-years", "held-out years of the control (default 1991 1992)"),
+        ("--analysis-years", "years of the biased and warming comparison (default 1982 1986)"),
+        ("--coupled-years", "years of the coupled runs and their control (default 1981 1990)"),
+    ):
+        sp.add_argument(flag, type=int, nargs=2, metavar=("FIRST", "LAST"), help=what)
     sp.set_defaults(func=_speedy)
     qc = sub.add_parser("qdm-check", help="QDM validation on the ISIMIP3BASD example")
     qc.add_argument("--out", type=Path, required=True)

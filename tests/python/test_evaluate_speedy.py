@@ -255,3 +255,22 @@ def test_cli_years(
     capsys.readouterr()
     assert main([*argv, "--coupled-years", "1981", "1984"]) == 2
     assert "scripts/speedy/run_experiment.py" in capsys.readouterr().err
+
+
+def test_one_coupled_year(world: tuple[Path, Path], tmp_path: Path) -> None:
+    """A one-year coupled run: drift against the spread of all control years, no trend."""
+    runs, bundle = world
+    cfg = SpeedyConfig(
+        runs=runs,
+        bundle=bundle,
+        out=tmp_path / "one",
+        parts=("coupled",),
+        coupled_years=(1981, 1981),
+        device="cpu",
+    )
+    head = run_speedy(cfg)
+    assert np.isfinite(head["coupled_interactive_ts_drift_k"])
+    # spread from the 4 control years of the synthetic world, not from the one coupled year
+    assert np.isfinite(head["coupled_interactive_ts_drift_in_sigma"])
+    text = (tmp_path / "one" / "README_coupled.md").read_text()
+    assert "all its 4 years" in text

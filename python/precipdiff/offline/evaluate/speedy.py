@@ -822,6 +822,26 @@ def part_coupled(ctx: _Context) -> dict[str, Any]:
     yrs = cfg.coupled_years
     runs = {r: cfg.runs / r for r in ("control", "diagnostic", "interactive")}
     series = {r: read_series(d, yrs, COUPLED_SERIES) for r, d in runs.items()}
+    # Interannual spread from every control year there is (12 for the standard runs), so
+    # that a short coupled run is judged against the control's natural variability too.
+    ctl_years = sorted(
+        int(f.stem.split("_")[1]) for f in runs["control"].glob("speedy_[0-9][0-9][0-9][0-9].nc")
+    )
+    spread_series = {
+        y: read_series(
+            runs["control"],
+            (y, y),
+            [
+                "global_pr",
+                "global_prw",
+                "global_condensate",
+                "global_evap",
+                "global_ts",
+                "global_tas",
+            ],
+        )
+        for y in ctl_years
+    }
     quantities = {
         "precipitation that left the atmosphere (mm/day)": "global_pr",
         "column water vapour + condensate (kg m-2)": None,
@@ -831,6 +851,7 @@ def part_coupled(ctx: _Context) -> dict[str, Any]:
     }
     rows: list[list[Any]] = []
     annual: dict[str, dict[str, Array]] = {}
+    bands: dict[str, tuple[float, float]] = {}
     head: dict[str, float] = {}
     for label, key in quantities.items():
         annual[label] = {}
@@ -839,12 +860,22 @@ def part_coupled(ctx: _Context) -> dict[str, Any]:
             _years, am = annual_means(x, s["year"])
             annual[label][r] = am
         c = annual[label]["control"]
-        spread = float(np.std(c, ddof=1))
+        all_c = np.array(
+            [
+                float(np.mean(v["global_prw"] + v["global_condensate"] if key is None else v[key]))
+                for v in spread_series.values()
+            ]
+        )
+        spread = float(np.std(all_c, ddof=1)) if all_c.size > 1 else float("nan")
+        bands[label] = (float(np.mean(all_c)), spread)
         for r in ("diagnostic", "interactive"):
             a = annual[label][r]
             drift = float(np.mean(a) - np.mean(c))
-            slope = float(np.polyfit(np.arange(a.size), a, 1)[0]) * 10.0
-            slope_c = float(np.polyfit(np.arange(c.size), c, 1)[0]) * 10.0
+            # trends need at least 3 years to mean anything
+            slope, slope_c = float("nan"), float("nan")
+            if a.size >= 3:
+                slope = float(np.polyfit(np.arange(a.size), a, 1)[0]) * 10.0
+                slope_c = float(np.polyfit(np.arange(c.size), c, 1)[0]) * 10.0
             rows.append(
                 [
                     label,
@@ -900,7 +931,10 @@ def part_coupled(ctx: _Context) -> dict[str, Any]:
         }
     )
     fig_ts = _plot_annual(
-        annual, np.arange(yrs[0], yrs[1] + 1, dtype=np.float64), out / "coupled_annual_means.png"
+        annual,
+        np.arange(yrs[0], yrs[1] + 1, dtype=np.float64),
+        bands,
+        out / "coupled_annual_means.png",
     )
     # Maps, zonal means, spectra of the daily precipitation.
     ctl_f, _, lat, lon = read_run(runs["control"], yrs, ["pr", "prw"])
@@ -974,8 +1008,10 @@ def part_coupled(ctx: _Context) -> dict[str, Any]:
         "trajectory is bitwise the control's) and interactive (precipdiff's precipitation is "
         "the column moisture sink; condensate reservoir, re-evaporation time "
         f"{cfg.extra.get('condensate_days', 1)} day). One member a day, the bundle's default "
-        "sampler. Drift = the run's mean minus the control's; spread = standard deviation of "
-        "the control's annual means; trends per decade of the annual means (least squares)."
+        "sampler. Drift = the run's mean minus the control's over the same years; spread = "
+        f"standard deviation of the control's annual means over all its {len(ctl_years)} "
+        "years; trends per decade of the annual means (least squares; only with 3 years or "
+        "more)."
     )
     rep.add_table(
         [
@@ -1027,14 +1063,19 @@ def part_coupled(ctx: _Context) -> dict[str, Any]:
     return {"rows": rows, "budget": budget, "headline": head}
 
 
-def _plot_annual(annual: Mapping[str, Mapping[str, Array]], years: Array, path: Path) -> Path:
+def _plot_annual(
+    annual: Mapping[str, Mapping[str, Array]],
+    years: Array,
+    bands: Mapping[str, tuple[float, float]],
+    path: Path,
+) -> Path:
     plt = plots._pyplot()
     n = len(annual)
     fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 3.2))
     for ax, (label, runs) in zip(np.atleast_1d(axes), annual.items(), strict=True):
-        c = np.asarray(runs["control"])
-        m, s = float(np.mean(c)), float(np.std(c, ddof=1))
-        ax.axhspan(m - 2 * s, m + 2 * s, color="0.85", label="control ±2σ")
+        m, s = bands[label]  # mean and interannual std of all control years
+        if np.isfinite(s):
+            ax.axhspan(m - 2 * s, m + 2 * s, color="0.85", label="control ±2σ (all years)")
         for r, a in runs.items():
             ax.plot(years, a, marker="o", ms=3, label=r)
         ax.set_title(label, fontsize=8)

@@ -22,6 +22,9 @@ SHIPPED_FILES = (
     "EVALUATION.md",
     "evaluation.json",
 )
+# Bundles that stay in the checkout only: models/speedy-t30 (6 MB of weights) serves the
+# SPEEDY example (examples/speedy, docs/speedy.md), which needs a checkout and SPEEDY's source.
+NOT_SHIPPED = frozenset({"speedy-t30"})
 
 
 class BuildPyWithModels(build_py):
@@ -34,6 +37,8 @@ class BuildPyWithModels(build_py):
             return  # an editable install finds the checkout's models/ directly
         dst = Path(self.build_lib) / "precipdiff" / "models"
         for manifest in sorted((ROOT / "models").glob("*/manifest.json")):
+            if manifest.parent.name in NOT_SHIPPED:
+                continue
             out = dst / manifest.parent.name
             out.mkdir(parents=True, exist_ok=True)
             for pattern in SHIPPED_FILES:

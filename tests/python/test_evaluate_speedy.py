@@ -274,3 +274,26 @@ def test_one_coupled_year(world: tuple[Path, Path], tmp_path: Path) -> None:
     assert np.isfinite(head["coupled_interactive_ts_drift_in_sigma"])
     text = (tmp_path / "one" / "README_coupled.md").read_text()
     assert "all its 4 years" in text
+
+
+def test_coupled_without_diagnostic_run(world: tuple[Path, Path], tmp_path: Path) -> None:
+    """The diagnostic run is optional: the interactive run is compared alone."""
+    runs, bundle = world
+    only = tmp_path / "runs"
+    only.mkdir()
+    for name in ("control", "interactive"):
+        (only / name).symlink_to(runs / name)
+    cfg = SpeedyConfig(
+        runs=only,
+        bundle=bundle,
+        out=tmp_path / "nodiag",
+        parts=("coupled",),
+        coupled_years=(1981, 1982),
+        device="cpu",
+    )
+    head = run_speedy(cfg)
+    assert head["coupled_nan_total"] == 0
+    assert np.isfinite(head["coupled_interactive_pr_drift_mm_day"])
+    assert "coupled_diagnostic_daily_mae" not in head
+    text = (tmp_path / "nodiag" / "README_coupled.md").read_text()
+    assert "No diagnostic run for 1981-1982" in text

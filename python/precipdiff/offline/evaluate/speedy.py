@@ -19,9 +19,10 @@ speedy_YYYY.nc``) and writes every number, table and figure of ``docs/results/sp
     SST + 2 K and + 4 K: change of global and zonal-mean precipitation, generated
     (from the warmer runs' predictors) against SPEEDY's own.
 ``coupled``
-    10 years ``interactive`` and ``diagnostic`` next to 10 years of control: NaN, daily
-    water closure, drift of global-mean precipitation, column water and surface
-    temperature against the control's interannual spread, zonal means, maps, spectra,
+    The ``interactive`` and ``diagnostic`` runs (``coupled_years``: 10 in the standard
+    runs, one or more) next to the control over the same years: NaN, daily water
+    closure, drift of global-mean precipitation, column water and surface temperature
+    against the interannual spread of every control year, zonal means, maps, spectra,
     wall time per simulated day and precipdiff's share.
 
 Predictors are taken from the run files (fine grid = SPEEDY's 96x48 grid) and
@@ -817,10 +818,18 @@ COUPLED_SERIES = (
 
 
 def part_coupled(ctx: _Context) -> dict[str, Any]:
-    """Compare 10 years interactive and diagnostic with the control (module docstring)."""
+    """Compare the coupled runs with the control (module docstring)."""
     cfg, out = ctx.cfg, ctx.cfg.out
     yrs = cfg.coupled_years
     runs = {r: cfg.runs / r for r in ("control", "diagnostic", "interactive")}
+    # The diagnostic run is optional (SPEEDY's trajectory in it is the control's; what it
+    # adds is precipdiff's field on the same days): compared when its years exist.
+    try:
+        run_files(runs["diagnostic"], yrs)
+    except InputError as exc:
+        ctx.say(f"coupled: no diagnostic run ({exc}); comparing the interactive run alone")
+        del runs["diagnostic"]
+    coupled = [r for r in ("diagnostic", "interactive") if r in runs]
     series = {r: read_series(d, yrs, COUPLED_SERIES) for r, d in runs.items()}
     # Interannual spread from every control year there is (12 for the standard runs), so
     # that a short coupled run is judged against the control's natural variability too.
@@ -868,7 +877,7 @@ def part_coupled(ctx: _Context) -> dict[str, Any]:
         )
         spread = float(np.std(all_c, ddof=1)) if all_c.size > 1 else float("nan")
         bands[label] = (float(np.mean(all_c)), spread)
-        for r in ("diagnostic", "interactive"):
+        for r in coupled:
             a = annual[label][r]
             drift = float(np.mean(a) - np.mean(c))
             # trends need at least 3 years to mean anything
@@ -890,7 +899,10 @@ def part_coupled(ctx: _Context) -> dict[str, Any]:
                 ]
             )
     it = series["interactive"]
-    di = series["diagnostic"]
+    row = {(rw[0], rw[1]): rw for rw in rows}
+    pr_l = "precipitation that left the atmosphere (mm/day)"
+    water_l = "column water vapour + condensate (kg m-2)"
+    ts_l = "surface temperature (K)"
     budget: list[list[Any]] = []
     for r, s in series.items():
         scale = float(np.max(np.abs(s["global_prw"])))
@@ -906,30 +918,33 @@ def part_coupled(ctx: _Context) -> dict[str, Any]:
                 float(np.mean(s["plugin_s"])),
             ]
         )
+    cost = {b[0]: b for b in budget}
     head.update(
         {
             "coupled_nan_total": float(sum(b[1] for b in budget)),
             "coupled_max_relative_budget_residual": float(max(b[3] for b in budget)),
-            "coupled_interactive_pr_drift_mm_day": rows[1][4],
-            "coupled_interactive_pr_drift_in_sigma": rows[1][6],
-            "coupled_interactive_water_drift_kg_m2": rows[3][4],
-            "coupled_interactive_water_drift_in_sigma": rows[3][6],
-            "coupled_interactive_ts_drift_k": rows[7][4],
-            "coupled_interactive_ts_drift_in_sigma": rows[7][6],
-            "coupled_diagnostic_pd_minus_speedy_mm_day": float(
-                np.mean(di["global_pr_precipdiff"] - di["global_pr_speedy"])
-            ),
+            "coupled_interactive_pr_drift_mm_day": row[pr_l, "interactive"][4],
+            "coupled_interactive_pr_drift_in_sigma": row[pr_l, "interactive"][6],
+            "coupled_interactive_water_drift_kg_m2": row[water_l, "interactive"][4],
+            "coupled_interactive_water_drift_in_sigma": row[water_l, "interactive"][6],
+            "coupled_interactive_ts_drift_k": row[ts_l, "interactive"][4],
+            "coupled_interactive_ts_drift_in_sigma": row[ts_l, "interactive"][6],
             "coupled_interactive_limited_mm_day": float(np.mean(it["global_pr_limited"])),
             "coupled_interactive_condensate_kg_m2": float(np.mean(it["global_condensate"])),
             "coupled_interactive_latent_heat_error_w_m2": float(
                 np.mean(np.abs(it["latent_heat_applied"] - it["latent_heat_intended"]))
             ),
-            "coupled_wall_per_day_control_s": budget[0][6],
-            "coupled_wall_per_day_diagnostic_s": budget[1][6],
-            "coupled_wall_per_day_interactive_s": budget[2][6],
-            "coupled_plugin_share_interactive": budget[2][7] / budget[2][6],
+            "coupled_wall_per_day_control_s": cost["control"][6],
+            "coupled_wall_per_day_interactive_s": cost["interactive"][6],
+            "coupled_plugin_share_interactive": cost["interactive"][7] / cost["interactive"][6],
         }
     )
+    if "diagnostic" in series:
+        di = series["diagnostic"]
+        head["coupled_diagnostic_pd_minus_speedy_mm_day"] = float(
+            np.mean(di["global_pr_precipdiff"] - di["global_pr_speedy"])
+        )
+        head["coupled_wall_per_day_diagnostic_s"] = cost["diagnostic"][6]
     fig_ts = _plot_annual(
         annual,
         np.arange(yrs[0], yrs[1] + 1, dtype=np.float64),
@@ -938,23 +953,26 @@ def part_coupled(ctx: _Context) -> dict[str, Any]:
     )
     # Maps, zonal means, spectra of the daily precipitation.
     ctl_f, _, lat, lon = read_run(runs["control"], yrs, ["pr", "prw"])
-    dia_f, _, _, _ = read_run(runs["diagnostic"], yrs, ["pr_precipdiff", "pr", "prw"])
     int_f, _, _, _ = read_run(runs["interactive"], yrs, ["pr", "pr_speedy", "prw"])
     truth = ctl_f["pr"]
-    # One-way coupling over the whole run: the diagnostic run's SPEEDY is the control.
-    one_way = bool(
-        np.array_equal(dia_f["pr"], truth) and np.array_equal(dia_f["prw"], ctl_f["prw"])
-    )
-    # Same weather: precipdiff's daily field against SPEEDY's on the same days.
-    pd_day = dia_f["pr_precipdiff"]
-    head["coupled_diagnostic_identical_to_control"] = float(one_way)
-    head["coupled_diagnostic_daily_mae"] = metrics.mae(pd_day, truth)
-    head["coupled_diagnostic_daily_corr"] = float(np.corrcoef(pd_day.ravel(), truth.ravel())[0, 1])
-    prods = {
-        "diagnostic: precipdiff": dia_f["pr_precipdiff"],
-        "interactive: precipdiff (what fell)": int_f["pr"],
-        "interactive: SPEEDY's condensation": int_f["pr_speedy"],
-    }
+    prods: dict[str, Array] = {}
+    one_way = None
+    if "diagnostic" in runs:
+        dia_f, _, _, _ = read_run(runs["diagnostic"], yrs, ["pr_precipdiff", "pr", "prw"])
+        # One-way coupling over the whole run: the diagnostic run's SPEEDY is the control.
+        one_way = bool(
+            np.array_equal(dia_f["pr"], truth) and np.array_equal(dia_f["prw"], ctl_f["prw"])
+        )
+        # Same weather: precipdiff's daily field against SPEEDY's on the same days.
+        pd_day = dia_f["pr_precipdiff"]
+        head["coupled_diagnostic_identical_to_control"] = float(one_way)
+        head["coupled_diagnostic_daily_mae"] = metrics.mae(pd_day, truth)
+        head["coupled_diagnostic_daily_corr"] = float(
+            np.corrcoef(pd_day.ravel(), truth.ravel())[0, 1]
+        )
+        prods["diagnostic: precipdiff"] = pd_day
+    prods["interactive: precipdiff (what fell)"] = int_f["pr"]
+    prods["interactive: SPEEDY's condensation"] = int_f["pr_speedy"]
     maps = {k: metrics.time_mean_bias(v, truth) for k, v in prods.items()}
     mabs = {k: metrics.mean_absolute_bias(v, truth) for k, v in prods.items()}
     fig_maps = plots.plot_bias_maps(
@@ -999,7 +1017,8 @@ def part_coupled(ctx: _Context) -> dict[str, Any]:
         ("interactive", "interactive: precipdiff (what fell)"),
         ("interactive_speedy", "interactive: SPEEDY's condensation"),
     ):
-        head[f"coupled_mab_vs_control_{key}"] = mabs[k]
+        if k in mabs:
+            head[f"coupled_mab_vs_control_{key}"] = mabs[k]
     rep = ctx.report
     rep.add_heading(f"The coupled-stability answer: {yrs[1] - yrs[0] + 1} years inside SPEEDY")
     rep.add_text(
@@ -1028,12 +1047,15 @@ def part_coupled(ctx: _Context) -> dict[str, Any]:
         rows,
         digits=3,
     )
-    rep.add_text(
-        "Diagnostic run: SPEEDY's fields are bitwise those of the control over the whole run: "
-        f"**{one_way}**. On the same days (same weather) precipdiff's member has a daily MAE "
-        f"of {head['coupled_diagnostic_daily_mae']:.3f} mm/day against SPEEDY's precipitation "
-        f"(correlation {head['coupled_diagnostic_daily_corr']:.3f})."
-    )
+    if one_way is None:
+        rep.add_text(f"No diagnostic run for {yrs[0]}-{yrs[1]}: the interactive run alone.")
+    else:
+        rep.add_text(
+            "Diagnostic run: SPEEDY's fields are bitwise those of the control over the whole "
+            f"run: **{one_way}**. On the same days (same weather) precipdiff's member has a "
+            f"daily MAE of {head['coupled_diagnostic_daily_mae']:.3f} mm/day against SPEEDY's "
+            f"precipitation (correlation {head['coupled_diagnostic_daily_corr']:.3f})."
+        )
     rep.add_text("Water budget, stability and cost (daily values over the whole runs):")
     rep.add_table(
         [

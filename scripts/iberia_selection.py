@@ -32,6 +32,7 @@ import argparse
 import copy
 import functools
 import json
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -423,7 +424,7 @@ def main() -> int:
         text = (path.read_text().split("<!-- table -->")[0] if path.is_file() else "") or (
             "# Design choices for the Iberia demo, on training winters only\n\n"
         )
-        cmd = " ".join(["scripts/iberia_selection.py", *sys.argv[1:]])
+        cmd = shlex.join(["scripts/iberia_selection.py", *sys.argv[1:]])
         path.write_text(text + "<!-- table -->\n" + table + f"\n\nProduced by `{cmd}`.\n")
     return 0
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from precipdiff.server.config import PRECISION_CHOICES
+
 
 def _run(args: argparse.Namespace) -> int:
     import numpy as np
@@ -85,7 +87,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument(
         "--precision",
         default="bundle",
-        choices=("bundle", "float32", "bf16", "fp16"),
+        choices=PRECISION_CHOICES,
         help="denoiser precision of the package (default: the bundle's for the device)",
     )
     p.add_argument(

@@ -27,6 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from precipdiff.perf.process import ALLOCATORS
+from precipdiff.server.config import PRECISION_CHOICES
+
 log = logging.getLogger("precipdiff.generate")
 
 #: Output time units: daily windows are whole numbers of hours from this reference.
@@ -263,13 +266,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument(
         "--precision",
         default="bundle",
-        choices=("bundle", "float32", "bf16", "fp16"),
+        choices=PRECISION_CHOICES,
         help="denoiser precision (default: the bundle's choice for the device)",
     )
     p.add_argument(
         "--torch-allocator",
         default="auto",
-        choices=("auto", "caching", "default"),
+        choices=ALLOCATORS,
         help="caching CPU allocator for torch's tensors (default auto: when it can be built)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

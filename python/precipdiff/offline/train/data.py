@@ -10,6 +10,7 @@ over the training split only. Small data sets can opt into an in-memory cache.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -396,7 +397,7 @@ class StageData:
         )
         return out
 
-    @property
+    @functools.cached_property
     def features(self) -> list[FeatureSpec]:
         """The network's input channels (``data.features``, or the predictors as they are)."""
         if self.cfg.features is None:

@@ -17,6 +17,11 @@ pipeline (``precipdiff train``), and scored with the same metrics as
   relative change of the land-mean DJF mean of the regression driven by QDM-mapped
   CNRM-CM5 predictors (RCP8.5 2081-2100 against 1983-1997), next to CNRM-CM5's own
   change. QDM tables are fitted on the inner training winters.
+* the output calibration (issue 13's option of last resort): the inner shipped
+  bundle gets a calibration fitted on the inner training winters
+  (``precipdiff.offline.output_calibration``) and is scored with and without it,
+  together with the generated RCP8.5 change (land-mean DJF mean, q0.9, q0.99 of
+  the pooled land values; the same members with and without calibration).
 
 Usage (about 20 minutes per variant on one core of the development machine)::
 
@@ -196,7 +201,9 @@ def train(cfg: Any) -> Path:
     return build_bundle(cfg)
 
 
-def score(cfg: Any, bundle: Path, members: int, seed: int = 0) -> dict[str, float]:
+def score(
+    cfg: Any, bundle: Path, members: int, seed: int = 0, calibrate: bool | None = None
+) -> dict[str, float]:
     """Scores on the inner validation winters, as ``precipdiff evaluate iberia`` (a)."""
     from precipdiff.generator import PrecipGenerator
     from precipdiff.grids import LatLonGrid, Regridder
@@ -214,7 +221,9 @@ def score(cfg: Any, bundle: Path, members: int, seed: int = 0) -> dict[str, floa
     val = data.split.validation
     raw = data.read(val)
     names = gen.manifest.variable_names()
-    res = gen.generate({n: raw[n] for n in names}, members=members, seed=seed)
+    res = gen.generate(
+        {n: raw[n] for n in names}, members=members, seed=seed, output_calibration=calibrate
+    )
     obs = raw["fine"]
     ens = np.where(np.isfinite(obs)[:, None], res.fine, np.nan)
     root = shared_data_dir()
@@ -334,6 +343,112 @@ def rcp85_change(gen: Any, land: np.ndarray) -> dict[str, float]:
     return out
 
 
+def generated_change(gen: Any, land: np.ndarray, members: int = 2) -> dict[str, float]:
+    """The generated RCP8.5 change with and without the bundle's output calibration.
+
+    CNRM-CM5 predictors, QDM-mapped (tables fitted on the inner training winters),
+    historical 1983-1997 and RCP8.5 2081-2100, ``members`` members per day; the
+    calibration is applied to the very same members. Changes of the land-mean
+    DJF mean and of the 0.9 / 0.99 quantiles of the pooled land values, with
+    CNRM-CM5's own changes.
+    """
+    from precipdiff.grids import LatLonGrid, Regridder
+    from precipdiff.io import import_xarray
+    from precipdiff.io.readers import open_predictors
+    from precipdiff.offline.qdm_fit import apply_qdm, fit_qdm
+    from precipdiff.qdm import QDMConfig
+    from precipdiff.testing import shared_data_dir
+
+    xr = import_xarray()
+    root = shared_data_dir()
+    assert root is not None and gen.output_calibration is not None
+    names = gen.manifest.variable_names()
+    specs = list(gen.manifest.variables)
+
+    def load(stem: str, suffix: str = "") -> tuple[dict[str, np.ndarray], Any]:
+        paths = [root / "climate4r_iberia" / f"{stem}_Iberia_{n}{suffix}.nc" for n in names]
+        dsx = open_predictors(paths, specs, grid=gen.coarse_grid)
+        try:
+            return {n: np.asarray(dsx[n].values, np.float32) for n in names}, dsx["time"].values
+        finally:
+            dsx.close()
+
+    ncep, t_n = load("NCEP")
+    hist, t_h = load("CMIP5")
+    fut, t_f = load("CMIP5", ".rcp85")
+    tr_n = (t_n < np.datetime64(INNER_SPLIT["train_end"])).nonzero()[0]
+    tr_h = (t_h < np.datetime64(INNER_SPLIT["train_end"])).nonzero()[0]
+    tables = fit_qdm(
+        {n: ncep[n][tr_n] for n in names},
+        {n: hist[n][tr_h] for n in names},
+        t_n[tr_n],
+        t_h[tr_h],
+        QDMConfig(group="month"),
+    )
+    out: dict[str, float] = {}
+    fields = {}
+    for label, x, t, seed in (("h", hist, t_h, 21), ("f", fut, t_f, 22)):
+        res = gen.generate(
+            {n: apply_qdm(tables, n, x[n], t) for n in names},
+            members=members,
+            seed=seed,
+            output_calibration=False,
+        )
+        fields[label] = res.fine[..., land]
+        fields[label + "_cal"] = gen.output_calibration.apply(res.fine, t)[..., land]
+    with xr.open_dataset(root / "climate4r_iberia" / "CMIP5_Iberia_pr.nc") as ds:
+        gh = LatLonGrid(ds["lat"].values, ds["lon"].values)
+        own_h = Regridder(gh, gen.fine_grid, "bilinear")(ds["pr"].values.astype(np.float32))
+    with xr.open_dataset(root / "climate4r_iberia" / "CMIP5_Iberia_pr.rcp85.nc") as ds:
+        own_f = Regridder(gh, gen.fine_grid, "bilinear")(ds["pr"].values.astype(np.float32))
+    fields["own_h"], fields["own_f"] = own_h[..., land], own_f[..., land]
+    for key, h, f in (
+        ("generated", "h", "f"),
+        ("calibrated", "h_cal", "f_cal"),
+        ("esm_own", "own_h", "own_f"),
+    ):
+        a, b = fields[h], fields[f]
+        out[f"change_mean_{key}"] = float(np.mean(b) / np.mean(a) - 1.0)
+        for q in (0.9, 0.99):
+            out[f"change_q{q}_{key}"] = float(np.quantile(b, q) / np.quantile(a, q) - 1.0)
+    return out
+
+
+def score_output_calibration(cfg: Any, members: int) -> dict[str, float]:
+    """The inner shipped bundle with an output calibration fitted on the inner training winters.
+
+    Returns the scores of :func:`score` with (keys as there) and without
+    (``uncalibrated_*``) the calibration, and :func:`generated_change`.
+    """
+    import shutil
+
+    from precipdiff.offline.output_calibration import calibrate_bundle
+    from precipdiff.offline.train.config import OutputCalibrationConfig
+
+    src = train(cfg)
+    dest = Path(cfg.run_dir) / "calibrated_bundle"
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(src, dest)
+    assert cfg.bundle is not None
+    cfg.bundle.output_calibration = OutputCalibrationConfig()
+    calibrate_bundle(cfg, dest)
+    out = score(cfg, dest, members, calibrate=True)
+    out.update(
+        {f"uncalibrated_{k}": v for k, v in score(cfg, dest, members, calibrate=False).items()}
+    )
+    from precipdiff.generator import PrecipGenerator
+    from precipdiff.offline.train.data import StageData
+    from precipdiff.transforms import PrecipTransform
+
+    gen = PrecipGenerator.from_bundle(dest, device="cpu", use_compiled=False)
+    data = StageData(
+        cfg.regression.data, PrecipTransform.from_dict(cfg.transform), REPO / "configs"
+    )
+    obs = data.read(data.split.validation)["fine"]
+    out.update(generated_change(gen, np.isfinite(obs).all(axis=0)))
+    return out
+
+
 def _score_set(cfg: Any) -> dict[str, float]:
     return score_regression(cfg, train(cfg))
 
@@ -342,8 +457,10 @@ def _score_variant(cfg: Any, members: int) -> dict[str, float]:
     return score(cfg, train(cfg), members)
 
 
-def _cached(cfg: Any, run: Callable[[], dict[str, float]]) -> dict[str, float]:
-    cache = Path(cfg.run_dir) / "scores.json"
+def _cached(
+    cfg: Any, run: Callable[[], dict[str, float]], name: str = "scores.json"
+) -> dict[str, float]:
+    cache = Path(cfg.run_dir) / name
     if cache.is_file():
         return dict(json.loads(cache.read_text()))
     t0 = time.perf_counter()
@@ -362,6 +479,11 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "out" / "selection"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument(
+        "--output-calibration",
+        action="store_true",
+        help="also score the shipped variant with an output calibration (inner split)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -388,6 +510,15 @@ def main() -> int:
         s = _cached(cfg, functools.partial(_score_variant, cfg, args.members))
         rows.append((name, s))
         print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in s.items()), flush=True)
+    calib = None
+    if args.output_calibration:
+        cfg = variant_config("shipped", root)  # its trained bundle, a calibrated copy beside it
+        calib = _cached(
+            cfg,
+            functools.partial(score_output_calibration, cfg, args.members),
+            "scores_output_calibration.json",
+        )
+        print("output calibration: " + ", ".join(f"{k} {v:.3f}" for k, v in calib.items()))
     lines = [
         "| predictor set | regression MAE (2 deg, mm/day) | regression mean bias "
         "| RCP8.5 change of the DJF mean, regression | CNRM-CM5's own change |",
@@ -416,6 +547,37 @@ def main() -> int:
             f"{s['band_ratio']:.2f} | {s['mean_bias']:+.2f} | "
             f"{100 * s['rcp85_change_regression']:+.1f} % "
             f"({100 * s['rcp85_change_esm_own']:+.1f} %) |"
+        )
+    if calib is not None:
+        lines += [
+            "",
+            "Output calibration (the shipped variant; calibration fitted on the inner training "
+            "winters; the same members with and without it):",
+            "",
+            "| product | CRPS | CRPS / NCEP own | spread-skill | p99 / E-OBS | wet days / E-OBS "
+            "| 1-2 deg power / E-OBS | mean bias | RCP8.5 change: mean, q0.9, q0.99 |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for label, pre, key in (
+            ("without calibration", "uncalibrated_", "generated"),
+            ("with calibration", "", "calibrated"),
+        ):
+            c = {k[len(pre) :]: v for k, v in calib.items() if k.startswith(pre)} if pre else calib
+            lines.append(
+                f"| {label} | {c['crps']:.3f} | {c['crps_ratio_to_ncep_own']:.3f} | "
+                f"{c['spread_skill']:.2f} | {c['p99_ratio']:.2f} | {c['wet_ratio']:.2f} | "
+                f"{c['band_ratio']:.2f} | {c['mean_bias']:+.2f} | "
+                + ", ".join(
+                    f"{100 * calib[f'change_{q}_{key}']:+.1f} %" for q in ("mean", "q0.9", "q0.99")
+                )
+                + " |"
+            )
+        lines.append(
+            "| CNRM-CM5's own | | | | | | | | "
+            + ", ".join(
+                f"{100 * calib[f'change_{q}_esm_own']:+.1f} %" for q in ("mean", "q0.9", "q0.99")
+            )
+            + " |"
         )
     table = "\n".join(lines)
     print(table)

@@ -14,7 +14,11 @@ Member ``k`` of time step ``t`` draws all its noise (condition noise, initial
 noise, churn) from a generator seeded by ``SeedSequence([seed, t, k])``, so it
 does not depend on the other members or on the batch size.
 
-An optional mass-conserving correction rescales the fine field so that its
+A bundle may carry an output calibration (:mod:`precipdiff.qdm.calibration`):
+a per-fine-cell quantile mapping of the generated values onto the observed
+distribution, fitted on the training period; it is applied to every member
+when the bundle says so (``output_calibration`` overrides). An optional
+mass-conserving correction then rescales the fine field so that its
 conservative coarse-graining equals the regression's coarse field (the paper
 does not enforce conservation; ``conserve_mass`` switches it on).
 """
@@ -43,6 +47,7 @@ from precipdiff.features import compute_features
 from precipdiff.grids import LatLonGrid, Regridder
 from precipdiff.logs import log_once
 from precipdiff.perf.precision import inference_copy, resolve_precision
+from precipdiff.qdm.calibration import OutputCalibration
 from precipdiff.variables import VariableSpec, check_finite, check_range, resolve_variable
 
 #: Seconds per day: 1 mm/day = 1/86400 kg m-2 s-1.
@@ -148,6 +153,7 @@ class GenerationResult:
             "nfe_per_member": self.sampler.nfe,
             "sigma_c": float(self.attrs.get("sigma_c", float("nan"))),
             "conserve_mass": int(self.conserve_mass),
+            "output_calibration": int(bool(self.attrs.get("output_calibration", False))),
         }
         if "bundle_hash" in self.attrs:
             extra["bundle_hash"] = str(self.attrs["bundle_hash"])
@@ -296,6 +302,12 @@ class PrecipGenerator:
         self._upsample = Regridder(self.coarse_grid, self.fine_grid, "bilinear")
         self._input_regridders: dict[tuple[bytes, bytes], Regridder] = {}
         self._mass: MassConserver | None = None
+        #: The bundle's output calibration (``None`` when it has none).
+        self.output_calibration: OutputCalibration | None = None
+        if self.manifest.output_calibration:
+            self.output_calibration = OutputCalibration.from_manifest(
+                self.manifest.output_calibration, bundle.path
+            )
         self._statics_fine = torch.as_tensor(bundle.statics_fine, device=self.device)
         self._statics_coarse = bundle.statics_coarse
         self.regression_fn: Callable[[torch.Tensor], torch.Tensor] = inference_copy(
@@ -352,6 +364,30 @@ class PrecipGenerator:
             member_batch=member_batch,
             precision=precision,
         )
+
+    def calibrates(self, output_calibration: bool | None = None) -> bool:
+        """Whether :meth:`generate` applies the output calibration.
+
+        Parameters
+        ----------
+        output_calibration
+            ``None``: the bundle's default (off when it has no calibration);
+            ``True``: on (a :class:`ConfigError` when the bundle has none);
+            ``False``: off.
+
+        Returns
+        -------
+        bool
+            The resolved choice.
+        """
+        if output_calibration is None:
+            return self.output_calibration is not None and self.output_calibration.default
+        if output_calibration and self.output_calibration is None:
+            raise ConfigError(
+                f"output calibration asked for, but the bundle {self.bundle.path} has none "
+                "(fit one with `precipdiff train calibrate CONFIG`)"
+            )
+        return bool(output_calibration)
 
     # ------------------------------------------------------------------ inputs
     def _predictor_array(
@@ -628,6 +664,9 @@ class PrecipGenerator:
         time_offset: int = 0,
         member_offset: int = 0,
         progress: ProgressFn | None = None,
+        output_calibration: bool | None = None,
+        dates: Any = None,
+        calendar: str | None = None,
     ) -> GenerationResult:
         """Generate a fine-grid precipitation ensemble.
 
@@ -659,6 +698,14 @@ class PrecipGenerator:
             model step number when called every time step).
         progress
             Called as ``progress(done, total)`` after each member batch.
+        output_calibration
+            Apply the bundle's output calibration (``None``: as the bundle's
+            manifest says; ``True`` fails when the bundle has none).
+        dates
+            ``time`` dates of the predictors (needed by an output calibration per
+            month; taken from the Dataset's ``time`` when the predictors are one).
+        calendar
+            Calendar of ``dates`` that carry none.
 
         Returns
         -------
@@ -679,6 +726,7 @@ class PrecipGenerator:
         times = None
         if hasattr(predictors, "data_vars") and "time" in getattr(predictors, "coords", {}):
             times = np.asarray(predictors["time"].values)
+        calibrate = self.calibrates(output_calibration)
         x_feat = self.features_normalised(predictors, grid)
         y_c = self._regress_features(x_feat)
         coarse = self.to_precip(y_c)
@@ -694,6 +742,11 @@ class PrecipGenerator:
                 progress=progress,
             )
         )
+        if calibrate:
+            assert self.output_calibration is not None
+            fine = self.output_calibration.apply(
+                fine, dates if dates is not None else times, calendar
+            )
         if conserve_mass:
             if self._mass is None:
                 self._mass = MassConserver(self.fine_grid, self.coarse_grid)
@@ -717,6 +770,7 @@ class PrecipGenerator:
                 "compiled_networks": self.compiled,
                 "compiled": sorted(self.compiled_networks),
                 "precision": self.precision,
+                "output_calibration": calibrate,
                 "provenance": self.manifest.provenance,
                 "bundle_hash": self.bundle_hash,
             },

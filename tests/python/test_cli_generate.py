@@ -183,3 +183,35 @@ def test_generate_from_real_era5_files(shared_data, tmp_path):
     with netCDF4.Dataset(out) as ds:
         assert ds.variables["pr"].shape == (1, 2, 41, 41)
     assert os.path.getsize(out) > 0
+
+
+def test_generate_output_calibration_flag(setup, tmp_path, capsys):
+    """--output-calibration: 'bundle' follows the manifest, 'on'/'off' override it."""
+    from precipdiff.offline.output_calibration import attach_output_calibration
+    from precipdiff.offline.qdm_fit import fit_qdm
+    from precipdiff.qdm import QDMConfig
+
+    bundle, files = setup
+    base = ["generate", "--input", *map(str, files), "--members", "2", "--steps", "2",
+            "--device", "cpu", "--no-progress"]  # fmt: skip
+    assert main([base[0], str(bundle), *base[1:], "--out", str(tmp_path / "x.nc"),
+                 "--output-calibration", "on"]) == 2  # fmt: skip
+    assert "has none" in capsys.readouterr().err
+    cal = tmp_path / "cal"
+    shutil.copytree(bundle, cal)
+    rng = np.random.default_rng(0)
+    x = rng.gamma(0.7, 3.0, (60, *FINE.shape))
+    t = np.datetime64("2019-01-01") + np.arange(60).astype("timedelta64[D]")
+    qcfg = QDMConfig(n_quantiles=10, group="none", kinds={"pr": "multiplicative"})
+    attach_output_calibration(fit_qdm({"pr": 3.0 * x}, {"pr": x}, t, t, qcfg), cal)
+    fields = {}
+    for mode in ("bundle", "off"):
+        out = tmp_path / f"{mode}.nc"
+        assert main([base[0], str(cal), *base[1:], "--out", str(out),
+                     "--output-calibration", mode]) == 0  # fmt: skip
+        with netCDF4.Dataset(out) as ds:
+            assert ds.output_calibration == (1 if mode == "bundle" else 0)
+            fields[mode] = np.asarray(ds.variables["pr"][:])
+    wet = fields["off"] > 1.0
+    ratio = np.median(fields["bundle"][wet] / fields["off"][wet])
+    assert 2.0 < ratio < 4.0  # the calibration's factor 3 within the fitted range

@@ -211,6 +211,18 @@ def test_iberia_experiment_quick_run(shared_data: Path, tmp_path: Path) -> None:
     bundle = make_tiny_bundle(
         tmp_path / "b", coarse_grid=coarse, fine_grid=fine, variables=["hus850", "psl", "ta850"]
     )
+    # an output calibration (synthetic tables, "fitted" before the validation winters)
+    from precipdiff.offline.output_calibration import attach_output_calibration
+    from precipdiff.offline.qdm_fit import fit_qdm
+    from precipdiff.qdm import QDMConfig
+
+    rng = np.random.default_rng(0)
+    x = rng.gamma(0.7, 3.0, (60, *fine.shape))
+    t = np.datetime64("1990-01-01") + np.arange(60).astype("timedelta64[D]")
+    qcfg = QDMConfig(n_quantiles=10, group="none", kinds={"pr": "multiplicative"})
+    tables = fit_qdm({"pr": 1.3 * x}, {"pr": x}, t, t, qcfg)
+    tables.provenance.update({"last_day": "1990-03-01", "days": 60, "members": 1})
+    attach_output_calibration(tables, bundle, default=True)
     out = tmp_path / "res"
     cfg = IberiaConfig(
         bundle=bundle,
@@ -228,6 +240,9 @@ def test_iberia_experiment_quick_run(shared_data: Path, tmp_path: Path) -> None:
     md = (out / "README.md").read_text()
     for part in ("(a) Reanalysis-driven", "(b) ESM-driven", "(c) RCP8.5", "0.424"):
         assert part in md
+    assert "runtime returns by default: the output-calibrated product" in md
+    assert "| generated, output-calibrated | CRPS" in md
+    assert head["a_crps_generated_output_calibrated"] > 0
     assert json.loads((out / "metrics.json").read_text())["headline"]["a_crps_generated"] > 0
     tables = QDMTables.load(out / "qdm_tables.safetensors")
     assert tables.stored_groups() == [0, 1, 11]  # DJF only

@@ -62,6 +62,41 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+#: The one variable an output calibration holds (:mod:`precipdiff.qdm.calibration`).
+OUTPUT_CALIBRATION_VARIABLE = "pr"
+
+
+def check_output_calibration(entry: Any) -> None:
+    """Check a manifest ``output_calibration`` entry; raise :class:`BundleError` naming the problem.
+
+    Parameters
+    ----------
+    entry
+        The manifest value (``None`` is valid: no calibration).
+    """
+    if entry is None:
+        return
+    if not isinstance(entry, Mapping):
+        raise BundleError(f"manifest output_calibration must be a mapping or null, got {entry!r}")
+    missing = [k for k in ("method", "file", "sha256", "default") if k not in entry]
+    if missing:
+        raise BundleError(f"manifest output_calibration lacks key(s) {missing}")
+    if entry["method"] != "qdm":
+        raise BundleError(
+            f"manifest output_calibration method must be 'qdm', got {entry['method']!r}"
+        )
+    if not isinstance(entry["default"], bool):
+        raise BundleError(
+            f"manifest output_calibration 'default' must be true or false, got {entry['default']!r}"
+        )
+    variables = entry.get("variables", {})
+    if set(variables) != {OUTPUT_CALIBRATION_VARIABLE}:
+        raise BundleError(
+            "manifest output_calibration must hold exactly the variable "
+            f"{OUTPUT_CALIBRATION_VARIABLE!r}, got {sorted(variables)}"
+        )
+
+
 def bundle_hash(manifest: Manifest) -> str:
     """Return the identity of a bundle: ``sha256:`` + the hash of its canonical manifest.
 
@@ -80,7 +115,11 @@ def bundle_hash(manifest: Manifest) -> str:
     str
         ``"sha256:<64 hex characters>"``.
     """
-    text = json.dumps(manifest.to_dict(), sort_keys=True, default=str)
+    d = manifest.to_dict()
+    if d.get("output_calibration") is None:
+        # optional keys added within format 3 leave older bundles' identity unchanged
+        d.pop("output_calibration", None)
+    text = json.dumps(d, sort_keys=True, default=str)
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -119,6 +158,10 @@ class Manifest:
         ``"fine/<name>"``).
     bias_correction
         QDM tables (:mod:`precipdiff.qdm`) or ``None``.
+    output_calibration
+        Quantile mapping of the generated precipitation onto observations
+        (:mod:`precipdiff.qdm.calibration`: tables file, sha256, ``default``) or
+        ``None``.
     provenance
         Training data, periods, package versions, git commit.
     files
@@ -161,6 +204,7 @@ class Manifest:
     sigma_data: float = 1.0
     static_fields: dict[str, list[str]] = field(default_factory=lambda: {"coarse": [], "fine": []})
     bias_correction: dict[str, Any] | None = None
+    output_calibration: dict[str, Any] | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     compiled: list[dict[str, Any]] = field(default_factory=list)
@@ -243,6 +287,7 @@ class Manifest:
                 "manifest static_fields needs keys 'coarse' and 'fine', "
                 f"got {sorted(self.static_fields)}"
             )
+        check_output_calibration(self.output_calibration)
         cond = self.condition
         if (
             not isinstance(cond, Mapping)

@@ -32,6 +32,7 @@ TORCH_ALLOCATORS = ALLOCATORS
 # tests/python/test_server_config.py checks they agree).
 PRECISION_CHOICES = ("bundle", "float32", "bf16", "fp16")
 COMPILED_POLICIES = ("auto", "always", "never")
+OUTPUT_CALIBRATION_CHOICES = ("bundle", "on", "off")
 CALENDARS = (
     "standard",
     "gregorian",
@@ -140,6 +141,11 @@ class PluginConfig:
     compiled_networks : str
         ``"auto"``: AOTInductor packages from ``precipdiff export`` where they match
         and were measured to pay; ``"always"``: require them; ``"never"``: eager.
+    output_calibration : str
+        Quantile mapping of the generated precipitation onto observations
+        (:mod:`precipdiff.qdm.calibration`): ``"bundle"`` (default: as the bundle's
+        manifest says; off when it has none), ``"on"`` (an error when the bundle
+        has none) or ``"off"``.
     source : str
         Not a namelist key: the ``&precipdiff_nml`` text this config was read from.
     """
@@ -174,6 +180,7 @@ class PluginConfig:
     flush_denormals: bool = False
     precision: str = "bundle"
     compiled_networks: str = "auto"
+    output_calibration: str = "bundle"
     source: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
@@ -240,6 +247,7 @@ class PluginConfig:
             ("torch_allocator", TORCH_ALLOCATORS),
             ("precision", PRECISION_CHOICES),
             ("compiled_networks", COMPILED_POLICIES),
+            ("output_calibration", OUTPUT_CALIBRATION_CHOICES),
         ):
             _check_type(name, getattr(self, name), str)
             setattr(self, name, getattr(self, name).strip().lower())

@@ -132,11 +132,15 @@ class GeneratorEngine:
         Averaging windows per day.
     calendar : str, optional
         The ESM calendar.
+    output_calibration : {"bundle", "on", "off"}
+        Whether the bundle's output calibration is applied (``"bundle"``: as its
+        manifest says).
 
     Raises
     ------
     ConfigError
-        When bias correction is asked for and the bundle holds no QDM tables.
+        When bias correction or output calibration is asked for and the bundle
+        holds no tables for it.
     """
 
     def __init__(
@@ -148,6 +152,7 @@ class GeneratorEngine:
         qdm_trailing_years: float = 20.0,
         samples_per_day: float = 1.0,
         calendar: str | None = None,
+        output_calibration: str = "bundle",
     ) -> None:
         from precipdiff.bundle import bundle_hash
 
@@ -161,6 +166,21 @@ class GeneratorEngine:
         self.bundle_id = bundle_hash(manifest)
         #: The denoiser's inference precision (part of a restart's identity).
         self.precision = str(getattr(generator, "precision", "float32"))
+        choice = {"bundle": None, "on": True, "off": False}.get(output_calibration, "bad")
+        if choice == "bad":
+            raise ConfigError(
+                f"precipdiff_nml: output_calibration = {output_calibration!r} is not one of "
+                "'bundle', 'on', 'off'"
+            )
+        try:
+            #: Whether the bundle's output calibration is applied to every window.
+            self.output_calibration = bool(generator.calibrates(choice))
+        except ConfigError as exc:
+            raise ConfigError(f"precipdiff_nml: output_calibration = 'on': {exc}") from exc
+        cal = getattr(generator, "output_calibration", None)
+        #: Whether :meth:`generate` needs the window's date (a calibration per month).
+        self.needs_date = bool(self.output_calibration and cal is not None and cal.needs_dates)
+        self.calendar = calendar
         self._qdm: Any = None
         if bias_correction:
             from precipdiff.qdm import OnlineQDM, QDMTables
@@ -251,6 +271,7 @@ class GeneratorEngine:
         steps: int | None,
         conserve_mass: bool,
         member_offset: int = 0,
+        date: Any = None,
     ) -> np.ndarray:
         """Generate all members of one window (see :class:`InferenceEngine`).
 
@@ -271,6 +292,9 @@ class GeneratorEngine:
         member_offset : int
             Index of the first member (members ``member_offset .. member_offset +
             members - 1`` of the ensemble; their seeds do not depend on the offset split).
+        date : cftime.datetime, optional
+            Middle of the window; needed when :attr:`needs_date` (an output
+            calibration per month).
 
         Returns
         -------
@@ -286,6 +310,9 @@ class GeneratorEngine:
             units="mm/day",
             time_offset=window,
             member_offset=member_offset,
+            output_calibration=self.output_calibration,
+            dates=None if date is None else [date],
+            calendar=self.calendar,
         )
         return np.asarray(res.fine[0])
 

@@ -203,6 +203,7 @@ class Plugin:
                 qdm_trailing_years=config.qdm_trailing_years,
                 samples_per_day=86400.0 / config.window_s,
                 calendar=config.calendar,
+                output_calibration=config.output_calibration,
             )
         else:
             process = configure(
@@ -436,10 +437,20 @@ class Plugin:
         try:
             # The calling thread is the host's (or the lagged worker): its floating-point
             # environment is restored on the way out whatever flush_denormals does.
+            # an output calibration per month needs the window's date (engine attribute)
+            extra: dict[str, Any] = (
+                {"date": self._window_date(n)} if getattr(self.engine, "needs_date", False) else {}
+            )
             with flush_denormals(c.flush_denormals):
                 if self._member_comm is None:
                     out = self.engine.generate(
-                        batch, c.members, c.seed, n, c.sampler_steps or None, c.conserve_mass
+                        batch,
+                        c.members,
+                        c.seed,
+                        n,
+                        c.sampler_steps or None,
+                        c.conserve_mass,
+                        **extra,
                     )
                 else:
                     out = self.engine.generate(  # type: ignore[call-arg]
@@ -450,6 +461,7 @@ class Plugin:
                         c.sampler_steps or None,
                         c.conserve_mass,
                         member_offset=lo,
+                        **extra,
                     )
         except PrecipDiffError:
             raise
@@ -609,6 +621,7 @@ class Plugin:
             "qdm_trailing_years": float(c.qdm_trailing_years) if c.bias_correction else 0.0,
             "remap_method": c.remap_method,
             "precision": str(getattr(self.engine, "precision", "float32")),
+            "output_calibration": int(bool(getattr(self.engine, "output_calibration", False))),
             **self._weights_id,
         }
 

@@ -84,7 +84,8 @@ class RestartState:
 
 
 #: Identity keys added after format 2, with the value a file written before them implies.
-_IDENTITY_DEFAULTS = {"precision": "float32"}
+# Keys added after format 2 was introduced: what files written before them mean.
+_IDENTITY_DEFAULTS = {"precision": "float32", "output_calibration": 0}
 
 
 def write_restart_file(path: str | Path, state: RestartState, identity: Mapping[str, Any]) -> None:

@@ -204,7 +204,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     ib.add_argument(
         "--no-output-calibration",
         action="store_true",
-        help="skip the rows with the generated precipitation's output calibration",
+        help="skip the rows with the bundle's output calibration (when it has one)",
     )
     ib.add_argument("--seed", type=int, default=0)
     ib.add_argument("--device", default="auto")

@@ -5,6 +5,7 @@ The documented sequence (``docs/training.md``)::
     precipdiff train regression CONFIG
     precipdiff train diffusion CONFIG
     precipdiff train bundle CONFIG      # evaluates on the validation split, writes the bundle
+    precipdiff train calibrate CONFIG   # optional: output calibration (bundle.output_calibration)
 
 or ``precipdiff train all CONFIG``. Interrupted runs resume from their last
 checkpoint when the same command is repeated. Under ``torchrun`` the stages
@@ -39,6 +40,9 @@ def _run(args: argparse.Namespace) -> int:
     # steps several times slower here; flushing them to zero changes nothing measurable.
     torch.set_flush_denormal(True)
     stages = ["regression", "diffusion", "bundle"] if args.stage == "all" else [args.stage]
+    if args.stage == "all" and cfg.bundle is not None and cfg.bundle.output_calibration:
+        # fitted after the bundle is built; `train evaluate` then scores the calibrated product
+        stages += ["calibrate", "evaluate"]
     if args.restart:
         from precipdiff.offline.train.regression import stage_dir
 
@@ -56,6 +60,19 @@ def _run(args: argparse.Namespace) -> int:
                 from precipdiff.offline.train.diffusion import train_diffusion
 
                 r = train_diffusion(cfg, ctx, stop_at=args.stop_at)
+            elif s == "calibrate":
+                if ctx.is_main:
+                    from precipdiff.offline.output_calibration import calibrate_bundle
+
+                    entry = calibrate_bundle(cfg, args.out)  # ConfigError without a section
+                    assert cfg.bundle is not None
+                    state = "on" if entry["default"] else "off"
+                    print(
+                        f"output calibration fitted on {entry['provenance']['days']} training "
+                        f"days and attached to {args.out or cfg.bundle.out} (applied by default: "
+                        f"{state})"
+                    )
+                continue
             elif s == "evaluate":
                 if ctx.is_main:
                     from pathlib import Path
@@ -105,9 +122,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument(
         "stage",
-        choices=["regression", "diffusion", "bundle", "all", "evaluate"],
+        choices=["regression", "diffusion", "bundle", "all", "evaluate", "calibrate"],
         help="evaluate: re-score an existing bundle on the validation split (figures, "
-        "evaluation.json, EVALUATION.md), without its training run directory",
+        "evaluation.json, EVALUATION.md), without its training run directory; calibrate: fit "
+        "the output calibration of an existing bundle on the training split "
+        "(bundle.output_calibration)",
     )
     p.add_argument("config", help="training config (YAML or JSON), e.g. configs/iberia_demo.yaml")
     p.add_argument("--run-dir", help="override run_dir of the config")

@@ -25,12 +25,13 @@ winters from ``validation_start`` on.
 (c) **RCP8.5** (2081-2100 against the historical run): change of the DJF mean,
     of its quantiles and its map, generated against the ESM's own change.
 
-Optionally (``output_calibration``) a per-cell QDM of the *generated*
-precipitation, fitted on the training winters (NCEP-driven generation against
-E-OBS), is applied to the generated products and reported next to the
-uncalibrated rows (the issue's "option of last resort"): plain quantile mapping
-in the training climate (reanalysis-driven and historical ESM-driven days),
-trend-preserving QDM for the RCP8.5 period.
+When the bundle carries an output calibration (:mod:`precipdiff.qdm.calibration`,
+fitted on the training winters by ``precipdiff train calibrate``: NCEP-driven
+generation against E-OBS, per fine cell), every generated product is reported
+without it ("generated") and with it ("generated, output-calibrated"), the
+calibration applied to the very same members exactly as the runtime applies it
+(static quantile mapping, in every period). Which of the two the runtime
+returns by default is the bundle's choice (its manifest), stated in the report.
 
 Grids: the bundle defines a coarse grid (2° here) and a fine grid (0.5°).
 NCEP (2.5°, 6×8) and CNRM-CM5 (~1.4°, 8×11) predictors are bilinearly regridded
@@ -111,8 +112,8 @@ class IberiaConfig:
     device
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
     output_calibration
-        Also report every generated product after a per-cell QDM of the
-        generated precipitation fitted on the training winters.
+        Also report every generated product after the bundle's output
+        calibration (when it has one).
     """
 
     bundle: Path
@@ -142,12 +143,6 @@ class IberiaConfig:
             v = getattr(self, key)
             if v is not None and v < 10:
                 raise ConfigError(f"{key} must be >= 10, got {v}")
-        if self.output_calibration and self.esm_max_days is not None and self.esm_max_days < 60:
-            raise ConfigError(
-                "output_calibration applies trend-preserving QDM to the generated RCP8.5 days, "
-                "which needs esm_max_days >= 60 (>= 10 per cell and month), got "
-                f"{self.esm_max_days}"
-            )
         try:
             np.datetime64(self.validation_start)
         except ValueError as exc:
@@ -319,36 +314,36 @@ def run_iberia(
         return np.nonzero(k < v0)[0], np.nonzero(k >= v0)[0]
 
     def gen_fine(pred: Mapping[str, NDArray[Any]], members: int, seed: int) -> Any:
-        return gen.generate(dict(pred), members=members, seed=seed, steps=config.steps)
+        return gen.generate(
+            dict(pred), members=members, seed=seed, steps=config.steps, output_calibration=False
+        )
 
     up = Regridder(cgrid, fgrid, "bilinear")
     tr_o, va_o = split(t_eobs)
     if va_o.size == 0 or tr_o.size == 0:
         raise InputError(f"no E-OBS days before and after {config.validation_start}")
 
-    # ----------------------------------------- output calibration (training winters)
-    calib = None
-    if config.output_calibration:
-        tr_n, _ = split(t_ncep)
-        common, i_n, i_o = np.intersect1d(
-            day_keys(t_ncep)[tr_n], day_keys(t_eobs)[tr_o], return_indices=True
+    # ----------------------------------------- output calibration (the bundle's)
+    # Fitted on the training winters by `precipdiff train calibrate`; applied here to the
+    # same members exactly as the runtime applies it (static quantile mapping).
+    calib = gen.output_calibration if config.output_calibration else None
+    if calib is not None:
+        say(
+            "output calibration: the bundle's (fitted "
+            f"{calib.tables.provenance.get('first_day', '?')[:10]} to "
+            f"{calib.tables.provenance.get('last_day', '?')[:10]}; runtime default "
+            f"{'on' if calib.default else 'off'})"
         )
-        say(f"output calibration: generating {common.size} training days from NCEP")
-        g_tr = gen_fine({k: v[tr_n[i_n]] for k, v in ncep.items()}, 1, config.seed + 10)
-        calib = _pr_qdm(
-            obs_full[tr_o[i_o]],
-            g_tr.fine[:, 0] * mask_l,
-            t_eobs[tr_o[i_o]],
-            t_ncep[tr_n[i_n]],
-            config.n_quantiles,
-        )
+        last = str(calib.tables.provenance.get("last_day", ""))[:10]
+        if last and np.datetime64(last) >= np.datetime64(config.validation_start):
+            raise ConfigError(
+                f"the bundle's output calibration was fitted on days up to {last}, inside the "
+                f"validation period from {config.validation_start}: not out of sample"
+            )
 
-    def calibrated(x: NDArray[Any], times: Any, projection: str = "static") -> NDArray[Any]:
-        # In the training climate (reanalysis-driven, historical ESM) the calibration is
-        # plain quantile mapping against the fitted CDF of the generated output; for the
-        # RCP8.5 period it is trend-preserving QDM (the period's own CDF).
+    def calibrated(x: NDArray[Any], times: Any) -> NDArray[Any]:
         assert calib is not None
-        return _apply_pr_qdm(calib, x, times, projection) * mask_l
+        return calib.apply(np.nan_to_num(x), times) * mask_l
 
     # ------------------------------------------------- (a) reanalysis-driven
     _, va_n = split(t_ncep)
@@ -534,7 +529,7 @@ def run_iberia(
     if calib is not None:
         pairs["generated, QDM on, output-calibrated"] = (
             calibrated(gh_on.fine, t_esm_h[sh]),
-            calibrated(gf_on.fine, t_esm_f[sf], "self"),
+            calibrated(gf_on.fine, t_esm_f[sf]),
         )
     rows_c: list[list[Any]] = []
     change_maps: dict[str, NDArray[Any]] = {}
@@ -780,6 +775,18 @@ def run_iberia(
         f"of the fine grid (rows {box[0].start}-{box[0].stop - 1}, columns "
         f"{box[1].start}-{box[1].stop - 1})."
     )
+    if calib is not None:
+        rep.add_text(
+            "**Output calibration.** The bundle carries a per-fine-cell quantile mapping of its "
+            "output onto E-OBS (`precipdiff train calibrate`, fitted on "
+            f"{calib.tables.provenance.get('days', '?')} training days, "
+            f"{calib.tables.provenance.get('members', '?')} members each; "
+            "`docs/generator.md`). 'generated' rows are without it, 'generated, "
+            "output-calibrated' rows the same members with it, applied as the runtime applies "
+            "it. **What the runtime returns by default: "
+            + ("the output-calibrated product" if calib.default else "the uncalibrated product")
+            + "** (namelist `output_calibration = 'bundle'`; `'off'` / `'on'` override)."
+        )
     rep.add_heading("Targets of issue 13 (validation winters)")
     rep.add_table(["product", "check", "value", "target", "met"], rows_t)
     rep.add_heading("(a) Reanalysis-driven, validation winters, against E-OBS")

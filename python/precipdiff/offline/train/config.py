@@ -620,6 +620,56 @@ class DiffusionStageConfig:
 
 
 @dataclass
+class OutputCalibrationConfig:
+    """Output calibration of a bundle (``precipdiff train calibrate``).
+
+    A per-fine-cell quantile mapping of the bundle's reanalysis-driven output
+    onto the target observations, fitted on the training split only
+    (:mod:`precipdiff.qdm.calibration`).
+
+    Parameters
+    ----------
+    members
+        Members generated per training day for the fit (more members: a less
+        noisy estimate of the generated distribution).
+    n_quantiles
+        Quantile nodes of the tables.
+    group
+        ``"none"`` (one table per cell) or ``"month"`` (per calendar month; the
+        runtime then needs each window's date).
+    trace
+        Trace threshold in mm/day: calibrated values below it become 0.
+    default
+        Whether the runtime applies it by default (namelist ``output_calibration
+        = 'bundle'``); the Iberia demo's choice is made on an inner split
+        (``scripts/iberia_selection.py``).
+    seed
+        Seed of the generated members.
+    """
+
+    members: int = 4
+    n_quantiles: int = 100
+    group: str = "none"
+    trace: float = 0.05
+    default: bool = True
+    seed: int = 12345
+
+    def __post_init__(self) -> None:
+        if self.members < 1:
+            raise ConfigError(f"output_calibration.members must be >= 1, got {self.members}")
+        if self.n_quantiles < 3:
+            raise ConfigError(
+                f"output_calibration.n_quantiles must be >= 3, got {self.n_quantiles}"
+            )
+        if self.group not in ("none", "month"):
+            raise ConfigError(
+                f"output_calibration.group must be 'none' or 'month', got {self.group!r}"
+            )
+        if not self.trace >= 0:
+            raise ConfigError(f"output_calibration.trace must be >= 0, got {self.trace}")
+
+
+@dataclass
 class BundleSection:
     """How the two trained stages are assembled into a bundle.
 
@@ -652,6 +702,9 @@ class BundleSection:
     notes
         Free text recorded in the manifest's provenance (e.g. "shape and
         performance model, not skilful").
+    output_calibration
+        Settings of the output calibration ``precipdiff train calibrate`` fits
+        (``None``: the bundle gets none).
     """
 
     out: str
@@ -664,6 +717,7 @@ class BundleSection:
     members: int = 8
     max_eval_samples: int = 0
     notes: str = ""
+    output_calibration: OutputCalibrationConfig | None = None
 
     def __post_init__(self) -> None:
         from precipdiff.diffusion.samplers import SamplerConfig

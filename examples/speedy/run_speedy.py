@@ -16,10 +16,15 @@ What it does, in order:
    small next to the evaporation; in ``diagnostic`` mode that the model's precipitation
    is SPEEDY's own and (``--compare-off``) that SPEEDY's trajectory is bitwise that of
    mode ``off``; in ``interactive`` mode that the precipitation that left the columns is
-   precipdiff's minus what the column limit kept, and how large the latent-heating and
-   truncation errors of the column adjustment are;
+   precipdiff's minus what the column limit kept plus the condensate overflow, and how
+   large the latent-heating and truncation errors of the column adjustment are;
 5. (``--restart-test``) runs days/2 + restart + days/2 (SPEEDY's restart and
    precipdiff's) and requires every output variable to equal the straight run bit for bit.
+
+With ``--spinup-days N`` every run above starts from a SPEEDY restart written after N
+days of SPEEDY alone from rest (mode ``off``), i.e. from a state with developed
+convection, as the experiments of scripts/speedy/run_experiment.py start from their
+spin-up restart, instead of from SPEEDY's resting initial state.
 
 Exit status 0 when every check passes, 1 otherwise (the failed checks are printed), 77
 (skipped) with ``--skip-reason`` (SPEEDY's source is not available).
@@ -185,8 +190,12 @@ def gaussian_weights(ds: Any) -> np.ndarray:
     return np.repeat((w / w.sum())[:, None], nlon, axis=1) / nlon
 
 
-def check_output(path: Path, days: int, mode: str) -> list[str]:
-    """Check one run's output; return the failed checks (empty: all passed)."""
+def check_output(path: Path, days: int, mode: str, cond_max: float | None = None) -> list[str]:
+    """Check one run's output; return the failed checks (empty: all passed).
+
+    ``cond_max``: interactive mode's ``condensate_max`` (kg m-2), checked as the bound of
+    the condensate map when given.
+    """
     import netCDF4
 
     failures: list[str] = []
@@ -253,23 +262,30 @@ def check_output(path: Path, days: int, mode: str) -> list[str]:
             "global mean of pr_precipdiff differs from global_pr_precipdiff",
         )
     if mode == "interactive":
-        lim = s["pr_limited"]
+        lim, ovf = s["pr_limited"], s["pr_overflow"]
         expect(bool(np.all(lim >= -1e-12)), "negative limited precipitation")
+        expect(bool(np.all(ovf >= 0)), "negative condensate overflow")
         expect(
-            bool(np.allclose(s["pr"], s["pr_precipdiff"] - lim, rtol=1e-5, atol=1e-9)),
-            "interactive: pr is not precipdiff's precipitation minus the limited part",
+            bool(np.allclose(s["pr"], s["pr_precipdiff"] - lim + ovf, rtol=1e-5, atol=1e-9)),
+            "interactive: pr is not precipdiff's precipitation - limited part + overflow",
         )
         expect(
             bool(
                 np.allclose(
                     s["global_pr"],
-                    s["global_pr_precipdiff"] - s["global_pr_limited"],
+                    s["global_pr_precipdiff"] - s["global_pr_limited"] + s["global_pr_overflow"],
                     rtol=1e-9,
                     atol=1e-9,
                 )
             ),
-            "interactive: global_pr is not precipdiff's minus the limited part",
+            "interactive: global_pr is not precipdiff's - limited part + overflow",
         )
+        if cond_max is not None:
+            c = s["condensate"]
+            expect(
+                bool(np.all(c <= cond_max * (1 + 1e-12))),
+                f"condensate {float(np.max(c)):.3f} kg m-2 above condensate_max {cond_max}",
+            )
         wi, wa = s["adjustment_water_intended"], s["adjustment_water_applied"]
         hi, ha = s["latent_heat_intended"], s["latent_heat_applied"]
         expect(
@@ -285,7 +301,9 @@ def check_output(path: Path, days: int, mode: str) -> list[str]:
             f"{np.mean(wi):+.4f}, after truncation {np.mean(wa):+.4f} kg m-2; latent heat "
             f"intended {np.mean(hi):+.3f}, applied {np.mean(ha):+.3f} W m-2 "
             f"(max |error| {np.max(np.abs(ha - hi)):.3g} W m-2); limited "
-            f"{np.mean(s['global_pr_limited']):.4f} mm/day"
+            f"{np.mean(s['global_pr_limited']):.4f}, overflow "
+            f"{np.mean(s['global_pr_overflow']):.4f} mm/day; SPEEDY's condensation "
+            f"{np.mean(s['global_pr_speedy']):.3f} mm/day (max {np.max(s['global_pr_speedy']):.3f})"
         )
     print(
         f"budget ({mode}): max |residual| {np.max(np.abs(res)):.2e} kg m-2, mean |fixer| "
@@ -390,6 +408,18 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="interactive: condensate_timescale_days (default: the driver's)",
     )
+    p.add_argument(
+        "--condensate-max",
+        type=float,
+        default=None,
+        help="interactive: condensate_max in kg m-2 (default: the driver's)",
+    )
+    p.add_argument(
+        "--spinup-days",
+        type=int,
+        default=0,
+        help="start every run from a restart after this many days of SPEEDY alone from rest",
+    )
     p.add_argument("--restart-test", action="store_true")
     p.add_argument(
         "--cfchecks", action="store_true", help="also run the CF checker on every netCDF file"
@@ -430,7 +460,30 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.condensate_days is not None:
         driver["condensate_timescale_days"] = args.condensate_days
+    if args.condensate_max is not None:
+        driver["condensate_max"] = args.condensate_max
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    if args.spinup_days > 0:
+        spin = work / "restart_spinup.nc"
+        spin_nml = write_namelist(
+            work / "speedy_spinup.nml",
+            {
+                **driver,
+                "mode": "off",
+                "ndays": args.spinup_days,
+                "output_file": "",
+                "verbose": False,
+                "restart_out": str(spin),
+            },
+            None,
+        )
+        proc = run_driver(args.exe, work, spin_nml, env, echo=False)
+        if proc.returncode != 0:
+            sys.stdout.write(proc.stdout + proc.stderr)
+            print(f"FAIL: the {args.spinup_days}-day spin-up exited with status {proc.returncode}")
+            return 1
+        print(f"spin-up: {args.spinup_days} days of SPEEDY alone from rest -> {spin.name}")
+        driver["restart_in"] = str(spin)
     nml = write_namelist(work / "speedy_run.nml", driver, plugin)
     t0 = time.perf_counter()
     proc = run_driver(args.exe, work, nml, env)
@@ -439,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAIL: speedy_precipdiff exited with status {proc.returncode}")
         return 1
     out = work / "speedy_out.nc"
-    failures = check_output(out, args.days, args.mode)
+    failures = check_output(out, args.days, args.mode, args.condensate_max)
     daily = [ln for ln in proc.stdout.splitlines() if ln.split()[1:2] and ln.split()[1].isdigit()]
     if len(daily) != args.days:
         failures.append(f"expected {args.days} daily budget lines on stdout, got {len(daily)}")

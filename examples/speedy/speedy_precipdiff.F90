@@ -68,13 +68,15 @@ program speedy_precipdiff
   real(p) :: max_removal = 0.5_p                  ! interactive: largest fraction of a column's water removed per day
   logical :: latent_heating = .true.              ! interactive: make the latent heating consistent
   real(p) :: condensate_timescale_days = 1.0_p    ! interactive: re-evaporation time of the column condensate (0: at once)
+  real(p) :: condensate_max = 2.0_p               ! interactive: column condensate above this (kg m-2) falls at once
   real(p) :: sst_offset_k = 0.0_p                 ! uniform SST change over open sea (K), e.g. +2, +4
   character(len=16) :: sst_bias = 'none'          ! 'none' or 'esm_like' (bias pattern, see sst_pattern)
   real(p) :: sst_bias_scale = 1.0_p               ! multiplies the bias pattern
   logical :: verbose = .true.                     ! one budget line per day on stdout
   namelist /speedy_precipdiff_nml/ mode, ndays, start_date, reference_date, output_file, &
        restart_in, restart_out, precipdiff_namelist, precipdiff_restart_in, precipdiff_restart_out, &
-       water_fixer, max_removal, latent_heating, condensate_timescale_days, sst_offset_k, sst_bias, sst_bias_scale, verbose
+       water_fixer, max_removal, latent_heating, condensate_timescale_days, condensate_max, sst_offset_k, &
+       sst_bias, sst_bias_scale, verbose
 
   real(p), parameter :: day_s = 86400.0_p
   type(grid_state_t), allocatable :: gs
@@ -83,7 +85,7 @@ program speedy_precipdiff
   real(p), allocatable :: acc_pr(:, :), acc_prc(:, :), acc_evap(:, :), acc_ps(:, :), acc_psl(:, :)
   real(p), allocatable :: acc_hus(:, :), acc_ua(:, :), acc_va(:, :), acc_ta(:, :), acc_ts(:, :)
   real(p), allocatable :: acc_tas(:, :), pr_eff(:, :), pr_lim(:, :), pr_model(:, :), pr_fine(:, :)
-  real(p), allocatable :: wcol(:, :), dsst(:, :), zero2(:, :), cond(:, :)
+  real(p), allocatable :: wcol(:, :), dsst(:, :), zero2(:, :), cond(:, :), pr_ovf(:, :)
   character(len=32) :: required(16)
   logical :: need3d(4), need_psl, use_plugin, interactive, need_grid, ready, got_day
   character(len=PD_ERRMSG_LEN) :: errmsg
@@ -135,6 +137,8 @@ program speedy_precipdiff
   end select
   if (ndays < 1) call fail('ndays must be >= 1')
   if (.not. (max_removal > 0.0_p .and. max_removal <= 1.0_p)) call fail('max_removal must be in (0, 1]')
+  if (.not. (condensate_max >= 0.0_p)) call fail('condensate_max must be >= 0 (kg m-2)')
+  if (.not. (condensate_timescale_days >= 0.0_p)) call fail('condensate_timescale_days must be >= 0')
   use_plugin = trim(mode) /= 'off'
   interactive = trim(mode) == 'interactive'
   if (len_trim(precipdiff_namelist) == 0) precipdiff_namelist = nml_file
@@ -185,13 +189,14 @@ program speedy_precipdiff
   gs%t = 0.0_p
   allocate (acc_pr(ix, il), acc_prc(ix, il), acc_evap(ix, il), acc_ps(ix, il), acc_psl(ix, il), &
             acc_hus(ix, il), acc_ua(ix, il), acc_va(ix, il), acc_ta(ix, il), acc_ts(ix, il), &
-            acc_tas(ix, il), pr_eff(ix, il), pr_lim(ix, il), pr_model(ix, il), wcol(ix, il), &
+            acc_tas(ix, il), pr_eff(ix, il), pr_lim(ix, il), pr_ovf(ix, il), pr_model(ix, il), wcol(ix, il), &
             zero2(ix, il))
   zero2 = 0.0_p
   decay = 1.0_p
   if (condensate_timescale_days > 0.0_p) decay = 1.0_p - exp(-1.0_p / condensate_timescale_days)
   pr_model = 0.0_p
   pr_lim = 0.0_p
+  pr_ovf = 0.0_p
 
   ! ---- precipdiff ------------------------------------------------------------------------
   clock_plugin = 0
@@ -229,10 +234,10 @@ program speedy_precipdiff
 
   call level_water(2, wcol, w_start)
   if (verbose) then
-    write (*, '(a)') 'speedy_precipdiff:  day       prw      evap    precip   pr_pd   limited' // &
-         '      fixer     residual  latent_err   t_sfc  nan  wall_s plugin_s'
-    write (*, '(a)') 'speedy_precipdiff:           kg/m2    mm/day    mm/day  mm/day    mm/day' // &
-         '     kg/m2        kg/m2       W/m2        K'
+    write (*, '(a)') 'speedy_precipdiff:  day       prw      evap    precip   pr_pd   limited  overflow' // &
+         '  condensate   pr_speedy      fixer     residual  latent_err   t_sfc  nan  wall_s plugin_s'
+    write (*, '(a)') 'speedy_precipdiff:           kg/m2    mm/day    mm/day  mm/day    mm/day    mm/day' // &
+         '       kg/m2      mm/day      kg/m2        kg/m2       W/m2        K'
   end if
 
   ! ---- time loop: SPEEDY's main program, day by day -------------------------------------------
@@ -275,6 +280,14 @@ program speedy_precipdiff
       if (.not. need_grid) cycle
       ! The state at the end of the step (the newest leapfrog level).
       call get_grid_state(2, gs, len_trim(output_file) > 0 .or. need3d(4))
+      ! A model that blew up is the host's failure: say so here, with the date, rather
+      ! than hand precipdiff pressures it must refuse (non-finite, not monotonic).
+      nan_count = count(.not. (gs%ps > 0.0_p .and. ieee_is_finite(gs%ps))) + &
+                  count(.not. ieee_is_finite(gs%t)) + count(.not. ieee_is_finite(gs%q))
+      if (nan_count > 0) call fail('SPEEDY''s state blew up: ' // pd_int_str(nan_count) // &
+           ' non-finite or non-positive values of surface pressure, temperature or humidity ' // &
+           'at the end of step ' // pd_int_str(istep) // ' of day ' // pd_int_str(day) // &
+           ' (model date ' // date_text() // '), before precipdiff was called')
       acc_ps = acc_ps + gs%ps / nsteps
       acc_psl = acc_psl + gs%psl / nsteps
       acc_tas = acc_tas + gs%t(:, :, kx) / nsteps
@@ -317,14 +330,15 @@ program speedy_precipdiff
     if (nan_count > 0) call fail_day('non-finite precipitation or evaporation')
     pr_eff = acc_pr
     pr_lim = 0.0_p
+    pr_ovf = 0.0_p
     adj = adjustment_t()
     p_eff_day = p_day
     c_start = global_mean(cond)
     if (interactive) then
       if (.not. got_day) call fail('interactive mode: precipdiff returned no precipitation at the ' // &
            'end of the day; interactive coupling needs inference = ''sync'' and window_s = 86400')
-      call column_adjustment(acc_pr, max(pr_model, 0.0_p), max_removal, decay, latent_heating, &
-                             cond, pr_eff, pr_lim, adj)
+      call column_adjustment(acc_pr, max(pr_model, 0.0_p), max_removal, decay, condensate_max, &
+                             latent_heating, cond, pr_eff, pr_lim, pr_ovf, adj)
       ! The precipitation that left the columns, on the same footing as p_day.
       p_eff_day = p_day + (adj%removed - global_mean(acc_pr) * day_s)
     end if
@@ -341,9 +355,10 @@ program speedy_precipdiff
     call system_clock(c1)
     wall_s = real(c1 - clock_day0, p) / clock_rate
     plugin_s = real(clock_plugin - c0, p) / clock_rate
-    if (verbose) write (*, '(a,i5,f10.3,3f10.4,f10.4,es11.3,es13.3,es12.3,f8.2,i5,2f8.3)') &
-         'speedy_precipdiff: ', day, w_end, e_day, p_eff_day, global_mean(pr_model) * day_s, adj%limited, fix, &
-         residual, (adj%heat_applied - adj%heat_intended) / day_s, global_mean(acc_ts), nan_count, &
+    if (verbose) write (*, '(a,i5,f10.3,3f10.4,2f10.4,f12.4,f12.4,es11.3,es13.3,es12.3,f8.2,i5,2f8.3)') &
+         'speedy_precipdiff: ', day, w_end, e_day, p_eff_day, global_mean(pr_model) * day_s, adj%limited, &
+         adj%overflow, c_end, p_day, fix, residual, (adj%heat_applied - adj%heat_intended) / day_s, &
+         global_mean(acc_ts), nan_count, &
          wall_s, plugin_s
     if (len_trim(output_file) > 0) call write_day()
     if (nan_count > 0) call fail_day('non-finite model state')
@@ -376,6 +391,24 @@ program speedy_precipdiff
        wall_s / ndays, ' s per simulated day (precipdiff incl. start-up ', plugin_s / ndays, ' s per day)'
 
 contains
+
+  !> SPEEDY's current model date, YYYY-MM-DD hh:mm.
+  function date_text() result(txt)
+    use date, only: model_datetime
+    character(len=16) :: txt
+    txt = pad(model_datetime%year, 4) // '-' // pad(model_datetime%month, 2) // '-' // &
+          pad(model_datetime%day, 2) // ' ' // pad(model_datetime%hour, 2) // ':' // &
+          pad(model_datetime%minute, 2)
+  end function date_text
+
+  !> i with leading zeros to n digits.
+  function pad(i, n) result(txt)
+    integer, intent(in) :: i, n
+    character(len=n) :: txt
+    character(len=32) :: d
+    d = pd_int_str(i)
+    txt = repeat('0', max(0, n - len_trim(d))) // trim(d)
+  end function pad
 
   integer(8) function system_clock_now()
     call system_clock(system_clock_now)
@@ -468,6 +501,8 @@ contains
          'kg m-2 s-1', 'precipitation_flux')
     if (interactive) call map('pr_limited', 'precipdiff precipitation not removed (column limit)', &
          'kg m-2 s-1', '')
+    if (interactive) call map('pr_overflow', 'SPEEDY condensate above condensate_max that fell ' // &
+         '(part of pr)', 'kg m-2 s-1', '')
     if (interactive) call map('condensate', 'column condensate reservoir at the end of the day', &
          'kg m-2', '')
     call map('evspsbl', 'evaporation', 'kg m-2 s-1', 'water_evapotranspiration_flux')
@@ -488,6 +523,7 @@ contains
     call series('global_pr_speedy', 'global mean SPEEDY precipitation', 'kg m-2 day-1')
     call series('global_pr_precipdiff', 'global mean precipdiff precipitation', 'kg m-2 day-1')
     call series('global_pr_limited', 'global mean precipdiff precipitation not removed', 'kg m-2 day-1')
+    call series('global_pr_overflow', 'global mean condensate above condensate_max that fell', 'kg m-2 day-1')
     call series('water_fixer', 'global water added by the fixer', 'kg m-2 day-1')
     call series('budget_residual', 'change of prw + condensate minus (evaporation - precipitation)', &
          'kg m-2 day-1')
@@ -513,6 +549,7 @@ contains
     call put('prc', acc_prc)
     if (use_plugin) call put('pr_precipdiff', pr_model)
     if (interactive) call put('pr_limited', pr_lim)
+    if (interactive) call put('pr_overflow', pr_ovf)
     if (interactive) call put('condensate', cond)
     call put('evspsbl', acc_evap)
     call put('prw', wcol)
@@ -533,6 +570,7 @@ contains
     if (use_plugin) wtmp = global_mean(pr_model) * day_s
     call put_s('global_pr_precipdiff', wtmp)
     call put_s('global_pr_limited', adj%limited)
+    call put_s('global_pr_overflow', adj%overflow)
     call put_s('water_fixer', fix)
     call put_s('budget_residual', residual)
     call put_s('adjustment_water_intended', adj%water_intended)

@@ -14,15 +14,26 @@
 !>                it; what is still missing did not fall: `limited`), C <- 0;
 !>     else:      a fraction `decay` = 1 - exp(-1 day / tau) of C re-evaporates into the
 !>                vapour (tau = condensate_timescale_days; tau = 0: all of it, i.e. the
-!>                column's vapour directly takes precipdiff's sink instead of SPEEDY's).
+!>                column's vapour directly takes precipdiff's sink instead of SPEEDY's);
+!>                what is left above `condensate_max` (kg m-2) falls as precipitation
+!>                (`overflow`: SPEEDY's condensate, not precipdiff's rain), C <- min(C, max).
+!>
+!> Why the bound (a Kessler-type autoconversion threshold with an infinite rate above it).
+!> Without it the reservoir has no sink but precipdiff's rain, whose fine-scale pattern is
+!> a sample, not SPEEDY's: where SPEEDY keeps condensing more than precipdiff rains, C
+!> grows, its re-evaporation is condensed again by SPEEDY's schemes the next day (SPEEDY's
+!> global condensation rose from 2.6 to 22 mm/day in 18 days with models/speedy-t30 from the
+!> spin-up restart) and the recycled latent heat warms the upper and cools the lower
+!> troposphere until the model blows up (docs/speedy.md, section 6). With the bound the
+!> recycled water per column and day is at most decay * condensate_max.
 !>
 !> The vapour change dv is distributed in proportion to the column's (positive) humidity,
 !> keeping its relative vertical profile, and its latent heat (-L dv: condensation heats,
 !> re-evaporation cools) is spread uniformly in mass over the layers below the top one
 !> (sigma > 0.05). With SPEEDY's own heating (L times its condensation) the column's latent
-!> heating over a day is therefore L * (P_pd + change of C): consistent with what fell,
-!> the condensate holding no latent heat. The column water that closes every day is
-!> vapour + condensate: d(W + C) = E - P_pd.
+!> heating over a day is therefore L * (P + change of C), P = P_pd - limited + overflow the
+!> precipitation that left: consistent with what fell, the condensate holding no latent
+!> heat. The column water that closes every day is vapour + condensate: d(W + C) = E - P.
 !>
 !> The increments are made on the grid, transformed to spherical harmonics (T30, SPEEDY's
 !> triangular truncation) and added to both leapfrog time levels (so the leapfrog's
@@ -49,8 +60,10 @@ module speedy_water
   !> What one daily column adjustment did; global means over the day.
   type :: adjustment_t
     real(p) :: requested = 0.0_p        !< precipdiff's precipitation, kg m-2 (= mm) per day
-    real(p) :: removed = 0.0_p          !< precipitation that left the columns, kg m-2 per day
+    real(p) :: removed = 0.0_p          !< precipitation that left the columns (requested -
+                                        !< limited + overflow), kg m-2 per day
     real(p) :: limited = 0.0_p          !< requested but not removed (column limit), kg m-2
+    real(p) :: overflow = 0.0_p         !< condensate above the bound that fell, kg m-2
     real(p) :: water_intended = 0.0_p   !< global column water change on the grid, kg m-2
     real(p) :: water_applied = 0.0_p    !< the same after the spectral truncation, kg m-2
     real(p) :: heat_intended = 0.0_p    !< global latent-heat correction on the grid, J m-2
@@ -94,11 +107,12 @@ contains
   !> precipdiff's `pr_pd` (both day means, kg m-2 s-1), with the column condensate
   !> reservoir `cond` (kg m-2; see the module documentation). `decay` is the fraction of
   !> the reservoir re-evaporated at the end of this day (1 - exp(-1 day / tau); 1: none
-  !> kept). Returns the precipitation that actually left each column (`pr_eff`) and the
-  !> part of `pr_pd` that could not (`pr_limited`), both kg m-2 s-1, and the global
-  !> diagnostics in `adj`.
-  subroutine column_adjustment(pr_speedy, pr_pd, max_removal, decay, heating, cond, pr_eff, &
-                               pr_limited, adj)
+  !> kept). Condensate above `cond_max` (kg m-2) falls at once (`pr_overflow`).
+  !> Returns the precipitation that actually left each column (`pr_eff` = pr_pd -
+  !> pr_limited + pr_overflow), the part of `pr_pd` that could not leave (`pr_limited`)
+  !> and the overflow, all kg m-2 s-1, and the global diagnostics in `adj`.
+  subroutine column_adjustment(pr_speedy, pr_pd, max_removal, decay, cond_max, heating, cond, &
+                               pr_eff, pr_limited, pr_overflow, adj)
     use prognostics, only: tr, t, ps
     use spectral, only: spec_to_grid, grid_to_spec, trunct
     use geometry, only: dhs
@@ -106,9 +120,10 @@ contains
     real(p), intent(in) :: pr_speedy(ix, il), pr_pd(ix, il)
     real(p), intent(in) :: max_removal   !< largest fraction of a column's vapour condensed at once
     real(p), intent(in) :: decay         !< fraction of the reservoir re-evaporated, [0, 1]
+    real(p), intent(in) :: cond_max      !< largest column condensate kept, kg m-2 (>= 0)
     logical, intent(in) :: heating       !< apply the latent heat of the vapour change
     real(p), intent(inout) :: cond(ix, il)
-    real(p), intent(out) :: pr_eff(ix, il), pr_limited(ix, il)
+    real(p), intent(out) :: pr_eff(ix, il), pr_limited(ix, il), pr_overflow(ix, il)
     type(adjustment_t), intent(out) :: adj
     real(p), parameter :: day_s = 86400.0_p
     real(p), allocatable :: q(:, :, :)
@@ -137,8 +152,11 @@ contains
       short = 0.0_p
       cond = c_new - dv
     end where
+    ! What the reservoir cannot hold falls (autoconversion above a threshold).
+    pr_overflow = max(cond - cond_max, 0.0_p) / day_s
+    cond = min(cond, cond_max)
     pr_limited = short / day_s
-    pr_eff = pr_pd - pr_limited
+    pr_eff = pr_pd - pr_limited + pr_overflow
 
     ! The vapour change dv in proportion to the column's humidity; its latent heat -L dv
     ! spread uniformly in mass over the layers below the top one.
@@ -173,6 +191,7 @@ contains
     adj%requested = global_mean(pr_pd) * day_s
     adj%removed = global_mean(pr_eff) * day_s
     adj%limited = global_mean(pr_limited) * day_s
+    adj%overflow = global_mean(pr_overflow) * day_s
     adj%water_intended = global_mean(dv)
     adj%water_applied = global_mean(w_applied)
     if (heating) then

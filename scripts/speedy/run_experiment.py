@@ -101,6 +101,17 @@ def speedy_source(build: Path) -> Path | None:
     return None
 
 
+def days_written(nc: Path) -> int:
+    """Daily records in a (possibly unfinished) output file; 0 when unreadable."""
+    try:
+        import netCDF4
+
+        with netCDF4.Dataset(nc) as ds:
+            return int(ds.dimensions["time"].size)
+    except (OSError, KeyError, ImportError):
+        return 0
+
+
 def log(path: Path, text: str) -> None:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     line = f"[{stamp}] {text}"
@@ -157,7 +168,8 @@ def run_experiment(
             "output_file": str(nc) if exp.keep_output else "",
             "restart_in": rin,
             "restart_out": str(rst),
-            "verbose": False,
+            # one budget line per day in speedy_YYYY.log: a failed year shows its last day
+            "verbose": True,
             **exp.driver,
         }
         if plugin is not None:
@@ -170,8 +182,12 @@ def run_experiment(
         wall = time.perf_counter() - t0
         (out / f"speedy_{year}.log").write_text(proc.stdout + proc.stderr)
         if proc.returncode != 0:
+            errors = [ln for ln in proc.stdout.splitlines() if "error:" in ln]
             log(
-                logf, f"{exp.name} {year}: FAILED (status {proc.returncode}); see speedy_{year}.log"
+                logf,
+                f"{exp.name} {year}: FAILED (status {proc.returncode}) after "
+                f"{days_written(nc)} complete days; {errors[-1] if errors else ''} "
+                f"(see speedy_{year}.log)",
             )
             raise SystemExit(1)
         summary = [ln.split(": ", 1)[-1] for ln in proc.stdout.splitlines() if "wall time" in ln]

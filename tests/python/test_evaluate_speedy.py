@@ -39,7 +39,7 @@ MAPS = ("pr", "pr_speedy", "prc", "pr_precipdiff", "pr_limited", "evspsbl", "prw
 MAPS += ("hus850", "ua850", "va850", "ta850", "ts", "tas")
 SERIES = (
     "global_prw global_condensate global_evap global_pr global_pr_speedy global_pr_precipdiff "
-    "global_pr_limited water_fixer budget_residual adjustment_water_intended "
+    "global_pr_limited global_pr_overflow water_fixer budget_residual adjustment_water_intended "
     "adjustment_water_applied latent_heat_intended latent_heat_applied global_ts global_tas "
     "nan_count wall_s plugin_s"
 ).split()
@@ -112,6 +112,8 @@ def write_year(path: Path, year: int, seed: int, sst: float = 0.0, wet: float = 
                 v[:] = 3.0 + 0.05 * rng.standard_normal(t)
             elif n == "global_evap":
                 v[:] = 3.0
+            elif n == "global_pr_overflow":
+                v[:] = 0.3
             elif n in ("wall_s",):
                 v[:] = 0.5
             elif n == "plugin_s":
@@ -214,6 +216,9 @@ def test_all_parts(world: tuple[Path, Path], tmp_path: Path) -> None:
     assert head["coupled_nan_total"] == 0
     assert abs(head["coupled_interactive_ts_drift_k"]) < 0.2
     assert head["coupled_plugin_share_interactive"] == pytest.approx(0.2)
+    # The condensate overflow is reported, and the share of what fell that is precipdiff's.
+    assert head["coupled_interactive_overflow_mm_day"] == pytest.approx(0.3)
+    assert head["coupled_interactive_precipdiff_share"] == pytest.approx(1.0, abs=0.05)
     saved = json.loads((out / "metrics.json").read_text())["headline"]
     assert saved["heldout_crps_generated"] == pytest.approx(head["heldout_crps_generated"])
 
@@ -297,3 +302,41 @@ def test_coupled_without_diagnostic_run(world: tuple[Path, Path], tmp_path: Path
     assert "coupled_diagnostic_daily_mae" not in head
     text = (tmp_path / "nodiag" / "README_coupled.md").read_text()
     assert "No diagnostic run for 1981-1982" in text
+
+
+def test_daily_budget_script(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """scripts/speedy/daily_budget.py: one line per printed day plus the means, the
+    series as written, tropical means of the maps, '-' for what a file lacks."""
+    import importlib.util
+
+    import netCDF4
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "speedy" / "daily_budget.py"
+    spec = importlib.util.spec_from_file_location("daily_budget", script)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    nc = tmp_path / "speedy_1981.nc"
+    write_year(nc, 1981, seed=3)
+    lines = mod.budget_table(nc, every=10)
+    rows = [ln.split() for ln in lines[2:]]
+    assert [r[0] for r in rows] == ["1", "11", "21", "31", "41", "45", "mean"]
+    with netCDF4.Dataset(nc) as ds:
+        evap = np.asarray(ds["global_evap"][:])
+        prw = np.asarray(ds["prw"][:])
+        lat = np.asarray(ds["lat"][:])
+    head = lines[1].split()
+    assert float(rows[1][head.index("evap")]) == pytest.approx(evap[10], abs=1e-3)
+    assert float(rows[1][head.index("overflow")]) == pytest.approx(0.3, abs=1e-3)
+    trop = np.abs(lat) <= 20
+    w = np.cos(np.deg2rad(lat[trop]))
+    expect = float((prw[0][trop].mean(axis=1) * w).sum() / w.sum())
+    assert float(rows[0][head.index("tr_prw")]) == pytest.approx(expect, abs=1e-3)
+    assert -1.0 <= float(rows[0][-1]) <= 1.0  # pattern correlation
+    # a run without the overflow series (written before 2026-12-01) prints '-'
+    with netCDF4.Dataset(nc, "a") as ds:
+        ds.renameVariable("global_pr_overflow", "other")
+    assert mod.budget_table(nc)[2].split()[head.index("overflow")] == "-"
+    assert mod.main([str(tmp_path / "missing.nc")]) == 2
+    assert mod.main([str(nc), "--every", "50"]) == 0
+    assert "mean" in capsys.readouterr().out

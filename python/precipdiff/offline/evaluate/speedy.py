@@ -899,6 +899,12 @@ def part_coupled(ctx: _Context) -> dict[str, Any]:
                 ]
             )
     it = series["interactive"]
+    # The condensate bound's overflow (driver since 2026-12-01): runs made before it have
+    # none, i.e. zero.
+    try:
+        ovf = read_series(runs["interactive"], yrs, ["global_pr_overflow"])["global_pr_overflow"]
+    except InputError:
+        ovf = np.zeros_like(it["global_pr"])
     row = {(rw[0], rw[1]): rw for rw in rows}
     pr_l = "precipitation that left the atmosphere (mm/day)"
     water_l = "column water vapour + condensate (kg m-2)"
@@ -930,6 +936,11 @@ def part_coupled(ctx: _Context) -> dict[str, Any]:
             "coupled_interactive_ts_drift_k": row[ts_l, "interactive"][4],
             "coupled_interactive_ts_drift_in_sigma": row[ts_l, "interactive"][6],
             "coupled_interactive_limited_mm_day": float(np.mean(it["global_pr_limited"])),
+            "coupled_interactive_overflow_mm_day": float(np.mean(ovf)),
+            "coupled_interactive_precipdiff_share": float(
+                np.mean(it["global_pr_precipdiff"] - it["global_pr_limited"])
+                / np.mean(it["global_pr"])
+            ),
             "coupled_interactive_condensate_kg_m2": float(np.mean(it["global_condensate"])),
             "coupled_interactive_latent_heat_error_w_m2": float(
                 np.mean(np.abs(it["latent_heat_applied"] - it["latent_heat_intended"]))
@@ -971,7 +982,7 @@ def part_coupled(ctx: _Context) -> dict[str, Any]:
             np.corrcoef(pd_day.ravel(), truth.ravel())[0, 1]
         )
         prods["diagnostic: precipdiff"] = pd_day
-    prods["interactive: precipdiff (what fell)"] = int_f["pr"]
+    prods["interactive: what fell (precipdiff + overflow)"] = int_f["pr"]
     prods["interactive: SPEEDY's condensation"] = int_f["pr_speedy"]
     maps = {k: metrics.time_mean_bias(v, truth) for k, v in prods.items()}
     mabs = {k: metrics.mean_absolute_bias(v, truth) for k, v in prods.items()}
@@ -1014,7 +1025,7 @@ def part_coupled(ctx: _Context) -> dict[str, Any]:
     ]
     for key, k in (
         ("diagnostic", "diagnostic: precipdiff"),
-        ("interactive", "interactive: precipdiff (what fell)"),
+        ("interactive", "interactive: what fell (precipdiff + overflow)"),
         ("interactive_speedy", "interactive: SPEEDY's condensation"),
     ):
         if k in mabs:
@@ -1026,8 +1037,10 @@ def part_coupled(ctx: _Context) -> dict[str, Any]:
         f"{yrs[0]}-{yrs[1]}: control (SPEEDY alone), diagnostic (precipdiff one-way; SPEEDY's "
         "trajectory is bitwise the control's) and interactive (precipdiff's precipitation is "
         "the column moisture sink; condensate reservoir, re-evaporation time "
-        f"{cfg.extra.get('condensate_days', 1)} day). One member a day, the bundle's default "
-        "sampler. Drift = the run's mean minus the control's over the same years; spread = "
+        f"{cfg.extra.get('condensate_days', 1)} day, condensate above "
+        f"{cfg.extra.get('condensate_max', 2.0)} kg m-2 falls as overflow). One member a day, "
+        "the bundle's default sampler. Drift = the run's mean minus the control's over the "
+        "same years; spread = "
         f"standard deviation of the control's annual means over all its {len(ctl_years)} "
         "years; trends per decade of the annual means (least squares; only with 3 years or "
         "more)."
@@ -1056,6 +1069,16 @@ def part_coupled(ctx: _Context) -> dict[str, Any]:
             f"daily MAE of {head['coupled_diagnostic_daily_mae']:.3f} mm/day against SPEEDY's "
             f"precipitation (correlation {head['coupled_diagnostic_daily_corr']:.3f})."
         )
+    rep.add_text(
+        "Interactive run: of the precipitation that left the atmosphere "
+        f"({np.mean(it['global_pr']):.3f} mm/day), precipdiff's field is "
+        f"{100 * head['coupled_interactive_precipdiff_share']:.1f} % "
+        f"({np.mean(it['global_pr_precipdiff']):.3f} mm/day generated, "
+        f"{head['coupled_interactive_limited_mm_day']:.3f} of it not removable: column limit) "
+        f"and the condensate overflow {head['coupled_interactive_overflow_mm_day']:.3f} mm/day; "
+        f"SPEEDY's own condensation {np.mean(it['global_pr_speedy']):.3f} mm/day, column "
+        f"condensate {head['coupled_interactive_condensate_kg_m2']:.3f} kg m-2."
+    )
     rep.add_text("Water budget, stability and cost (daily values over the whole runs):")
     rep.add_table(
         [

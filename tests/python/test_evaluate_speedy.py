@@ -253,9 +253,10 @@ def test_cli_years(
     out = tmp_path / "cli"
     argv = ["evaluate", "speedy", "--runs", str(runs), "--bundle", str(bundle)]
     argv += ["--out", str(out), "--parts", "coupled", "--device", "cpu"]
-    assert main([*argv, "--coupled-years", "1981", "1982"]) == 0
+    assert main([*argv, "--coupled-years", "1981", "1982", "--condensate-max", "3.5"]) == 0
     text = (out / "README_coupled.md").read_text()
     assert "1981-1982" in text and "1981-1983" not in text
+    assert "condensate above 3.5 kg m-2 falls as overflow" in text
     # Years the runs do not have: a one-line error naming the missing run files.
     capsys.readouterr()
     assert main([*argv, "--coupled-years", "1981", "1984"]) == 2

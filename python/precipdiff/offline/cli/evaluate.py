@@ -86,7 +86,7 @@ def _speedy(args: argparse.Namespace) -> int:
         steps=args.steps,
         seed=args.seed,
         device=args.device,
-        extra={"condensate_days": args.condensate_days},
+        extra={"condensate_days": args.condensate_days, "condensate_max": args.condensate_max},
     )
     cfg = dataclasses.replace(  # checked again by __post_init__
         cfg,
@@ -234,6 +234,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     sp.add_argument("--threads", type=int, help="torch CPU threads")
     sp.add_argument(
         "--condensate-days", type=float, default=1.0, help="the interactive run's setting (report)"
+    )
+    sp.add_argument(
+        "--condensate-max",
+        type=float,
+        default=2.0,
+        help="the interactive run's condensate_max, kg m-2 (report)",
     )
     for flag, what in (
         ("--heldout-years", "held-out years of the control (default 1991 1992)"),

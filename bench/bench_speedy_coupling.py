@@ -12,8 +12,12 @@ same restart:
 Time per simulated day is measured by the driver around each day of its time loop
 (start-up, i.e. SPEEDY's initialisation and precipdiff's interpreter, imports and bundle
 load, is reported separately), in wall time and in CPU time of the process. Prints the
-median over rounds and the ratio of each configuration to ``off``; the performance goal
-of issue #10 is interactive / off <= 2 at one member a day.
+median over rounds of each configuration's time and of its ratio to ``off`` *in the same
+round* (the load of a shared machine changes between rounds: a ratio of medians taken in
+different rounds can be off by a factor of 3 here). The performance goal of issue #10 is
+interactive / off <= 2 at one member a day; it is judged on the CPU-time ratio, which is
+what the wall-time ratio is on a core of one's own (the runs are single-threaded), while
+the wall-time ratio on a shared machine also measures who else was running.
 
 Usage::
 
@@ -150,22 +154,31 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     med = {k: {q: statistics.median(x[q] for x in v) for q in v[0]} for k, v in results.items()}
-    print("\nmedian over rounds (time loop only):")
+    ratio = {
+        k: {
+            q: statistics.median(
+                x[q] / o[q] for x, o in zip(v, results["off"], strict=True) if o[q] > 0
+            )
+            for q in ("wall_per_day", "cpu_per_day")
+        }
+        for k, v in results.items()
+    }
+    print("\nmedian over rounds (time loop only; ratios to 'off' of the same round):")
     print(
         f"{'configuration':14s} {'wall s/day':>10s} {'cpu s/day':>10s} {'precipdiff':>10s} "
         f"{'ratio wall':>10s} {'ratio cpu':>10s} {'start-up s':>10s}"
     )
     for k, m in med.items():
-        rw = m["wall_per_day"] / med["off"]["wall_per_day"]
-        rc = m["cpu_per_day"] / med["off"]["cpu_per_day"]
         print(
             f"{k:14s} {m['wall_per_day']:10.3f} {m['cpu_per_day']:10.3f} "
-            f"{m['plugin_per_day']:10.3f} {rw:10.2f} {rc:10.2f} {m['startup']:10.1f}"
+            f"{m['plugin_per_day']:10.3f} {ratio[k]['wall_per_day']:10.2f} "
+            f"{ratio[k]['cpu_per_day']:10.2f} {m['startup']:10.1f}"
         )
-    ratio = med["interactive"]["wall_per_day"] / med["off"]["wall_per_day"]
-    verdict = "meets" if ratio <= 2.0 else "misses"
-    what = f"interactive / off (wall, {args.members} member a day)"
-    print(f"\n{what}: {ratio:.2f}: {verdict} the goal <= 2")
+    rc = ratio["interactive"]["cpu_per_day"]
+    rw = ratio["interactive"]["wall_per_day"]
+    verdict = "meets" if rc <= 2.0 else "misses"
+    what = f"interactive / off ({args.members} member a day), CPU time"
+    print(f"\n{what}: {rc:.2f} (wall time {rw:.2f}): {verdict} the goal <= 2")
     return 0
 
 

@@ -1091,7 +1091,8 @@ def part_coupled(ctx: _Context) -> dict[str, Any]:
             "wall s / day",
             "in precipdiff s / day",
         ],
-        budget,
+        # the residuals are round-off: scientific notation, not 0.0000
+        [[b[0], b[1], f"{b[2]:.1e}", f"{b[3]:.1e}", *b[4:]] for b in budget],
         digits=4,
     )
     rep.add_text("Distribution of daily precipitation (all cells and days, mm/day):")

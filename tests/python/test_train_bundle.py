@@ -23,10 +23,22 @@ def test_train_all_builds_loadable_bundle(tmp_path: Path, shared_data: Path) -> 
     rc = main(["train", "all", str(path), "--threads", "1", "--no-progress"])
     assert rc == 0
     bundle = tmp_path / "run" / "bundle"
+    # `train all` fitted the config's output calibration on the training winters only
+    from precipdiff.bundle import read_manifest
+
+    entry = read_manifest(bundle).output_calibration
+    assert entry is not None and entry["default"] is True
+    assert entry["provenance"]["days"] == 1083 and entry["provenance"]["last_day"] < "1994-12-01"
     (bundle / "MODEL_CARD.md").write_text("card")
     # Re-assembling keeps the hand-written card.
     assert main(["train", "bundle", str(path), "--no-progress"]) == 0
     assert (bundle / "MODEL_CARD.md").read_text() == "card"
+    # re-evaluating a shipped bundle needs no run directory (statistics from its manifest,
+    # keyed by the network's derived features)
+    (bundle / "evaluation.json").unlink()
+    nowhere = str(tmp_path / "no-run-dir")
+    assert main(["train", "evaluate", str(path), "--run-dir", nowhere, "--no-progress"]) == 0
+    assert (bundle / "evaluation.json").is_file()
 
     from precipdiff.generator import PrecipGenerator
 
@@ -46,6 +58,8 @@ def test_train_all_builds_loadable_bundle(tmp_path: Path, shared_data: Path) -> 
     }
     res = gen.generate(pred, members=2, seed=0)
     assert res.fine.shape == (2, 2, 16, 28) and np.all(res.fine >= 0)
+    # re-assembling the bundle (new weights possible) drops the output calibration
+    assert not gen.calibrates() and man.output_calibration is None
 
     ev = json.loads((bundle / "evaluation.json").read_text())
     for key in ("regression", "diffusion_given_truth", "pipeline"):
@@ -67,3 +81,7 @@ def test_bundle_without_trained_stages_names_the_command(
     path.write_text(yaml.safe_dump(to_dict(cfg)))
     assert main(["train", "bundle", str(path)]) == 2
     assert "precipdiff train regression" in capsys.readouterr().err
+    cfg.bundle.output_calibration = None  # type: ignore[union-attr]
+    path.write_text(yaml.safe_dump(to_dict(cfg)))
+    assert main(["train", "calibrate", str(path)]) == 2
+    assert "no bundle.output_calibration section" in capsys.readouterr().err

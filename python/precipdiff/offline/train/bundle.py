@@ -244,7 +244,8 @@ def evaluate_bundle(cfg: TrainConfig, dest: Path) -> dict[str, Any]:
         # No run directory (e.g. re-evaluating a shipped bundle): the statistics the
         # networks were trained with are the manifest's normalisation.
         norm = bundle.manifest.normalisation
-        names = bundle.manifest.variable_names()
+        # keyed by the network's input channels (derived features, e.g. rh850)
+        names = [f.name for f in bundle.manifest.feature_specs()]
         stats = Stats(
             predictor_mean={n: float(norm["predictors"][n]["mean"]) for n in names},
             predictor_std={n: float(norm["predictors"][n]["std"]) for n in names},

@@ -232,6 +232,7 @@ def test_iberia_experiment_quick_run(shared_data: Path, tmp_path: Path) -> None:
         steps=1,
         max_days=10,
         esm_max_days=60,
+        change_members=3,
     )
     head = run_iberia(cfg)
     assert all(np.isfinite(v) for k, v in head.items() if not k.startswith("c_change_pattern"))

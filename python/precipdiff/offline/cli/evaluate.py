@@ -45,6 +45,7 @@ def _iberia(args: argparse.Namespace) -> int:
         "members": args.members,
         "esm_members": args.esm_members,
         "esm_max_days": args.esm_max_days,
+        "change_members": args.change_members,
     }
     opt: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     if opt.get("esm_max_days") == 0:
@@ -193,6 +194,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     ib.add_argument("--data", type=Path, help="shared data directory (default: ../shared/data)")
     ib.add_argument("--members", type=int, help="members of the (a) ensemble (default 16)")
     ib.add_argument("--esm-members", type=int, help="members of (b)/(c) runs (default 2)")
+    ib.add_argument(
+        "--change-members",
+        type=int,
+        help="members of the QDM-on historical/RCP8.5 runs of (c) (default 8)",
+    )
     ib.add_argument("--steps", type=int, help="sampler steps (default: the bundle's)")
     ib.add_argument("--max-days", type=int, help="at most this many validation days in (a)")
     ib.add_argument(

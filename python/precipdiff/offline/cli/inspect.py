@@ -59,6 +59,14 @@ def summarize(manifest: Any) -> str:
         f"denoiser         base {den.base_channels}, mult {list(den.channel_mult)}, "
         f"blocks {den.num_blocks}, attention {list(den.attention_levels)}",
         f"bias correction  {'present' if m.bias_correction else 'none'}",
+        "output calib.    "
+        + (
+            "none"
+            if not m.output_calibration
+            else f"{m.output_calibration['file']}, fitted on "
+            f"{m.output_calibration.get('provenance', {}).get('days', '?')} days, applied by "
+            f"default: {'yes' if m.output_calibration['default'] else 'no'}"
+        ),
         "precision        " + ", ".join(f"{d} {p}" for d, p in m.precision.items()),
         "files",
     ]
@@ -92,6 +100,9 @@ def _run(args: argparse.Namespace) -> int:
             verify_file(Path(args.bundle), name, digest)
         for entry in manifest.compiled:
             verify_file(Path(args.bundle), entry["file"], entry["sha256"])
+        for table in (manifest.bias_correction, manifest.output_calibration):
+            if table and table.get("sha256"):
+                verify_file(Path(args.bundle), table["file"], table["sha256"])
     if args.json:
         print(json.dumps(manifest.to_dict(), indent=1))
     else:

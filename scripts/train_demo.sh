@@ -6,7 +6,8 @@
 #
 #   scripts/train_demo.sh [extra args for `precipdiff train all`, e.g. --out /tmp/demo]
 #
-# Runs the documented sequence in one go: regression, diffusion, bundle + evaluation.
+# Runs the documented sequence in one go: regression, diffusion, bundle + evaluation, then
+# (bundle.output_calibration) the output calibration on the training winters + evaluation.
 # Interrupted? Rerun without --restart to resume from the last checkpoints:
 #   .venv/bin/precipdiff train all configs/iberia_demo.yaml
 set -euo pipefail

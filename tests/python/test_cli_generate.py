@@ -164,6 +164,10 @@ def test_inspect_shows_derived_features(capsys):
     assert "ta850" in out
     assert "rh850      = relative_humidity(hus850, ta850)" in out
     assert "'source': 'regression'" in out
+    # and carries an output calibration fitted on its 1083 training days, on by default
+    assert "output calib.    output_calibration.safetensors, fitted on 1083 days" in out
+    assert "applied by default: yes" in out
+    assert main(["inspect", "iberia-demo", "--verify"]) == 0  # its sha256 too
 
 
 @pytest.mark.needs_data

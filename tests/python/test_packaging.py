@@ -33,6 +33,8 @@ def test_wheel_ships_the_small_bundles(wheel: Path) -> None:
         for f in ("manifest.json", "regression.safetensors", "denoiser.safetensors"):
             assert root + f in names, (root + f, [n for n in names if "models" in n])
         assert root + "MODEL_CARD.md" in names  # attribution travels with the weights
+    # the demo's output calibration travels with it (its runtime default is on)
+    assert "precipdiff/models/iberia-demo/output_calibration.safetensors" in names
     assert not any("/figures/" in n or "/compiled/" in n for n in names)
     assert not any("/speedy-t30/" in n for n in names)  # checkout-only (setup.py NOT_SHIPPED)
     assert wheel.stat().st_size < 5_000_000

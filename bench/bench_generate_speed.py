@@ -423,6 +423,19 @@ def strip_new_manifest_keys(bundle: Path, work: Path) -> Path:
     m = json.loads((dest / "manifest.json").read_text())
     m.pop("precision", None)
     m["compiled"] = []
+    if m.get("format_version") == 3:
+        # Format 3 (issue 13) added derived features, the denoiser's condition and
+        # samplers the baseline does not know; a bundle that uses none of them reads as
+        # format 2 with the baseline's default sampler at the same evaluation count.
+        if m.get("features") is not None or m.get("condition", {}).get("source") != "truth":
+            raise SystemExit(f"{bundle}: uses format-3 features; no baseline comparison")
+        if m.get("output_calibration"):
+            raise SystemExit(f"{bundle}: has an output calibration; no baseline comparison")
+        nfe = int(m.get("sampler", {}).get("steps", 8))
+        for key in ("features", "condition", "output_calibration"):
+            m.pop(key, None)
+        m["format_version"] = 2
+        m["sampler"] = {"name": "euler", "steps": nfe}
     (dest / "manifest.json").write_text(json.dumps(m, indent=1))
     return dest
 

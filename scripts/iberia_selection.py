@@ -288,12 +288,13 @@ def score_regression(cfg: Any, bundle: Path) -> dict[str, float]:
     return out
 
 
-def rcp85_change(gen: Any, land: np.ndarray) -> dict[str, float]:
-    """Stationarity check of the predictor set: the regression's RCP8.5 change.
+def esm_periods(gen: Any) -> dict[str, Any]:
+    """CNRM-CM5 historical and RCP8.5 inputs, QDM-mapped, and the ESM's own precipitation.
 
-    Relative change of the land-mean DJF mean of the regression driven by
-    QDM-mapped CNRM-CM5 predictors (tables fitted on the inner training winters),
-    2081-2100 against 1983-1997, next to CNRM-CM5's own change.
+    QDM tables are fitted on the inner training winters (NCEP against CNRM-CM5, per
+    calendar month) and applied trend-preserving to each period. Keys: ``hist``,
+    ``fut`` (predictors on the bundle's coarse grid), ``t_hist``, ``t_fut`` and
+    ``own_hist``, ``own_fut`` (CNRM-CM5's precipitation on the fine grid, bilinear).
     """
     from precipdiff.grids import LatLonGrid, Regridder
     from precipdiff.io import import_xarray
@@ -306,7 +307,6 @@ def rcp85_change(gen: Any, land: np.ndarray) -> dict[str, float]:
     root = shared_data_dir()
     assert root is not None
     names = gen.manifest.variable_names()
-    out: dict[str, float] = {}
     specs = list(gen.manifest.variables)
 
     def load(stem: str, suffix: str = "") -> tuple[dict[str, np.ndarray], Any]:
@@ -329,83 +329,62 @@ def rcp85_change(gen: Any, land: np.ndarray) -> dict[str, float]:
         t_h[tr_h],
         QDMConfig(group="month"),
     )
+    with xr.open_dataset(root / "climate4r_iberia" / "CMIP5_Iberia_pr.nc") as ds:
+        gh = LatLonGrid(ds["lat"].values, ds["lon"].values)
+        own_h = Regridder(gh, gen.fine_grid, "bilinear")(ds["pr"].values.astype(np.float32))
+    with xr.open_dataset(root / "climate4r_iberia" / "CMIP5_Iberia_pr.rcp85.nc") as ds:
+        own_f = Regridder(gh, gen.fine_grid, "bilinear")(ds["pr"].values.astype(np.float32))
+    return {
+        "hist": {n: apply_qdm(tables, n, hist[n], t_h) for n in names},
+        "fut": {n: apply_qdm(tables, n, fut[n], t_f) for n in names},
+        "t_hist": t_h,
+        "t_fut": t_f,
+        "own_hist": own_h,
+        "own_fut": own_f,
+    }
+
+
+def rcp85_change(gen: Any, land: np.ndarray) -> dict[str, float]:
+    """Stationarity check of the predictor set: the regression's RCP8.5 change.
+
+    Relative change of the land-mean DJF mean of the regression driven by
+    QDM-mapped CNRM-CM5 predictors (:func:`esm_periods`), 2081-2100 against
+    1983-1997, next to CNRM-CM5's own change.
+    """
+    from precipdiff.grids import Regridder
+
+    e = esm_periods(gen)
     mask = np.where(land, 1.0, np.nan)
     up = Regridder(gen.coarse_grid, gen.fine_grid, "bilinear")
 
     def land_mean(x: np.ndarray) -> float:
         return float(np.nanmean(np.nanmean(x, axis=0) * mask))
 
-    reg_h = up(gen.to_precip(gen.regress({n: apply_qdm(tables, n, hist[n], t_h) for n in names})))
-    reg_f = up(gen.to_precip(gen.regress({n: apply_qdm(tables, n, fut[n], t_f) for n in names})))
-    with xr.open_dataset(root / "climate4r_iberia" / "CMIP5_Iberia_pr.nc") as ds:
-        gh = LatLonGrid(ds["lat"].values, ds["lon"].values)
-        pr_h = Regridder(gh, gen.fine_grid, "bilinear")(ds["pr"].values.astype(np.float32))
-    with xr.open_dataset(root / "climate4r_iberia" / "CMIP5_Iberia_pr.rcp85.nc") as ds:
-        pr_f = Regridder(gh, gen.fine_grid, "bilinear")(ds["pr"].values.astype(np.float32))
-    out["rcp85_change_regression"] = land_mean(reg_f) / land_mean(reg_h) - 1.0
-    out["rcp85_change_esm_own"] = land_mean(pr_f) / land_mean(pr_h) - 1.0
-    return out
+    reg_h = up(gen.to_precip(gen.regress(e["hist"])))
+    reg_f = up(gen.to_precip(gen.regress(e["fut"])))
+    return {
+        "rcp85_change_regression": land_mean(reg_f) / land_mean(reg_h) - 1.0,
+        "rcp85_change_esm_own": land_mean(e["own_fut"]) / land_mean(e["own_hist"]) - 1.0,
+    }
 
 
 def generated_change(gen: Any, land: np.ndarray, members: int = 2) -> dict[str, float]:
     """The generated RCP8.5 change with and without the bundle's output calibration.
 
-    CNRM-CM5 predictors, QDM-mapped (tables fitted on the inner training winters),
-    historical 1983-1997 and RCP8.5 2081-2100, ``members`` members per day; the
-    calibration is applied to the very same members. Changes of the land-mean
-    DJF mean and of the 0.9 / 0.99 quantiles of the pooled land values, with
-    CNRM-CM5's own changes.
+    CNRM-CM5 predictors, QDM-mapped (:func:`esm_periods`), historical 1983-1997 and
+    RCP8.5 2081-2100, ``members`` members per day; the calibration is applied to the
+    very same members. Changes of the land-mean DJF mean and of the 0.9 / 0.99
+    quantiles of the pooled land values, with CNRM-CM5's own changes.
     """
-    from precipdiff.grids import LatLonGrid, Regridder
-    from precipdiff.io import import_xarray
-    from precipdiff.io.readers import open_predictors
-    from precipdiff.offline.qdm_fit import apply_qdm, fit_qdm
-    from precipdiff.qdm import QDMConfig
-    from precipdiff.testing import shared_data_dir
-
-    xr = import_xarray()
-    root = shared_data_dir()
-    assert root is not None and gen.output_calibration is not None
-    names = gen.manifest.variable_names()
-    specs = list(gen.manifest.variables)
-
-    def load(stem: str, suffix: str = "") -> tuple[dict[str, np.ndarray], Any]:
-        paths = [root / "climate4r_iberia" / f"{stem}_Iberia_{n}{suffix}.nc" for n in names]
-        dsx = open_predictors(paths, specs, grid=gen.coarse_grid)
-        try:
-            return {n: np.asarray(dsx[n].values, np.float32) for n in names}, dsx["time"].values
-        finally:
-            dsx.close()
-
-    ncep, t_n = load("NCEP")
-    hist, t_h = load("CMIP5")
-    fut, t_f = load("CMIP5", ".rcp85")
-    tr_n = (t_n < np.datetime64(INNER_SPLIT["train_end"])).nonzero()[0]
-    tr_h = (t_h < np.datetime64(INNER_SPLIT["train_end"])).nonzero()[0]
-    tables = fit_qdm(
-        {n: ncep[n][tr_n] for n in names},
-        {n: hist[n][tr_h] for n in names},
-        t_n[tr_n],
-        t_h[tr_h],
-        QDMConfig(group="month"),
-    )
-    out: dict[str, float] = {}
-    fields = {}
-    for label, x, t, seed in (("h", hist, t_h, 21), ("f", fut, t_f, 22)):
-        res = gen.generate(
-            {n: apply_qdm(tables, n, x[n], t) for n in names},
-            members=members,
-            seed=seed,
-            output_calibration=False,
-        )
+    assert gen.output_calibration is not None
+    e = esm_periods(gen)
+    fields = {"own_h": e["own_hist"][..., land], "own_f": e["own_fut"][..., land]}
+    for label, period, seed in (("h", "hist", 21), ("f", "fut", 22)):
+        res = gen.generate(e[period], members=members, seed=seed, output_calibration=False)
         fields[label] = res.fine[..., land]
-        fields[label + "_cal"] = gen.output_calibration.apply(res.fine, t)[..., land]
-    with xr.open_dataset(root / "climate4r_iberia" / "CMIP5_Iberia_pr.nc") as ds:
-        gh = LatLonGrid(ds["lat"].values, ds["lon"].values)
-        own_h = Regridder(gh, gen.fine_grid, "bilinear")(ds["pr"].values.astype(np.float32))
-    with xr.open_dataset(root / "climate4r_iberia" / "CMIP5_Iberia_pr.rcp85.nc") as ds:
-        own_f = Regridder(gh, gen.fine_grid, "bilinear")(ds["pr"].values.astype(np.float32))
-    fields["own_h"], fields["own_f"] = own_h[..., land], own_f[..., land]
+        cal = gen.output_calibration.apply(res.fine, e["t_" + period])
+        fields[label + "_cal"] = cal[..., land]
+    out: dict[str, float] = {}
     for key, h, f in (
         ("generated", "h", "f"),
         ("calibrated", "h_cal", "f_cal"),

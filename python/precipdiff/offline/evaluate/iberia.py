@@ -352,7 +352,7 @@ def run_iberia(
 
     def calibrated(x: NDArray[Any], times: Any) -> NDArray[Any]:
         assert calib is not None
-        return calib.apply(np.nan_to_num(x), times) * mask_l
+        return calib.apply(x, times) * mask_l
 
     # ------------------------------------------------- (a) reanalysis-driven
     _, va_n = split(t_ncep)

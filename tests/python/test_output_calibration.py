@@ -88,6 +88,18 @@ def test_cells_without_observations_are_left_unchanged() -> None:
     y = cal.apply(x)
     np.testing.assert_array_equal(y[..., 0, 0], x[..., 0, 0])
     assert np.isfinite(y).all()
+    # the public factor table says the same: identity on the sea cell, 2 on land
+    # (above the lowest node, where the trace treatment of near-zero values acts)
+    f = cal.factors(0)
+    assert f.shape == (cal.nodes.size, 2, 3)
+    np.testing.assert_array_equal(f[:, 0, 0], 1.0)
+    land = np.ones((2, 3), bool)
+    land[0, 0] = False
+    np.testing.assert_allclose(f[1:, land], 2.0, rtol=1e-6)
+    f[...] = 0.0  # a copy: the calibration is not changed through it
+    np.testing.assert_array_equal(cal.apply(x), y)
+    with pytest.raises(BundleError, match="no group 3"):
+        cal.factors(3)
 
 
 def test_monthly_tables_need_dates_and_a_fitted_month() -> None:

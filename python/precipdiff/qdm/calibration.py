@@ -94,6 +94,31 @@ class OutputCalibration:
         self._hist = hist
         self.grid_shape = tables.grid_shape
 
+    def factors(self, group: int = 0) -> NDArray[np.float64]:
+        """Return the multiplicative factors of one group, as applied.
+
+        Parameters
+        ----------
+        group
+            Group index (0 for ``group: none``; month - 1 for ``group: month``).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(n_quantiles, ny, nx)`` factors at :attr:`nodes`; 1 on cells without
+            observations or output (a copy).
+
+        Raises
+        ------
+        BundleError
+            When ``group`` is not one the tables store.
+        """
+        if group not in self.groups:
+            raise BundleError(
+                f"output calibration has no group {group}; it stores {list(self.groups)}"
+            )
+        return self._factors[group].reshape(self.nodes.size, *self.grid_shape).copy()
+
     @property
     def needs_dates(self) -> bool:
         """Whether :meth:`apply` needs dates (tables per month or moving window)."""

@@ -221,6 +221,7 @@ def test_all_parts(world: tuple[Path, Path], tmp_path: Path) -> None:
     assert head["coupled_interactive_precipdiff_share"] == pytest.approx(1.0, abs=0.05)
     saved = json.loads((out / "metrics.json").read_text())["headline"]
     assert saved["heldout_crps_generated"] == pytest.approx(head["heldout_crps_generated"])
+    assert saved["all_runtime_s"] == pytest.approx(head["all_runtime_s"])
 
 
 def test_one_part_keeps_other_headlines(world: tuple[Path, Path], tmp_path: Path) -> None:
@@ -241,6 +242,18 @@ def test_one_part_keeps_other_headlines(world: tuple[Path, Path], tmp_path: Path
     saved = json.loads((out / "metrics.json").read_text())["headline"]
     assert saved["earlier"] == 1.0
     assert "coupled_interactive_pr_drift_mm_day" in saved
+    # the wall time is named by the parts: a later part does not overwrite this one's
+    assert saved["coupled_runtime_s"] > 0
+    cfg.parts = ("warming", "biased")
+    cfg.analysis_years = (1982, 1982)
+    cfg.esm_max_days = 10
+    cfg.n_quantiles = 10
+    run_speedy(cfg)
+    assert (out / "README_biased_warming.md").is_file()
+    again = json.loads((out / "metrics.json").read_text())["headline"]
+    assert again["coupled_runtime_s"] == saved["coupled_runtime_s"]
+    assert again["biased_warming_runtime_s"] > 0
+    assert "runtime_s" not in again
 
 
 def test_cli_years(

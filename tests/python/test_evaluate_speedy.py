@@ -228,7 +228,8 @@ def test_one_part_keeps_other_headlines(world: tuple[Path, Path], tmp_path: Path
     runs, bundle = world
     out = tmp_path / "o"
     out.mkdir()
-    (out / "metrics.json").write_text(json.dumps({"headline": {"earlier": 1.0}}))
+    earlier = {"earlier": 1.0, "runtime_s": 5.0}  # unnamed wall time of an older file
+    (out / "metrics.json").write_text(json.dumps({"headline": earlier}))
     cfg = SpeedyConfig(
         runs=runs,
         bundle=bundle,

@@ -1199,7 +1199,9 @@ def run_speedy(
     ctx.headline[f"{label}_runtime_s"] = runtime
     path = config.out / "metrics.json"
     old: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
-    merged = {**old.get("headline", {}), **ctx.headline}
+    earlier = dict(old.get("headline", {}))
+    earlier.pop("runtime_s", None)  # the unnamed wall time of files written before 2026-12-01
+    merged = {**earlier, **ctx.headline}
     path.write_text(json.dumps({"headline": merged}, indent=1, default=float) + "\n")
     name = "README.md" if every else f"README_{label}.md"
     ctx.report.add_text(f"Wall time of this evaluation: {runtime:.0f} s.")

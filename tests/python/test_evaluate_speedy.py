@@ -210,6 +210,13 @@ def test_all_parts(world: tuple[Path, Path], tmp_path: Path) -> None:
     # The biased run is 3x wetter everywhere: its own MAB is far above the floor.
     assert head["biased_mab_own"] > 3 * head["biased_mab_natural_variability_floor"]
     assert head["biased_mab_cell_qdm"] < head["biased_mab_own"]
+    # the predictors' QDM tables are kept next to the biased run, not in the report
+    assert (runs / "biased" / "qdm_tables_1982-1982.safetensors").is_file()
+    assert not list(out.glob("*.safetensors"))
+    # humidity biases (~1e-5 kg kg-1) keep significant digits in the predictor table
+    hus_row = next(ln for ln in text.splitlines() if ln.startswith("| hus850 | kg kg-1 |"))
+    cells = [c.strip() for c in hus_row.strip("|").split("|")]
+    assert float(cells[3]) > 0  # the MAB (was printed 0.0000)
     # Warmer synthetic runs are moister: the change of hus850 is positive.
     assert head["warming_4k_hus850_change_pct"] > head["warming_2k_hus850_change_pct"] > 0
     # The synthetic coupled runs equal the control in distribution: no NaN, small drift.

@@ -210,6 +210,9 @@ def test_all_parts(world: tuple[Path, Path], tmp_path: Path) -> None:
     # The biased run is 3x wetter everywhere: its own MAB is far above the floor.
     assert head["biased_mab_own"] > 3 * head["biased_mab_natural_variability_floor"]
     assert head["biased_mab_cell_qdm"] < head["biased_mab_own"]
+    # 30 of the 45 days: the subsampling floor (SPEEDY's own pr on those days) is reported
+    assert 0 < head["biased_mab_sampling_floor"] < head["biased_mab_own"]
+    assert "generated products' 30 days (sampling floor)" in text
     # the predictors' QDM tables are kept next to the biased run, not in the report
     assert (runs / "biased" / "qdm_tables_1982-1982.safetensors").is_file()
     assert not list(out.glob("*.safetensors"))

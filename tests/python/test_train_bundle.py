@@ -45,7 +45,7 @@ def test_train_all_builds_loadable_bundle(tmp_path: Path, shared_data: Path) -> 
     gen = PrecipGenerator.from_bundle(bundle, device="cpu", use_compiled=False)
     man = gen.manifest
     assert man.variable_names() == ["hus850", "psl", "ta850"]
-    assert man.sigma_c == pytest.approx(0.1)
+    assert man.sigma_c == pytest.approx(cfg.diffusion.sigma_c)  # the config's, carried through
     assert gen.coarse_grid.shape == (4, 7) and gen.fine_grid.shape == (16, 28)
     stats = json.loads((tmp_path / "run" / "regression" / "stats.json").read_text())["stats"]
     assert man.normalisation["precip"]["mean"] == pytest.approx(stats["target_mean"])

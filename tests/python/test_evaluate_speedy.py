@@ -332,15 +332,10 @@ def test_coupled_without_diagnostic_run(world: tuple[Path, Path], tmp_path: Path
 def test_daily_budget_script(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """scripts/speedy/daily_budget.py: one line per printed day plus the means, the
     series as written, tropical means of the maps, '-' for what a file lacks."""
-    import importlib.util
-
     import netCDF4
+    from script_helpers import load_script
 
-    script = Path(__file__).resolve().parents[2] / "scripts" / "speedy" / "daily_budget.py"
-    spec = importlib.util.spec_from_file_location("daily_budget", script)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("scripts/speedy/daily_budget.py")
     nc = tmp_path / "speedy_1981.nc"
     write_year(nc, 1981, seed=3)
     lines = mod.budget_table(nc, every=10)

@@ -8,15 +8,14 @@ by the server's own PluginConfig) -- and that the output checks do fail on bad o
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
+from script_helpers import load_script as load
 
 from precipdiff.grids import LatLonGrid
 from precipdiff.server.config import PluginConfig
@@ -29,16 +28,6 @@ CMIP5_LAT = np.array([34.32, 35.72, 37.12, 38.52, 39.92, 41.32, 42.72, 44.12])
 CMIP5_LON = np.array(
     [-9.844, -8.438, -7.031, -5.625, -4.219, -2.812, -1.406, 0.0, 1.406, 2.812, 4.219]
 )
-
-
-def load(rel: str) -> ModuleType:
-    path = REPO / rel
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[path.stem] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")

@@ -7,24 +7,15 @@ checks that the code does what the text says: exclusion by the change signal, a
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "iberia_selection.py"
+from script_helpers import load_script
 
 
 @pytest.fixture(scope="module")
 def selection() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("iberia_selection", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["iberia_selection"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("scripts/iberia_selection.py")
 
 
 def _row(crps: float, change: float, ratio: float = 1.0) -> dict[str, float]:

@@ -9,26 +9,19 @@ toy ESM run uncoupled) below 2 %, and the water-budget plot.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from script_helpers import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.needs_build
 
 
 def _bench() -> ModuleType:
-    path = REPO / "bench" / "bench_coupled_scale.py"
-    spec = importlib.util.spec_from_file_location("bench_coupled_scale", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/bench_coupled_scale.py")
 
 
 def _toy(build_dir: Path) -> Path:

@@ -260,6 +260,27 @@ def score(
 ) -> dict[str, float]:
     """Scores on the inner validation winters, as ``precipdiff evaluate iberia`` (a)."""
     from precipdiff.generator import PrecipGenerator
+
+    gen = PrecipGenerator.from_bundle(bundle, device="cpu", use_compiled=False)
+    return score_settings(cfg, gen, members, (calibrate,), seed)[0][0]
+
+
+def score_settings(
+    cfg: Any,
+    gen: Any,
+    members: int,
+    settings: tuple[bool | None, ...],
+    seed: int = 0,
+    periods: dict[str, Any] | None = None,
+) -> tuple[list[dict[str, float]], np.ndarray]:
+    """One generation on the inner validation winters, scored per output-calibration setting.
+
+    The members are generated once without the calibration, which is then applied to
+    the very same members for each setting that asks for it (``None``: the bundle's
+    default) -- what :meth:`PrecipGenerator.generate` would return with that setting.
+    The regression's RCP8.5 check (:func:`rcp85_change`), unaffected by the
+    calibration, is computed once. Returns the scores per setting and the land mask.
+    """
     from precipdiff.grids import LatLonGrid, Regridder
     from precipdiff.io import import_xarray
     from precipdiff.offline import metrics
@@ -268,28 +289,22 @@ def score(
     from precipdiff.transforms import PrecipTransform
 
     xr = import_xarray()
-    gen = PrecipGenerator.from_bundle(bundle, device="cpu", use_compiled=False)
     data = StageData(
         cfg.regression.data, PrecipTransform.from_dict(cfg.transform), REPO / "configs"
     )
     val = data.split.validation
     raw = data.read(val)
     names = gen.manifest.variable_names()
+    dates = data.split.times[val]
     res = gen.generate(
-        {n: raw[n] for n in names},
-        members=members,
-        seed=seed,
-        output_calibration=calibrate,
-        dates=data.split.times[val],
+        {n: raw[n] for n in names}, members=members, seed=seed, output_calibration=False
     )
     obs = raw["fine"]
-    ens = np.where(np.isfinite(obs)[:, None], res.fine, np.nan)
     root = shared_data_dir()
     assert root is not None
     with xr.open_dataset(root / "climate4r_iberia" / "NCEP_Iberia_pr.nc") as ds:
         keys = ds["time"].values.astype("datetime64[D]")
-        want = data.split.times[val].astype("datetime64[D]")
-        idx = np.searchsorted(keys, want)
+        idx = np.searchsorted(keys, dates.astype("datetime64[D]"))
         g = LatLonGrid(ds["lat"].values, ds["lon"].values)
         ncep_pr = np.asarray(ds["pr"].values[idx], np.float32) * 86400.0
     ncep_fine = Regridder(g, gen.fine_grid, "bilinear")(ncep_pr)
@@ -297,24 +312,34 @@ def score(
     land = np.isfinite(obs).all(axis=0)
     box = metrics.land_box(land)
     dx = float(abs(gen.fine_grid.lon[1] - gen.fine_grid.lon[0]))
-    crps = float(np.nanmean(metrics.crps_ensemble(ens, obs)))
     crps_ncep = metrics.mae(ncep_fine, obs)
-    out = {
-        "crps": crps,
-        "crps_ncep_own": crps_ncep,
-        "crps_ratio_to_ncep_own": crps / crps_ncep,
-        "spread_skill": metrics.spread_skill(ens, obs).ratio,
-        "p99_ratio": float(metrics.quantiles(ens, (0.99,))[0] / metrics.quantiles(obs, (0.99,))[0]),
-        "wet_ratio": float(
-            np.nanmean(metrics.wet_day_frequency(ens)) / np.nanmean(metrics.wet_day_frequency(obs))
-        ),
-        "band_ratio": metrics.band_power_ratio(
-            ens[..., box[0], box[1]], obs[..., box[0], box[1]], (1.0, 2.0), dx=dx
-        ),
-        "mean_bias": metrics.mean_bias(ens, obs),
-    }
-    out.update(rcp85_change(gen, land))
-    return out
+    change = rcp85_change(gen, land, periods)
+    outs = []
+    for setting in settings:
+        fine = res.fine
+        if gen.calibrates(setting):
+            fine = gen.output_calibration.apply(fine, dates)
+        ens = np.where(np.isfinite(obs)[:, None], fine, np.nan)
+        crps = float(np.nanmean(metrics.crps_ensemble(ens, obs)))
+        p99 = metrics.quantiles(ens, (0.99,))[0] / metrics.quantiles(obs, (0.99,))[0]
+        wet = np.nanmean(metrics.wet_day_frequency(ens)) / np.nanmean(
+            metrics.wet_day_frequency(obs)
+        )
+        out = {
+            "crps": crps,
+            "crps_ncep_own": crps_ncep,
+            "crps_ratio_to_ncep_own": crps / crps_ncep,
+            "spread_skill": metrics.spread_skill(ens, obs).ratio,
+            "p99_ratio": float(p99),
+            "wet_ratio": float(wet),
+            "band_ratio": metrics.band_power_ratio(
+                ens[..., box[0], box[1]], obs[..., box[0], box[1]], (1.0, 2.0), dx=dx
+            ),
+            "mean_bias": metrics.mean_bias(ens, obs),
+        }
+        out.update(change)
+        outs.append(out)
+    return outs, land
 
 
 def score_regression(cfg: Any, bundle: Path) -> dict[str, float]:
@@ -398,16 +423,19 @@ def esm_periods(gen: Any) -> dict[str, Any]:
     }
 
 
-def rcp85_change(gen: Any, land: np.ndarray) -> dict[str, float]:
+def rcp85_change(
+    gen: Any, land: np.ndarray, periods: dict[str, Any] | None = None
+) -> dict[str, float]:
     """Stationarity check of the predictor set: the regression's RCP8.5 change.
 
     Relative change of the land-mean DJF mean of the regression driven by
     QDM-mapped CNRM-CM5 predictors (:func:`esm_periods`), 2081-2100 against
-    1983-1997, next to CNRM-CM5's own change.
+    1983-1997, next to CNRM-CM5's own change. ``periods``: :func:`esm_periods`'s
+    result when the caller has it already.
     """
     from precipdiff.grids import Regridder
 
-    e = esm_periods(gen)
+    e = periods if periods is not None else esm_periods(gen)
     mask = np.where(land, 1.0, np.nan)
     up = Regridder(gen.coarse_grid, gen.fine_grid, "bilinear")
 
@@ -422,16 +450,19 @@ def rcp85_change(gen: Any, land: np.ndarray) -> dict[str, float]:
     }
 
 
-def generated_change(gen: Any, land: np.ndarray, members: int = 2) -> dict[str, float]:
+def generated_change(
+    gen: Any, land: np.ndarray, members: int = 2, periods: dict[str, Any] | None = None
+) -> dict[str, float]:
     """The generated RCP8.5 change with and without the bundle's output calibration.
 
     CNRM-CM5 predictors, QDM-mapped (:func:`esm_periods`), historical 1983-1997 and
     RCP8.5 2081-2100, ``members`` members per day; the calibration is applied to the
     very same members. Changes of the land-mean DJF mean and of the 0.9 / 0.99
-    quantiles of the pooled land values, with CNRM-CM5's own changes.
+    quantiles of the pooled land values, with CNRM-CM5's own changes. ``periods``:
+    :func:`esm_periods`'s result when the caller has it already.
     """
     assert gen.output_calibration is not None
-    e = esm_periods(gen)
+    e = periods if periods is not None else esm_periods(gen)
     fields = {"own_h": e["own_hist"][..., land], "own_f": e["own_fut"][..., land]}
     for label, period, seed in (("h", "hist", 21), ("f", "fut", 22)):
         res = gen.generate(e[period], members=members, seed=seed, output_calibration=False)
@@ -469,20 +500,22 @@ def score_output_calibration(cfg: Any, members: int) -> dict[str, float]:
     assert cfg.bundle is not None
     cfg.bundle.output_calibration = OutputCalibrationConfig()
     calibrate_bundle(cfg, dest)
-    out = score(cfg, dest, members, calibrate=True)
-    out.update(
-        {f"uncalibrated_{k}": v for k, v in score(cfg, dest, members, calibrate=False).items()}
-    )
-    from precipdiff.generator import PrecipGenerator
-    from precipdiff.offline.train.data import StageData
-    from precipdiff.transforms import PrecipTransform
+    return calibration_scores(cfg, dest, members)
 
-    gen = PrecipGenerator.from_bundle(dest, device="cpu", use_compiled=False)
-    data = StageData(
-        cfg.regression.data, PrecipTransform.from_dict(cfg.transform), REPO / "configs"
-    )
-    obs = data.read(data.split.validation)["fine"]
-    out.update(generated_change(gen, np.isfinite(obs).all(axis=0)))
+
+def calibration_scores(cfg: Any, bundle: Path, members: int) -> dict[str, float]:
+    """:func:`score_output_calibration`'s scores of an already calibrated bundle.
+
+    One generation scored with and without the calibration (:func:`score_settings`)
+    and :func:`generated_change`, sharing one :func:`esm_periods`.
+    """
+    from precipdiff.generator import PrecipGenerator
+
+    gen = PrecipGenerator.from_bundle(bundle, device="cpu", use_compiled=False)
+    periods = esm_periods(gen)
+    (out, uncal), land = score_settings(cfg, gen, members, (True, False), periods=periods)
+    out.update({f"uncalibrated_{k}": v for k, v in uncal.items()})
+    out.update(generated_change(gen, land, periods=periods))
     return out
 
 

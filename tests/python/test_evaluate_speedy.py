@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from precipdiff.errors import ConfigError, InputError
 from precipdiff.grids import LatLonGrid, coarsen_grid
+from precipdiff.offline import metrics
 from precipdiff.offline.evaluate.speedy import (
     SpeedyConfig,
     annual_means,
+    cell_qdm_out_of_sample,
     read_run,
     read_series,
     run_speedy,
 )
+from precipdiff.qdm import QDMConfig
 from precipdiff.testing.models import make_tiny_bundle
 
 NDAYS = 45  # days per synthetic "year" (January and half of February)
@@ -210,6 +214,11 @@ def test_all_parts(world: tuple[Path, Path], tmp_path: Path) -> None:
     # The biased run is 3x wetter everywhere: its own MAB is far above the floor.
     assert head["biased_mab_own"] > 3 * head["biased_mab_natural_variability_floor"]
     assert head["biased_mab_cell_qdm"] < head["biased_mab_own"]
+    # one analysis year: nothing to fit an out-of-sample per-cell QDM on; said, not faked
+    assert np.isnan(head["biased_mab_cell_qdm_oos"])
+    assert "per-cell QDM of the biased precipitation, in sample" in text
+    assert "out-of-sample per-cell QDM (leave-one-year-out) is not computed" in text
+    assert "needs at least two years" in text
     # 30 of the 45 days: the subsampling floor (SPEEDY's own pr on those days) is reported
     assert 0 < head["biased_mab_sampling_floor"] < head["biased_mab_own"]
     assert "generated products' 30 days (sampling floor)" in text
@@ -360,3 +369,118 @@ def test_daily_budget_script(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert mod.main([str(tmp_path / "missing.nc")]) == 2
     assert mod.main([str(nc), "--every", "50"]) == 0
     assert "mean" in capsys.readouterr().out
+
+
+# ------------------------------------------- per-cell QDM out of sample (issue #10)
+
+# the per-cell precipitation QDM of part_biased, with the default 50 quantiles
+PR_QDM = QDMConfig(
+    n_quantiles=50, group="month", kinds={"pr": "multiplicative"}, trace={"pr": 0.05}
+)
+
+
+def two_runs(
+    years: tuple[int, ...] = (1982, 1983, 1984), seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 'control' and a 2.5x wetter 'biased' precipitation, independent noise every
+    year (stationary climate), January-February on a 3 x 4 grid, and the times."""
+    rng = np.random.default_rng(seed)
+    days = np.concatenate([np.datetime64(f"{y}-01-01") + np.arange(59) for y in years])
+    times = days.astype("datetime64[h]") + np.timedelta64(12, "h")  # day middles
+    shape = (times.size, 3, 4)
+    ctl = rng.gamma(0.8, 2.0, shape) * (rng.random(shape) < 0.6)
+    bia = 2.5 * rng.gamma(0.8, 2.0, shape) * (rng.random(shape) < 0.6)
+    return ctl, bia, times
+
+
+def test_cell_qdm_out_of_sample_is_worse_than_the_memorising_in_sample_fit() -> None:
+    """In sample the per-cell QDM reproduces the control per cell and month by
+    construction; fitted on the other years it cannot know this year's noise."""
+    from precipdiff.offline.qdm_fit import apply_qdm, fit_qdm
+
+    ctl, bia, times = two_runs()
+    tab = fit_qdm({"pr": ctl}, {"pr": bia}, times, times, PR_QDM)
+    in_sample = np.asarray(apply_qdm(tab, "pr", bia, times), np.float64)
+    oos, years = cell_qdm_out_of_sample(ctl, bia, times, times, PR_QDM)
+    assert years == [1982, 1983, 1984]
+    assert oos.shape == bia.shape and np.isfinite(oos).all()
+    mab_own = metrics.mean_absolute_bias(bia, ctl)
+    mab_in = metrics.mean_absolute_bias(in_sample, ctl)
+    mab_oos = metrics.mean_absolute_bias(oos, ctl)
+    assert mab_in < 0.25 * mab_oos  # the in-sample fit memorises the noise (0.012 / 0.112)
+    assert mab_oos < 0.5 * mab_own  # out of sample it still removes most of the bias
+
+
+def test_cell_qdm_out_of_sample_never_fits_on_the_evaluated_year(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from precipdiff.calendars import time_fields
+    from precipdiff.offline import qdm_fit
+
+    ctl, bia, times = two_runs()
+    calls: list[tuple[str, set[int], set[int]]] = []
+    fit, apply = qdm_fit.fit_qdm, qdm_fit.apply_qdm
+
+    def years_of(t: np.ndarray) -> set[int]:
+        return {int(y) for y in time_fields(t).year}
+
+    def fit_spy(ref: Any, hist: Any, ref_times: Any, hist_times: Any, *a: Any, **k: Any) -> Any:
+        calls.append(("fit", years_of(ref_times), years_of(hist_times)))
+        return fit(ref, hist, ref_times, hist_times, *a, **k)
+
+    def apply_spy(tables: Any, name: str, x: Any, t: Any, **k: Any) -> Any:
+        calls.append(("apply", years_of(t), years_of(t)))
+        return apply(tables, name, x, t, **k)
+
+    monkeypatch.setattr(qdm_fit, "fit_qdm", fit_spy)
+    monkeypatch.setattr(qdm_fit, "apply_qdm", apply_spy)
+    cell_qdm_out_of_sample(ctl, bia, times, times, PR_QDM)
+    assert [c[0] for c in calls] == ["fit", "apply"] * 3
+    for (_, ref_years, hist_years), (_, applied, _) in zip(calls[::2], calls[1::2], strict=True):
+        assert len(applied) == 1
+        assert ref_years == hist_years == {1982, 1983, 1984} - applied
+    monkeypatch.undo()
+    # The data say the same: a control year changed beyond recognition leaves that
+    # year's correction bitwise unchanged (it is not in its fit) and moves the others'.
+    base, _ = cell_qdm_out_of_sample(ctl, bia, times, times, PR_QDM)
+    y = time_fields(times).year
+    changed = ctl.copy()
+    changed[y == 1983] = 3.0 * changed[y == 1983] + 1.0
+    moved, _ = cell_qdm_out_of_sample(changed, bia, times, times, PR_QDM)
+    np.testing.assert_array_equal(moved[y == 1983], base[y == 1983])
+    assert not np.allclose(moved[y != 1983], base[y != 1983])
+
+
+def test_cell_qdm_out_of_sample_needs_two_years() -> None:
+    ctl, bia, times = two_runs(years=(1982,))
+    with pytest.raises(InputError, match=r"at least two years .* got only \[1982\]"):
+        cell_qdm_out_of_sample(ctl, bia, times, times, PR_QDM)
+
+
+def test_biased_part_reports_the_out_of_sample_row(
+    world: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """With two analysis years the report and the headline carry the out-of-sample
+    per-cell QDM next to the in-sample one, which it cannot beat here."""
+    runs, bundle = world
+    cfg = SpeedyConfig(
+        runs=runs,
+        bundle=bundle,
+        out=tmp_path / "b",
+        parts=("biased",),
+        analysis_years=(1981, 1982),
+        esm_max_days=10,
+        n_quantiles=10,
+        device="cpu",
+    )
+    head = run_speedy(cfg)
+    text = (tmp_path / "b" / "README_biased.md").read_text()
+    rows = {ln.split("|")[1].strip(): ln for ln in text.splitlines() if ln.startswith("| ")}
+    assert "per-cell QDM of the biased precipitation, in sample" in rows
+    assert "per-cell QDM of the biased precipitation, out of sample" in rows
+    assert "leave-one-year-out" in text
+    assert np.isfinite(head["biased_mab_cell_qdm_oos"])
+    assert head["biased_mab_cell_qdm"] < head["biased_mab_cell_qdm_oos"]
+    assert head["biased_mab_cell_qdm_oos"] < head["biased_mab_own"]
+    saved = json.loads((tmp_path / "b" / "metrics.json").read_text())["headline"]
+    assert saved["biased_mab_cell_qdm_oos"] == pytest.approx(head["biased_mab_cell_qdm_oos"])

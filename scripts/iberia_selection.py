@@ -22,13 +22,22 @@ pipeline (``precipdiff train``), and scored with the same metrics as
   (``precipdiff.offline.output_calibration``) and is scored with and without it,
   together with the generated RCP8.5 change (land-mean DJF mean, q0.9, q0.99 of
   the pooled land values; the same members with and without calibration).
+* the regression's training length (issue 13 cause 5): the regression alone,
+  trained for each of :data:`REGRESSION_STEPS` optimiser steps with three seeds,
+  scored by its inner-validation RMSE (:func:`regression_steps_choice`) with its
+  RCP8.5 change beside.
 
 Usage (about 20 minutes per variant on one core of the development machine)::
 
     .venv/bin/python scripts/iberia_selection.py [--variants NAME ...] [--members 8]
+    # the training-length sweep alone (about 15 minutes on one core):
+    .venv/bin/python scripts/iberia_selection.py --predictor-sets --variants \
+        --regression-steps 60 125 250 500 1000 1500 --write-docs
 
-Writes ``out/selection/<variant>/`` (runs, bundles) and the table
-``docs/results/iberia/selection.md`` (with ``--write-docs``).
+Writes ``out/selection/<variant>/`` (runs, bundles) and the tables of
+``docs/results/iberia/selection.md`` (with ``--write-docs``; the training-length
+table and ``regression_training_length.png`` only when that sweep ran, the other
+tables only when one of them ran).
 """
 
 from __future__ import annotations
@@ -97,18 +106,24 @@ def _both(*edits: Edit) -> Edit:
 #: reproduced exactly as they were run.
 EARLIER_SIGMA_C = _set("diffusion.sigma_c", 0.1)
 
-#: Variants: one change each from the shipped config.
+
+def _earlier(cfg: dict[str, Any]) -> None:
+    EARLIER_REGRESSION(cfg)
+
+
+#: Variants: one change each from the shipped config. All but "shipped" were run
+#: with the earlier regression (:data:`EARLIER_REGRESSION`) and keep it.
 VARIANTS: dict[str, Edit] = {
     "shipped": lambda cfg: None,
     "paper: condition on the true block mean": _both(
-        EARLIER_SIGMA_C, _cond(source="truth", predictors=False)
+        _earlier, EARLIER_SIGMA_C, _cond(source="truth", predictors=False)
     ),
-    "no predictors in the condition": _both(EARLIER_SIGMA_C, _cond(predictors=False)),
-    "no static channels": _both(EARLIER_SIGMA_C, _cond(statics=[], static_files=[])),
-    "sigma_c 0.1": EARLIER_SIGMA_C,
-    "sigma_c 0.25": _set("diffusion.sigma_c", 0.25),
-    "sigma_c 0.5": _set("diffusion.sigma_c", 0.5),
-    "sigma_c 1.0": _set("diffusion.sigma_c", 1.0),
+    "no predictors in the condition": _both(_earlier, EARLIER_SIGMA_C, _cond(predictors=False)),
+    "no static channels": _both(_earlier, EARLIER_SIGMA_C, _cond(statics=[], static_files=[])),
+    "sigma_c 0.1": _both(_earlier, EARLIER_SIGMA_C),
+    "sigma_c 0.25": _both(_earlier, _set("diffusion.sigma_c", 0.25)),
+    "sigma_c 0.5": _both(_earlier, _set("diffusion.sigma_c", 0.5)),
+    "sigma_c 1.0": _both(_earlier, _set("diffusion.sigma_c", 1.0)),
 }
 
 #: The sigma_c sweep (issue 13 cause 3): the shipped product is output-calibrated, so
@@ -167,20 +182,101 @@ PREDICTOR_SETS: dict[str, list[str]] = {
 }
 
 
+def _regression_only(cfg: dict[str, Any]) -> None:
+    """Train the regression alone: no cross-fitting, a one-step placeholder denoiser.
+
+    The placeholder lets the bundle machinery load the regression; no diffusion
+    score is read from such a bundle.
+    """
+    cfg["regression"]["cross_fit_folds"] = 0
+    cfg["diffusion"]["condition"] = {"source": "truth", "predictors": False, "statics": []}
+    cfg["diffusion"]["optim"]["steps"] = 1
+    cfg["diffusion"]["optim"]["warmup_steps"] = 0
+    cfg["diffusion"]["loop"]["validate_every"] = 1
+    cfg["diffusion"]["loop"]["checkpoint_every"] = 1
+
+
 def predictor_set_config(name: str, run_root: Path) -> Any:
-    """The shipped regression with the inner split and one predictor set."""
+    """The earlier regression (:data:`EARLIER_REGRESSION`), inner split, one predictor set."""
     feats = PREDICTOR_SETS[name]
 
     def edit(cfg: dict[str, Any]) -> None:
+        EARLIER_REGRESSION(cfg)
         cfg["regression"]["data"]["features"] = feats
-        cfg["regression"]["cross_fit_folds"] = 0
-        cfg["diffusion"]["condition"] = {"source": "truth", "predictors": False, "statics": []}
-        cfg["diffusion"]["optim"]["steps"] = 1
-        cfg["diffusion"]["optim"]["warmup_steps"] = 0
-        cfg["diffusion"]["loop"]["validate_every"] = 1
-        cfg["diffusion"]["loop"]["checkpoint_every"] = 1
+        _regression_only(cfg)
 
     return _configured(edit, "predictors_" + name, run_root)
+
+
+#: Regression training lengths compared on the inner split (issue 13 cause 5), each
+#: with three seeds: the regression memorises its ~800 training days (its inner
+#: validation loss is lowest at the first evaluation while the training loss keeps
+#: falling), so the number of optimiser steps is a choice, made here.
+REGRESSION_STEPS = (60, 125, 250, 500, 1000, 1500)
+REGRESSION_SEEDS = (0, 1, 2)
+
+
+def _regression_steps(steps: int) -> Edit:
+    """Train the regression for ``steps`` optimiser steps (5 % warm-up).
+
+    Validation, checkpoints and logs every 250, 500 and 50 steps (the settings of the
+    earlier 1500-step regression) or at the end of shorter runs; none of them changes
+    the weights (``loop.select: last``).
+    """
+
+    def edit(cfg: dict[str, Any]) -> None:
+        reg = cfg["regression"]
+        reg["optim"]["steps"] = steps
+        reg["optim"]["warmup_steps"] = steps // 20
+        reg["loop"].update(
+            validate_every=min(250, steps),
+            checkpoint_every=min(500, steps),
+            log_every=min(50, steps),
+        )
+
+    return edit
+
+
+#: The regression every row above the "Regression training length" table was run
+#: with (1500 steps, 75 warm-up): the older variants keep it, so that their rows and
+#: caches stay what they were.
+EARLIER_REGRESSION = _regression_steps(1500)
+
+
+def regression_steps_config(steps: int, run_root: Path, seed: int = 0) -> Any:
+    """The shipped regression (alone), inner split, ``steps`` optimiser steps, ``seed``."""
+
+    def edit(cfg: dict[str, Any]) -> None:
+        _regression_steps(steps)(cfg)
+        _regression_only(cfg)
+        cfg["seed"] = seed
+
+    name = f"regression_steps_{steps}" + (f"_seed{seed}" if seed else "")
+    return _configured(edit, name, run_root)
+
+
+def regression_steps_choice(rows: list[tuple[int, list[dict[str, float]]]]) -> int:
+    """The training-length rule, fixed before the sweep ran (selection.md).
+
+    The lowest seed-mean inner-validation RMSE of the regression wins; lengths within
+    1 % of it are tied and the tie goes to the fewest steps (the cheaper, less
+    over-fitted network).
+
+    Parameters
+    ----------
+    rows
+        ``(steps, [scores per seed])``, each score with ``regression_rmse``.
+
+    Returns
+    -------
+    int
+        The chosen number of steps.
+    """
+    if not rows:
+        raise ValueError("no regression training lengths to choose from")
+    mean = {n: float(np.mean([s["regression_rmse"] for s in seeds])) for n, seeds in rows}
+    best = min(mean.values())
+    return min(n for n, m in mean.items() if m <= 1.01 * best)
 
 
 def variant_config(name: str, run_root: Path) -> Any:
@@ -359,6 +455,7 @@ def score_regression(cfg: Any, bundle: Path) -> dict[str, float]:
     obs = raw["coarse"]
     pred = np.where(np.isfinite(obs), pred, np.nan)
     out = {
+        "regression_rmse": float(np.sqrt(np.nanmean((pred - obs) ** 2))),
         "regression_mae": metrics.mae(pred, obs),
         "regression_bias": metrics.mean_bias(pred, obs),
     }
@@ -590,11 +687,104 @@ def _cached(
     return s
 
 
+def regression_steps_table(rows: list[tuple[int, list[dict[str, float]]]]) -> str:
+    """The training-length table: seed means, the change's range over seeds, the choice."""
+    lines = [
+        "| regression steps | seeds | RMSE (2 deg, mm/day) | MAE | mean bias "
+        "| RCP8.5 change of the DJF mean, regression: mean (range over seeds) "
+        "| CNRM-CM5's own change |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for steps, seeds in rows:
+
+        def m(key: str, seeds: list[dict[str, float]] = seeds) -> float:
+            return float(np.mean([s[key] for s in seeds]))
+
+        ch = [100 * s["rcp85_change_regression"] for s in seeds]
+        lines.append(
+            f"| {steps} | {len(seeds)} | {m('regression_rmse'):.3f} | "
+            f"{m('regression_mae'):.3f} | {m('regression_bias'):+.3f} | "
+            f"{np.mean(ch):+.1f} % ({min(ch):+.1f} to {max(ch):+.1f}) | "
+            f"{100 * m('rcp85_change_esm_own'):+.1f} % |"
+        )
+    chosen = regression_steps_choice(rows)
+    lines += ["", f"The training-length rule (`regression_steps_choice`) picks: **{chosen}**."]
+    return "\n".join(lines)
+
+
+def plot_regression_steps(
+    rows: list[tuple[int, list[dict[str, float]]]], root: Path, path: Path
+) -> Path:
+    """Learning curves of the longest runs and inner-validation RMSE against training length.
+
+    Left: training loss (mean of the last 50 steps, dropout on) and inner-validation
+    loss (MSE, (mm/day)^2) of each seed's run with the most steps. Right: the
+    inner-validation RMSE of every run (dots) and the seed mean (line).
+    """
+    import csv
+
+    from precipdiff.offline.evaluate.plots import _pyplot, _save
+
+    plt = _pyplot()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    longest, seeds = rows[-1][0], len(rows[-1][1])
+    for k in range(seeds):
+        seed = REGRESSION_SEEDS[k] if k < len(REGRESSION_SEEDS) else k
+        name = f"regression_steps_{longest}" + (f"_seed{seed}" if seed else "")
+        with open(root / name / "regression" / "metrics.csv") as f:
+            recs = list(csv.DictReader(f))
+        st = [int(r["step"]) for r in recs]
+        a.plot(
+            st,
+            [float(r["train_loss"]) for r in recs],
+            "C0",
+            lw=1,
+            alpha=0.7,
+            label="training" if k == 0 else None,
+        )
+        vs = [int(r["step"]) for r in recs if r["val_loss"]]
+        vl = [float(r["val_loss"]) for r in recs if r["val_loss"]]
+        a.plot(vs, vl, "C1o-", lw=1, ms=3, label="inner validation" if k == 0 else None)
+    a.set_yscale("log")
+    a.set_xlabel("optimiser step (batch 64; about 12.5 steps per epoch of the inner split)")
+    a.set_ylabel("MSE, (mm/day)$^2$")
+    a.set_title(f"regression, {longest} steps, {seeds} seeds")
+    a.legend()
+    steps = [n for n, _ in rows]
+    for n, sc in rows:
+        b.plot([n] * len(sc), [x["regression_rmse"] for x in sc], "k.", alpha=0.5)
+    b.plot(steps, [np.mean([x["regression_rmse"] for x in sc]) for _, sc in rows], "C1o-")
+    b.set_xscale("log")
+    b.set_xlabel("optimiser steps")
+    b.set_ylabel("inner-validation RMSE, mm/day (2 deg)")
+    b.set_title("training length")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def replace_block(text: str, name: str, body: str, cmd: str) -> str:
+    """Replace the generated block ``<!-- name -->`` ... ``<!-- /name -->`` of ``text``."""
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    if start not in text or end not in text:
+        raise ValueError(f"selection.md has no {start} ... {end} block to replace")
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    return f"{head}{start}\n{body}\n\nProduced by `{cmd}`.\n{end}{tail}"
+
+
 def main() -> int:
     """Train and score the variants; print (and optionally write) the tables."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
     ap.add_argument("--predictor-sets", nargs="*", default=list(PREDICTOR_SETS))
+    ap.add_argument(
+        "--regression-steps",
+        nargs="*",
+        type=int,
+        default=[],
+        help=f"regression training lengths to compare (the sweep: {list(REGRESSION_STEPS)})",
+    )
+    ap.add_argument("--regression-seeds", nargs="*", type=int, default=list(REGRESSION_SEEDS))
     ap.add_argument("--members", type=int, default=8)
     ap.add_argument("--out", default=str(REPO / "out" / "selection"))
     ap.add_argument("--threads", type=int, default=1)
@@ -635,6 +825,18 @@ def main() -> int:
         s = _cached(cfg, functools.partial(_score_set, cfg))
         sets.append((name, s))
         print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in s.items()), flush=True)
+    lengths = []
+    for steps in args.regression_steps:
+        per_seed = []
+        for seed in args.regression_seeds:
+            cfg = regression_steps_config(steps, root, seed)
+            per_seed.append(_cached(cfg, functools.partial(_score_set, cfg)))
+        lengths.append((steps, per_seed))
+        print(
+            f"regression {steps} steps: RMSE "
+            + ", ".join(f"{s['regression_rmse']:.3f}" for s in per_seed),
+            flush=True,
+        )
     rows = []
     for name in args.variants:
         cfg = variant_config(name, root)
@@ -777,14 +979,22 @@ def main() -> int:
         if swept:
             chosen = sigma_c_choice(swept, swept[0][1]["change_mean_esm_own"])
             lines += ["", f"The sigma_c rule (`sigma_c_choice`) picks: **{chosen}**."]
+    steps_table = regression_steps_table(lengths) if lengths else ""
+    if steps_table:
+        print(steps_table)
     table = "\n".join(lines)
-    print(table)
-    if args.write_docs:
+    if sets or rows or calib is not None or calibrated:
+        print(table)
+    cmd = shlex.join(["scripts/iberia_selection.py", *sys.argv[1:]])
+    if args.write_docs and steps_table:
+        path = REPO / "docs" / "results" / "iberia" / "selection.md"
+        path.write_text(replace_block(path.read_text(), "regression steps", steps_table, cmd))
+        plot_regression_steps(lengths, root, path.parent / "regression_training_length.png")
+    if args.write_docs and (sets or rows or calib is not None or calibrated):
         path = REPO / "docs" / "results" / "iberia" / "selection.md"
         text = (path.read_text().split("<!-- table -->")[0] if path.is_file() else "") or (
             "# Design choices for the Iberia demo, on training winters only\n\n"
         )
-        cmd = shlex.join(["scripts/iberia_selection.py", *sys.argv[1:]])
         path.write_text(text + "<!-- table -->\n" + table + f"\n\nProduced by `{cmd}`.\n")
     return 0
 

@@ -7,6 +7,7 @@ checks that the code does what the text says: exclusion by the change signal, a
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -49,3 +50,64 @@ def test_a_broken_change_signal_is_excluded(selection: ModuleType) -> None:
 def test_the_sweep_names_known_variants(selection: ModuleType) -> None:
     assert set(selection.SIGMA_C_SWEEP) <= set(selection.VARIANTS)
     assert selection.CALIBRATION_BASE in selection.VARIANTS
+
+
+def _rmse(*values: float) -> list[dict[str, float]]:
+    return [{"regression_rmse": v} for v in values]
+
+
+def test_training_length_is_chosen_on_the_seed_mean(selection: ModuleType) -> None:
+    # 500 has the single best seed, 250 the best mean
+    rows = [(250, _rmse(2.50, 2.52, 2.51)), (500, _rmse(2.40, 2.70, 2.70))]
+    assert selection.regression_steps_choice(rows) == 250
+
+
+def test_training_length_ties_go_to_fewer_steps(selection: ModuleType) -> None:
+    rows = [(1000, _rmse(2.500)), (125, _rmse(2.520)), (60, _rmse(2.600))]
+    assert selection.regression_steps_choice(rows) == 125  # 0.8 % worse: a tie
+    with pytest.raises(ValueError, match="no regression training lengths"):
+        selection.regression_steps_choice([])
+
+
+def test_training_length_configs_differ_only_in_length_and_seed(
+    selection: ModuleType, tmp_path: Path
+) -> None:
+    from precipdiff.offline.train.config import to_dict
+
+    a = to_dict(selection.regression_steps_config(125, tmp_path))
+    b = to_dict(selection.regression_steps_config(1500, tmp_path, seed=2))
+    assert a["regression"]["optim"]["steps"] == 125
+    assert a["regression"]["optim"]["warmup_steps"] == 6
+    assert a["regression"]["loop"]["validate_every"] == 125
+    assert b["seed"] == 2 and a["seed"] == 0
+    assert a["run_dir"] != b["run_dir"]
+    for d in (a, b):
+        d.pop("run_dir"), d.pop("seed"), d.pop("bundle")
+        for key in ("steps", "warmup_steps"):
+            d["regression"]["optim"].pop(key)
+        for key in ("validate_every", "checkpoint_every"):
+            d["regression"]["loop"].pop(key)
+    assert a == b
+
+
+def test_older_rows_keep_the_earlier_regression(selection: ModuleType, tmp_path: Path) -> None:
+    from precipdiff.offline.train.config import to_dict
+
+    for name in selection.VARIANTS:
+        if name == "shipped":
+            continue
+        cfg = to_dict(selection.variant_config(name, tmp_path))
+        assert cfg["regression"]["optim"]["steps"] == 1500, name
+        assert cfg["regression"]["optim"]["warmup_steps"] == 75, name
+    cfg = to_dict(selection.predictor_set_config(next(iter(selection.PREDICTOR_SETS)), tmp_path))
+    assert cfg["regression"]["optim"]["steps"] == 1500
+
+
+def test_generated_blocks_are_replaced_in_place(selection: ModuleType) -> None:
+    text = "prose\n<!-- regression steps -->\nold\n<!-- /regression steps -->\nmore\n"
+    out = selection.replace_block(text, "regression steps", "| new |", "cmd --x")
+    assert out.startswith("prose\n<!-- regression steps -->\n| new |")
+    assert "old" not in out and out.endswith("<!-- /regression steps -->\nmore\n")
+    assert "Produced by `cmd --x`." in out
+    with pytest.raises(ValueError, match="no <!-- other -->"):
+        selection.replace_block(text, "other", "x", "cmd")

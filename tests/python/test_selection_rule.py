@@ -111,3 +111,40 @@ def test_generated_blocks_are_replaced_in_place(selection: ModuleType) -> None:
     assert "Produced by `cmd --x`." in out
     with pytest.raises(ValueError, match="no <!-- other -->"):
         selection.replace_block(text, "other", "x", "cmd")
+
+
+def _mab(*values: float) -> list[dict[str, float]]:
+    return [{"regression_mab": v} for v in values]
+
+
+def test_loss_rule_keeps_the_shipped_loss_in_a_tie(selection: ModuleType) -> None:
+    shipped = next(iter(selection.REGRESSION_LOSSES))
+    rows = [("mixed", _mab(0.300, 0.302)), (shipped, _mab(0.303, 0.302))]
+    assert selection.regression_loss_choice(rows) == shipped  # 0.8 % worse: a tie
+
+
+def test_loss_rule_takes_a_clearly_better_loss(selection: ModuleType) -> None:
+    shipped = next(iter(selection.REGRESSION_LOSSES))
+    rows = [(shipped, _mab(0.35, 0.33)), ("a", _mab(0.30, 0.31)), ("b", _mab(0.32, 0.30))]
+    assert selection.regression_loss_choice(rows) == "a"  # seed mean 0.305 < 0.310
+    with pytest.raises(ValueError, match="no regression losses"):
+        selection.regression_loss_choice([])
+
+
+def test_loss_configs_change_only_the_loss(selection: ModuleType, tmp_path: Path) -> None:
+    from precipdiff.offline.train.config import to_dict
+
+    for name, change in selection.REGRESSION_LOSSES.items():
+        base = to_dict(selection.regression_steps_config(125, tmp_path))
+        cfg = to_dict(selection.regression_loss_config(name, tmp_path, seed=1))
+        assert cfg["seed"] == 1
+        for key, value in change.items():
+            assert cfg["regression"][key] == value
+        for d in (cfg, base):
+            d.pop("run_dir"), d.pop("seed"), d.pop("bundle")
+            d["regression"].pop("loss"), d["regression"].pop("physical_weight")
+            d["regression"]["loop"].pop("log_every")
+        # the shipped config's loop settings, against the sweep's (no weights depend on them)
+        for key in ("validate_every", "checkpoint_every"):
+            cfg["regression"]["loop"].pop(key), base["regression"]["loop"].pop(key)
+        assert cfg == base, name

@@ -204,8 +204,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     ib.add_argument(
         "--esm-max-days",
         type=int,
-        help="days generated per ESM/NCEP climatology run in (b)/(c) (default 600); "
-        "0 = all (slow on CPU)",
+        help="days generated per ESM/NCEP climatology run in (b)/(c) (default: all; "
+        "0 = all); a subsample makes the change targets noisy",
     )
     ib.add_argument(
         "--no-output-calibration",

@@ -282,7 +282,7 @@ def regression_loss_choice(
     """
     if not rows:
         raise ValueError("no regression losses to choose from")
-    mean = {n: float(np.mean([s["regression_mab"] for s in seeds])) for n, seeds in rows}
+    mean = {n: _seed_mean(seeds, "regression_mab") for n, seeds in rows}
     best = min(mean.values())
     if shipped in mean and mean[shipped] <= 1.01 * best:
         return shipped
@@ -326,7 +326,7 @@ def regression_steps_choice(rows: list[tuple[int, list[dict[str, float]]]]) -> i
     """
     if not rows:
         raise ValueError("no regression training lengths to choose from")
-    mean = {n: float(np.mean([s["regression_rmse"] for s in seeds])) for n, seeds in rows}
+    mean = {n: _seed_mean(seeds, "regression_rmse") for n, seeds in rows}
     best = min(mean.values())
     return min(n for n, m in mean.items() if m <= 1.01 * best)
 
@@ -723,6 +723,24 @@ def _score_set(cfg: Any) -> dict[str, float]:
     return score_regression(cfg, train(cfg))
 
 
+def _seeded(configure: Callable[[int], Any], args: argparse.Namespace) -> list[dict[str, float]]:
+    """A regression-only config trained and scored once per seed of ``--regression-seeds``."""
+    out = []
+    for seed in args.regression_seeds:
+        cfg = configure(seed)
+        out.append(_cached(cfg, functools.partial(_score_set, cfg)))
+        print(
+            f"{Path(cfg.run_dir).name}: RMSE {out[-1]['regression_rmse']:.3f}, "
+            f"MAB {out[-1].get('regression_mab', float('nan')):.3f}",
+            flush=True,
+        )
+    return out
+
+
+def _seed_mean(seeds: list[dict[str, float]], key: str) -> float:
+    return float(np.mean([s[key] for s in seeds]))
+
+
 def _score_variant(cfg: Any, members: int) -> dict[str, float]:
     return score(cfg, train(cfg), members)
 
@@ -749,10 +767,7 @@ def regression_steps_table(rows: list[tuple[int, list[dict[str, float]]]]) -> st
         "|---|---|---|---|---|---|---|",
     ]
     for steps, seeds in rows:
-
-        def m(key: str, seeds: list[dict[str, float]] = seeds) -> float:
-            return float(np.mean([s[key] for s in seeds]))
-
+        m = functools.partial(_seed_mean, seeds)
         ch = [100 * s["rcp85_change_regression"] for s in seeds]
         lines.append(
             f"| {steps} | {len(seeds)} | {m('regression_rmse'):.3f} | "
@@ -848,10 +863,7 @@ def regression_loss_table(rows: list[tuple[str, list[dict[str, float]]]]) -> str
         "|---|---|---|---|---|---|---|",
     ]
     for name, seeds in rows:
-
-        def m(key: str, seeds: list[dict[str, float]] = seeds) -> float:
-            return float(np.mean([s[key] for s in seeds]))
-
+        m = functools.partial(_seed_mean, seeds)
         lines.append(
             f"| {name} | {len(seeds)} | {m('regression_mab'):.3f} | "
             f"{m('regression_bias'):+.3f} | {m('regression_mae'):.3f} | "
@@ -933,30 +945,14 @@ def main() -> int:
         s = _cached(cfg, functools.partial(_score_set, cfg))
         sets.append((name, s))
         print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in s.items()), flush=True)
-    lengths = []
-    for steps in args.regression_steps:
-        per_seed = []
-        for seed in args.regression_seeds:
-            cfg = regression_steps_config(steps, root, seed)
-            per_seed.append(_cached(cfg, functools.partial(_score_set, cfg)))
-        lengths.append((steps, per_seed))
-        print(
-            f"regression {steps} steps: RMSE "
-            + ", ".join(f"{s['regression_rmse']:.3f}" for s in per_seed),
-            flush=True,
-        )
-    losses = []
-    for name in args.regression_losses:
-        per_seed = []
-        for seed in args.regression_seeds:
-            cfg = regression_loss_config(name, root, seed)
-            per_seed.append(_cached(cfg, functools.partial(_score_set, cfg)))
-        losses.append((name, per_seed))
-        print(
-            f"regression loss {name}: MAB "
-            + ", ".join(f"{s['regression_mab']:.3f}" for s in per_seed),
-            flush=True,
-        )
+    lengths = [
+        (n, _seeded(lambda seed, n=n: regression_steps_config(n, root, seed), args))
+        for n in args.regression_steps
+    ]
+    losses = [
+        (n, _seeded(lambda seed, n=n: regression_loss_config(n, root, seed), args))
+        for n in args.regression_losses
+    ]
     rows = []
     for name in args.variants:
         cfg = variant_config(name, root)

@@ -94,7 +94,7 @@ def test_older_rows_keep_the_earlier_regression(selection: ModuleType, tmp_path:
     from precipdiff.offline.train.config import to_dict
 
     for name in selection.VARIANTS:
-        if name == "shipped":
+        if name in selection.DIFFUSION_STEPS_SWEEP:
             continue
         cfg = to_dict(selection.variant_config(name, tmp_path))
         assert cfg["regression"]["optim"]["steps"] == 1500, name
@@ -148,3 +148,21 @@ def test_loss_configs_change_only_the_loss(selection: ModuleType, tmp_path: Path
         for key in ("validate_every", "checkpoint_every"):
             cfg["regression"]["loop"].pop(key), base["regression"]["loop"].pop(key)
         assert cfg == base, name
+
+
+def test_denoiser_lengths_change_only_the_denoiser_schedule(
+    selection: ModuleType, tmp_path: Path
+) -> None:
+    from precipdiff.offline.train.config import to_dict
+
+    assert "shipped" in selection.DIFFUSION_STEPS_SWEEP
+    assert set(selection.DIFFUSION_STEPS_SWEEP) <= set(selection.VARIANTS)
+    for steps in (1000, 2000):
+        base = to_dict(selection.variant_config("shipped", tmp_path))
+        cfg = to_dict(selection.variant_config(f"denoiser {steps} steps", tmp_path))
+        assert cfg["diffusion"]["optim"]["steps"] == steps
+        assert cfg["diffusion"]["optim"]["warmup_steps"] == round(0.03 * steps)
+        for d in (cfg, base):
+            d.pop("run_dir"), d.pop("bundle")
+            d["diffusion"]["optim"].pop("steps"), d["diffusion"]["optim"].pop("warmup_steps")
+        assert cfg == base

@@ -107,32 +107,31 @@ def _both(*edits: Edit) -> Edit:
 EARLIER_SIGMA_C = _set("diffusion.sigma_c", 0.1)
 
 
-def _earlier(cfg: dict[str, Any]) -> None:
-    EARLIER_REGRESSION(cfg)
+def _regression_steps(steps: int) -> Edit:
+    """Train the regression for ``steps`` optimiser steps (5 % warm-up).
+
+    Validation, checkpoints and logs every 250, 500 and 50 steps (the settings of the
+    earlier 1500-step regression) or at the end of shorter runs; none of them changes
+    the weights (``loop.select: last``).
+    """
+
+    def edit(cfg: dict[str, Any]) -> None:
+        reg = cfg["regression"]
+        reg["optim"]["steps"] = steps
+        reg["optim"]["warmup_steps"] = steps // 20
+        reg["loop"].update(
+            validate_every=min(250, steps),
+            checkpoint_every=min(500, steps),
+            log_every=min(50, steps),
+        )
+
+    return edit
 
 
-#: Variants: one change each from the shipped config. The ablations and the sigma_c
-#: sweep were run with the earlier regression (:data:`EARLIER_REGRESSION`) and keep
-#: it; "shipped" and the denoiser lengths have the shipped one.
-VARIANTS: dict[str, Edit] = {
-    "shipped": lambda cfg: None,
-    "paper: condition on the true block mean": _both(
-        _earlier, EARLIER_SIGMA_C, _cond(source="truth", predictors=False)
-    ),
-    "no predictors in the condition": _both(_earlier, EARLIER_SIGMA_C, _cond(predictors=False)),
-    "no static channels": _both(_earlier, EARLIER_SIGMA_C, _cond(statics=[], static_files=[])),
-    "sigma_c 0.1": _both(_earlier, EARLIER_SIGMA_C),
-    "sigma_c 0.25": _both(_earlier, _set("diffusion.sigma_c", 0.25)),
-    "sigma_c 0.5": _both(_earlier, _set("diffusion.sigma_c", 0.5)),
-    "sigma_c 1.0": _both(_earlier, _set("diffusion.sigma_c", 1.0)),
-    "denoiser 1000 steps": lambda cfg: _diffusion_steps(1000)(cfg),
-    "denoiser 2000 steps": lambda cfg: _diffusion_steps(2000)(cfg),
-}
-
-#: The denoiser's training length (issue 13 cause 5), each scored output-calibrated
-#: (``--calibrated``) and chosen by :func:`sigma_c_choice`'s rule, unchanged; "shipped"
-#: is the 4000-step value.
-DIFFUSION_STEPS_SWEEP = ["denoiser 1000 steps", "denoiser 2000 steps", "shipped"]
+#: The regression the ablations, the sigma_c sweep and the predictor sets were run
+#: with (1500 steps, 75 warm-up): they keep it, so that their rows and caches stay
+#: what they were.
+EARLIER_REGRESSION = _regression_steps(1500)
 
 
 def _diffusion_steps(steps: int) -> Edit:
@@ -143,6 +142,34 @@ def _diffusion_steps(steps: int) -> Edit:
         cfg["diffusion"]["optim"]["warmup_steps"] = round(0.03 * steps)
 
     return edit
+
+
+#: Variants: one change each from the shipped config. The ablations and the sigma_c
+#: sweep were run with the earlier regression (:data:`EARLIER_REGRESSION`) and keep
+#: it; "shipped" and the denoiser lengths have the shipped one.
+VARIANTS: dict[str, Edit] = {
+    "shipped": lambda cfg: None,
+    "paper: condition on the true block mean": _both(
+        EARLIER_REGRESSION, EARLIER_SIGMA_C, _cond(source="truth", predictors=False)
+    ),
+    "no predictors in the condition": _both(
+        EARLIER_REGRESSION, EARLIER_SIGMA_C, _cond(predictors=False)
+    ),
+    "no static channels": _both(
+        EARLIER_REGRESSION, EARLIER_SIGMA_C, _cond(statics=[], static_files=[])
+    ),
+    "sigma_c 0.1": _both(EARLIER_REGRESSION, EARLIER_SIGMA_C),
+    "sigma_c 0.25": _both(EARLIER_REGRESSION, _set("diffusion.sigma_c", 0.25)),
+    "sigma_c 0.5": _both(EARLIER_REGRESSION, _set("diffusion.sigma_c", 0.5)),
+    "sigma_c 1.0": _both(EARLIER_REGRESSION, _set("diffusion.sigma_c", 1.0)),
+    "denoiser 1000 steps": _diffusion_steps(1000),
+    "denoiser 2000 steps": _diffusion_steps(2000),
+}
+
+#: The denoiser's training length (issue 13 cause 5), each scored output-calibrated
+#: (``--calibrated``) and chosen by :func:`sigma_c_choice`'s rule, unchanged; "shipped"
+#: is the 4000-step value.
+DIFFUSION_STEPS_SWEEP = ["denoiser 1000 steps", "denoiser 2000 steps", "shipped"]
 
 
 #: The sigma_c sweep (issue 13 cause 3): the shipped product is output-calibrated, so
@@ -235,27 +262,6 @@ REGRESSION_STEPS = (60, 125, 250, 500, 1000, 1500)
 REGRESSION_SEEDS = (0, 1, 2)
 
 
-def _regression_steps(steps: int) -> Edit:
-    """Train the regression for ``steps`` optimiser steps (5 % warm-up).
-
-    Validation, checkpoints and logs every 250, 500 and 50 steps (the settings of the
-    earlier 1500-step regression) or at the end of shorter runs; none of them changes
-    the weights (``loop.select: last``).
-    """
-
-    def edit(cfg: dict[str, Any]) -> None:
-        reg = cfg["regression"]
-        reg["optim"]["steps"] = steps
-        reg["optim"]["warmup_steps"] = steps // 20
-        reg["loop"].update(
-            validate_every=min(250, steps),
-            checkpoint_every=min(500, steps),
-            log_every=min(50, steps),
-        )
-
-    return edit
-
-
 #: Regression losses compared on the inner split (docs/training.md, "Choosing the
 #: regression loss"), at the shipped training length, three seeds each.
 REGRESSION_LOSSES: dict[str, dict[str, Any]] = {
@@ -306,12 +312,6 @@ def regression_loss_choice(
     if shipped in mean and mean[shipped] <= 1.01 * best:
         return shipped
     return min(mean, key=lambda n: mean[n])
-
-
-#: The regression every row above the "Regression training length" table was run
-#: with (1500 steps, 75 warm-up): the older variants keep it, so that their rows and
-#: caches stay what they were.
-EARLIER_REGRESSION = _regression_steps(1500)
 
 
 def regression_steps_config(steps: int, run_root: Path, seed: int = 0) -> Any:
@@ -526,7 +526,7 @@ def score_regression(cfg: Any, bundle: Path) -> dict[str, float]:
     obs = raw["coarse"]
     pred = np.where(np.isfinite(obs), pred, np.nan)
     out = {
-        "regression_rmse": float(np.sqrt(np.nanmean((pred - obs) ** 2))),
+        "regression_rmse": metrics.rmse(pred, obs),
         "regression_mae": metrics.mae(pred, obs),
         "regression_bias": metrics.mean_bias(pred, obs),
         "regression_mab": metrics.mean_absolute_bias(pred, obs),
@@ -800,7 +800,7 @@ def regression_steps_table(rows: list[tuple[int, list[dict[str, float]]]]) -> st
 
 
 def plot_regression_steps(
-    rows: list[tuple[int, list[dict[str, float]]]], root: Path, path: Path
+    rows: list[tuple[int, list[dict[str, float]]]], seeds: list[int], root: Path, path: Path
 ) -> Path:
     """Learning curves of the longest runs and inner-validation RMSE against training length.
 
@@ -814,11 +814,10 @@ def plot_regression_steps(
 
     plt = _pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    longest, seeds = rows[-1][0], len(rows[-1][1])
-    for k in range(seeds):
-        seed = REGRESSION_SEEDS[k] if k < len(REGRESSION_SEEDS) else k
-        name = f"regression_steps_{longest}" + (f"_seed{seed}" if seed else "")
-        with open(root / name / "regression" / "metrics.csv") as f:
+    longest = rows[-1][0]
+    for k, seed in enumerate(seeds):
+        run = Path(regression_steps_config(longest, root, seed).run_dir)
+        with open(run / "regression" / "metrics.csv") as f:
             recs = list(csv.DictReader(f))
         st = [int(r["step"]) for r in recs]
         a.plot(
@@ -835,7 +834,7 @@ def plot_regression_steps(
     a.set_yscale("log")
     a.set_xlabel("optimiser step (batch 64; about 12.5 steps per epoch of the inner split)")
     a.set_ylabel("MSE, (mm/day)$^2$")
-    a.set_title(f"regression, {longest} steps, {seeds} seeds")
+    a.set_title(f"regression, {longest} steps, {len(seeds)} seeds")
     a.legend()
     steps = [n for n, _ in rows]
     for n, sc in rows:
@@ -1111,7 +1110,9 @@ def main() -> int:
     if args.write_docs and steps_table:
         path = REPO / "docs" / "results" / "iberia" / "selection.md"
         path.write_text(replace_block(path.read_text(), "regression steps", steps_table, cmd))
-        plot_regression_steps(lengths, root, path.parent / "regression_training_length.png")
+        plot_regression_steps(
+            lengths, args.regression_seeds, root, path.parent / "regression_training_length.png"
+        )
     lengths_d = [(n, c) for n, c in calibrated if n in DIFFUSION_STEPS_SWEEP]
     steps_d_body = ""
     if len(lengths_d) == len(DIFFUSION_STEPS_SWEEP):

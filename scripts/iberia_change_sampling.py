@@ -6,7 +6,9 @@ relative change of the land-mean DJF mean (2081-2100 against 1983-1997). This
 script measures the ESM's own change -- no network involved -- on all days, on
 ``--days`` evenly spaced days of each period (what ``precipdiff evaluate iberia
 --esm-max-days N`` generates) and on ``--draws`` random subsets of that size, and
-prints the subsets' mean, standard deviation and 5-95 % range.
+prints the subsets' mean, standard deviation and 5-95 % range; then the
+5-95 % range of the change of the mean, q0.9 and q0.99 when whole winters
+are resampled (the winter-block bootstrap of ``precipdiff evaluate iberia``).
 
 Usage (seconds; reads ../shared/data or $PRECIPDIFF_SHARED_DATA)::
 
@@ -27,13 +29,6 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
-def evenly_spaced(n: int, m: int) -> np.ndarray:
-    """``m`` evenly spaced indices of ``n`` (all when ``m >= n``), as the report picks them."""
-    if m >= n:
-        return np.arange(n)
-    return np.unique(np.linspace(0, n - 1, m).round().astype(np.int64))
-
-
 def relative_change(hist: np.ndarray, fut: np.ndarray) -> float:
     """Relative change of the mean: ``mean(fut) / mean(hist) - 1``."""
     return float(np.mean(fut) / np.mean(hist) - 1.0)
@@ -47,8 +42,11 @@ def main() -> int:
     ap.add_argument("--bundle", default=str(REPO / "models" / "iberia-demo"))
     args = ap.parse_args()
     from precipdiff.bundle import read_manifest
+    from precipdiff.calendars import time_fields
     from precipdiff.grids import LatLonGrid, Regridder
     from precipdiff.io import import_xarray
+    from precipdiff.offline import metrics
+    from precipdiff.offline.evaluate.report import evenly_spaced  # the report's rule
     from precipdiff.testing import shared_data_dir
 
     root = shared_data_dir()
@@ -66,12 +64,14 @@ def main() -> int:
     if eobs.shape[1:] != fine.shape:
         raise SystemExit(f"E-OBS does not contain the bundle's fine grid {fine.shape}")
     land = np.isfinite(eobs).any(axis=0)
-    periods = {}
+    periods, winters = {}, []
     for key, name in (("hist", "CMIP5_Iberia_pr.nc"), ("fut", "CMIP5_Iberia_pr.rcp85.nc")):
         with xr.open_dataset(data / name) as ds:
             grid = LatLonGrid(ds["lat"].values, ds["lon"].values)
             pr = Regridder(grid, fine, "bilinear")(np.asarray(ds["pr"].values, np.float32))
+            tf = time_fields(ds["time"].values)
         periods[key] = pr[..., land]
+        winters.append(tf.year + (tf.month == 12))  # DJF, labelled by January's year
     h, f = periods["hist"], periods["fut"]
     print(f"land cells {int(land.sum())}; days: historical {len(h)}, RCP8.5 {len(f)}")
     print(f"CNRM-CM5's own change, all days: {100 * relative_change(h, f):+.1f} %")
@@ -96,6 +96,22 @@ def main() -> int:
         f"standard deviation {100 * draws.std():.1f} points, 5-95 % {100 * lo:+.1f} to "
         f"{100 * hi:+.1f} %"
     )
+    # whole winters resampled (what `precipdiff evaluate iberia` reports for every product)
+    wh, wf = winters[0], winters[1]
+    boot = metrics.change_signal_bootstrap(
+        h[:, None], f[:, None], wh, wf, q=(0.9, 0.99), n=args.draws, seed=0
+    )
+    for name, x in (
+        ("mean", boot.mean),
+        ("q0.9", boot.quantile[:, 0]),
+        ("q0.99", boot.quantile[:, 1]),
+    ):
+        lo, hi = np.percentile(x, [5, 95])
+        print(
+            f"winter-block bootstrap ({args.draws} draws, {len(np.unique(wh))} + "
+            f"{len(np.unique(wf))} winters), change of the {name}: 5-95 % {100 * lo:+.1f} to "
+            f"{100 * hi:+.1f} %, positive in {100 * np.mean(x > 0):.0f} % of draws"
+        )
     return 0
 
 

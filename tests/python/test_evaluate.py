@@ -124,21 +124,18 @@ def test_cli_evaluate_iberia_defaults_are_the_config_defaults(
     assert main(base) == 0
     ref = ib.IberiaConfig(bundle=tmp_path, out=tmp_path / "o")
     got = seen[-1]
-    assert (got.members, got.esm_members, got.esm_max_days, got.output_calibration) == (
-        ref.members,
-        ref.esm_members,
-        ref.esm_max_days,
-        True,
-    )
-    more = ["--members", "4", "--esm-members", "3", "--esm-max-days", "0"]
+    assert (
+        got.members,
+        got.esm_members,
+        got.esm_max_days,
+        got.bootstrap,
+        got.output_calibration,
+    ) == (ref.members, ref.esm_members, ref.esm_max_days, ref.bootstrap, True)
+    more = ["--members", "4", "--esm-members", "3", "--esm-max-days", "0", "--bootstrap", "0"]
     assert main([*base, *more, "--no-output-calibration"]) == 0
     got = seen[-1]
-    assert (got.members, got.esm_members, got.esm_max_days, got.output_calibration) == (
-        4,
-        3,
-        None,
-        False,
-    )
+    assert (got.members, got.esm_members, got.esm_max_days, got.bootstrap) == (4, 3, None, 0)
+    assert not got.output_calibration
 
 
 def test_cli_errors_are_one_line(tmp_path: Path, capsys) -> None:
@@ -233,6 +230,7 @@ def test_iberia_experiment_quick_run(shared_data: Path, tmp_path: Path) -> None:
         max_days=10,
         esm_max_days=60,
         change_members=3,
+        bootstrap=20,
     )
     head = run_iberia(cfg)
     assert all(np.isfinite(v) for k, v in head.items() if not k.startswith("c_change_pattern"))
@@ -244,7 +242,16 @@ def test_iberia_experiment_quick_run(shared_data: Path, tmp_path: Path) -> None:
     assert "runtime returns by default: the output-calibrated product" in md
     assert "| generated, output-calibrated | CRPS" in md
     assert head["a_crps_generated_output_calibrated"] > 0
-    assert json.loads((out / "metrics.json").read_text())["headline"]["a_crps_generated"] > 0
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["headline"]["a_crps_generated"] > 0
+    # the winter-block bootstrap of (c): the ESM against itself is paired exactly
+    boot = saved["c_bootstrap_5_95"]
+    own = boot["CNRM-CM5 own precipitation"]
+    assert own["minus the ESM's"] == "+0.000 to +0.000"
+    assert own["q0.99: draws with the ESM's sign"] == 1.0
+    assert set(boot) >= {"generated, QDM on", "per-cell QDM of CNRM-CM5 precipitation"}
+    assert "Winter-block bootstrap (20 draws)" in md
+    assert -1.0 <= saved["c_esm_change_map_split_half_corr"] <= 1.0
     tables = QDMTables.load(out / "qdm_tables.safetensors")
     assert tables.stored_groups() == [0, 1, 11]  # DJF only
     for png in ("a_bias_maps.png", "a_spectra.png", "b_esm_bias_maps.png", "c_change_maps.png"):
@@ -297,6 +304,18 @@ def test_cli_qdm_fit_attach_apply(shared_data: Path, tmp_path: Path) -> None:
             assert abs(c - r) < 0.1 * abs(h - r) + 1e-9 * abs(r), (n, r, h, c)
     ref.close()
     raw.close()
+
+
+@pytest.mark.parametrize(("n", "m"), [(1354, 600), (1804, 600), (271, 600), (10, 3), (7, 7)])
+def test_evenly_spaced_days(n: int, m: int) -> None:
+    from precipdiff.offline.evaluate.report import evenly_spaced
+
+    idx = evenly_spaced(n, m)
+    assert idx.size == min(n, m) and idx[0] == 0 and idx[-1] == n - 1
+    assert np.all(np.diff(idx) >= 1)
+    gaps = np.diff(idx)
+    assert gaps.max() - gaps.min() <= 1  # evenly spaced up to rounding
+    np.testing.assert_array_equal(evenly_spaced(n, None), np.arange(n))
 
 
 def test_day_keys_match_across_calendars() -> None:

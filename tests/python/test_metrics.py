@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -210,3 +212,84 @@ def test_area_weights_shape_mismatch_names_shapes() -> None:
     assert metrics.area_weights(G(), (2, 3)).sum() == pytest.approx(1.0)
     with pytest.raises(InputError, match=r"\(2, 3\)"):
         metrics.area_weights(G(), (3, 3))
+
+
+def _seasons(seed: int, blocks: int, days: int = 30, factor: float = 1.0, cells: int = 5):
+    """Days of ``blocks`` seasons; each season has its own multiplicative anomaly."""
+    rng = np.random.default_rng(seed)
+    anomaly = np.repeat(rng.lognormal(0.0, 0.3, size=blocks), days)
+    x = factor * anomaly[:, None, None] * rng.gamma(0.8, 3.0, size=(blocks * days, cells, cells))
+    x[:, 0, 0] = np.nan  # a sea cell
+    return x, np.repeat(np.arange(blocks), days)
+
+
+def test_change_bootstrap_with_one_block_reproduces_the_point_estimates() -> None:
+    h, _ = _seasons(0, 3)
+    f, _ = _seasons(1, 4, factor=1.2)
+    q = (0.9, 0.99)
+    d = metrics.change_signal_bootstrap(h, f, np.zeros(len(h)), np.zeros(len(f)), q, n=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the all-NaN sea cell
+        tm_h, tm_f = np.nanmean(h, axis=0), np.nanmean(f, axis=0)
+    expected = np.nanmean(tm_f) / np.nanmean(tm_h) - 1.0
+    np.testing.assert_allclose(d.mean, expected, rtol=1e-12)
+    np.testing.assert_allclose(d.quantile, np.stack([metrics.change_signal(h, f, q)] * 3))
+    np.testing.assert_allclose(d.maps[1], metrics.change_signal(h, f), rtol=1e-12)
+    assert np.isnan(d.maps[:, 0, 0]).all()
+
+
+def test_change_bootstrap_pairs_products_on_the_same_days() -> None:
+    """Same blocks, n and seed: a product that is a constant multiple has the same changes."""
+    h, bh = _seasons(2, 8)
+    f, bf = _seasons(3, 10, factor=0.9)
+    members = np.stack([h, 2.0 * h], axis=1)  # (time, member, lat, lon): scaling only
+    a = metrics.change_signal_bootstrap(h, f, bh, bf, n=40, seed=5)
+    b = metrics.change_signal_bootstrap(
+        3.0 * members, 3.0 * np.stack([f, 2.0 * f], axis=1), bh, bf, n=40, seed=5
+    )
+    np.testing.assert_allclose(b.mean, a.mean, rtol=1e-10)
+    np.testing.assert_allclose(b.maps, a.maps, rtol=1e-10)
+    # the mean change is resampled: its draws vary (season anomalies) around the estimate
+    assert a.mean.std() > 0.02
+    c = metrics.change_signal_bootstrap(h, f, bh, bf, n=40, seed=6)
+    assert not np.allclose(c.mean, a.mean)
+
+
+def test_change_bootstrap_spread_matches_repeated_sampling() -> None:
+    """The bootstrap standard deviation of the mean change is that of independent samples."""
+    truth = []
+    for k in range(300):
+        h, _ = _seasons(100 + 2 * k, 12, days=5, cells=3)
+        f, _ = _seasons(101 + 2 * k, 12, days=5, cells=3, factor=1.1)
+        truth.append(np.nanmean(f) / np.nanmean(h) - 1.0)
+    h, bh = _seasons(7, 12, days=5, cells=3)
+    f, bf = _seasons(8, 12, days=5, cells=3, factor=1.1)
+    d = metrics.change_signal_bootstrap(h, f, bh, bf, q=(0.5,), n=1000, seed=0)
+    # 12 seasons: the bootstrap's own error on a standard deviation is about 20 %
+    assert d.mean.std() == pytest.approx(np.std(truth), rel=0.3)
+
+
+def test_change_map_split_half_separates_signal_from_noise() -> None:
+    rng = np.random.default_rng(0)
+    pattern = np.linspace(0.5, 2.0, 36).reshape(6, 6)
+    blocks = np.repeat(np.arange(10), 20)
+    h = rng.gamma(2.0, 1.0, size=(200, 6, 6))
+    # a strong fixed change pattern: halves agree; no pattern: they do not
+    f_sig = pattern * rng.gamma(40.0, 1 / 20.0, size=(200, 6, 6))
+    h_sig = rng.gamma(40.0, 1 / 20.0, size=(200, 6, 6))
+    r_sig = metrics.change_map_split_half(h_sig, f_sig, blocks, blocks, n=20)
+    r_noise = metrics.change_map_split_half(
+        h, rng.gamma(2.0, 1.0, size=(200, 6, 6)), blocks, blocks, n=50
+    )
+    assert r_sig.mean() > 0.95
+    assert abs(r_noise.mean()) < 0.15
+
+
+def test_change_bootstrap_rejects_bad_blocks() -> None:
+    h, bh = _seasons(0, 3)
+    with pytest.raises(InputError, match="blocks must label"):
+        metrics.change_signal_bootstrap(h, h, bh[:-1], bh)
+    with pytest.raises(InputError, match="n >= 1"):
+        metrics.change_signal_bootstrap(h, h, bh, bh, n=0)
+    with pytest.raises(InputError, match="two blocks"):
+        metrics.change_map_split_half(h, h, np.zeros(len(h)), bh)

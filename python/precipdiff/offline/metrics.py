@@ -28,10 +28,13 @@ from numpy.typing import ArrayLike, NDArray
 from precipdiff.errors import InputError
 
 __all__ = [
+    "ChangeDraws",
     "SpreadSkill",
     "area_weights",
     "block_mean",
+    "change_map_split_half",
     "change_signal",
+    "change_signal_bootstrap",
     "change_signal_error",
     "crps_ensemble",
     "mae",
@@ -731,6 +734,172 @@ def change_signal_error(
     cm = change_signal(model_hist, model_fut, q, kind)
     cp = change_signal(new_hist, new_fut, q, kind)
     return {"q": np.asarray(q, dtype=np.float64), "model": cm, "product": cp, "difference": cp - cm}
+
+
+@dataclass(frozen=True)
+class ChangeDraws:
+    """Block-bootstrap draws of a relative change signal (:func:`change_signal_bootstrap`).
+
+    Attributes
+    ----------
+    mean
+        ``(n,)`` relative change of the spatial mean of the time-mean map.
+    quantile
+        ``(n, len(q))`` relative change of the pooled quantiles.
+    maps
+        ``(n, lat, lon)`` relative change of the time mean per cell.
+    """
+
+    mean: FloatArray
+    quantile: FloatArray
+    maps: FloatArray
+
+
+class _Blocks:
+    """A series cut into blocks: per-block sums, counts and finite values of each cell."""
+
+    def __init__(self, x: ArrayLike, blocks: ArrayLike) -> None:
+        a = np.asarray(x, dtype=np.float64)
+        b = np.asarray(blocks)
+        if a.ndim < 3 or b.shape != a.shape[:1]:
+            raise InputError(
+                f"blocks must label the leading (time) axis: got {b.shape} for a field {a.shape}"
+            )
+        self.ids = np.unique(b)
+        self.sums = np.empty((self.ids.size, *a.shape[-2:]))
+        self.counts = np.empty((self.ids.size, *a.shape[-2:]))
+        self.values: list[FloatArray] = []
+        for i, k in enumerate(self.ids):
+            s = a[b == k].reshape((-1, *a.shape[-2:]))
+            ok = np.isfinite(s)
+            self.sums[i] = np.where(ok, s, 0.0).sum(axis=0)
+            self.counts[i] = ok.sum(axis=0)
+            self.values.append(s[ok])
+
+    def mean_map(self, pick: NDArray[np.int64]) -> FloatArray:
+        """Time mean per cell of the blocks ``pick`` (with repeats; NaN where no value)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.asarray(self.sums[pick].sum(axis=0) / self.counts[pick].sum(axis=0))
+
+    def quantiles(self, pick: NDArray[np.int64], q: Sequence[float]) -> FloatArray:
+        """Quantiles of the pooled finite values of the blocks ``pick`` (with repeats)."""
+        vals = np.concatenate([self.values[i] for i in pick])
+        if vals.size == 0:
+            raise InputError("cannot compute quantiles: the resampled field has no finite values")
+        return np.asarray(np.quantile(vals, q))
+
+
+def _block_picks(n_blocks: int, n: int, seed: int) -> NDArray[np.int64]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, n_blocks, size=(n, n_blocks))
+
+
+def change_signal_bootstrap(
+    hist: ArrayLike,
+    fut: ArrayLike,
+    blocks_hist: ArrayLike,
+    blocks_fut: ArrayLike,
+    q: Sequence[float] = (0.9, 0.99),
+    n: int = 500,
+    seed: int = 0,
+) -> ChangeDraws:
+    """Block bootstrap of the relative change between two periods.
+
+    Each draw resamples whole blocks (e.g. winters: days of one season are not
+    independent) with replacement, separately in each period, and recomputes
+    the change of the spatial mean of the time-mean map (as
+    ``spatial_mean(time mean of fut) / spatial_mean(time mean of hist) - 1``,
+    unweighted over cells with a finite mean), of the pooled quantiles (as
+    :func:`change_signal` with ``q``) and the change map.
+
+    The draws depend only on the number of blocks, ``n`` and ``seed``: two
+    products on the same days with the same blocks, ``n`` and ``seed`` are
+    resampled with the same blocks, so their differences are paired.
+
+    Parameters
+    ----------
+    hist, fut
+        ``(time, [member,] lat, lon)`` for the two periods.
+    blocks_hist, blocks_fut
+        ``(time,)`` block label of every time step (e.g. the winter's year).
+    q
+        Probabilities of the quantile changes.
+    n
+        Number of draws.
+    seed
+        Seed of the block draws.
+
+    Returns
+    -------
+    ChangeDraws
+        ``n`` draws of the mean change, the quantile changes and the change map.
+    """
+    if n < 1:
+        raise InputError(f"the bootstrap needs n >= 1 draws, got {n}")
+    bh, bf = _Blocks(hist, blocks_hist), _Blocks(fut, blocks_fut)
+    ph = _block_picks(bh.ids.size, n, seed)
+    pf = _block_picks(bf.ids.size, n, seed + 1)
+    mean = np.empty(n)
+    quant = np.empty((n, len(q)))
+    maps = np.empty((n, *bh.sums.shape[1:]))
+    for i in range(n):
+        mh, mf = bh.mean_map(ph[i]), bf.mean_map(pf[i])
+        qh, qf = bh.quantiles(ph[i], q), bf.quantiles(pf[i], q)
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean[i] = np.nanmean(mf) / np.nanmean(mh) - 1.0
+            quant[i] = qf / qh - 1.0
+            maps[i] = mf / mh - 1.0
+    return ChangeDraws(mean=mean, quantile=quant, maps=maps)
+
+
+def change_map_split_half(
+    hist: ArrayLike,
+    fut: ArrayLike,
+    blocks_hist: ArrayLike,
+    blocks_fut: ArrayLike,
+    n: int = 200,
+    seed: int = 0,
+) -> FloatArray:
+    """Correlations between the change maps of two disjoint halves of the blocks.
+
+    Each draw splits the blocks of each period at random into two halves
+    (without replacement) and correlates the relative change maps of the time
+    mean computed from each half: how reproducible a change map is between
+    independent samples of half the length. By the Spearman-Brown formula the
+    reliability of the full-length map is ``2 r / (1 + r)`` for the mean
+    correlation ``r``.
+
+    Parameters
+    ----------
+    hist, fut
+        ``(time, [member,] lat, lon)`` for the two periods.
+    blocks_hist, blocks_fut
+        ``(time,)`` block label of every time step (at least two blocks each).
+    n
+        Number of random splits.
+    seed
+        Seed of the splits.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n,)`` correlations over the cells where both maps are finite.
+    """
+    bh, bf = _Blocks(hist, blocks_hist), _Blocks(fut, blocks_fut)
+    if bh.ids.size < 2 or bf.ids.size < 2:
+        raise InputError("a split-half comparison needs at least two blocks in each period")
+    rng = np.random.default_rng(seed)
+    kh, kf = bh.ids.size // 2, bf.ids.size // 2
+    out = np.empty(n)
+    for i in range(n):
+        sh, sf = rng.permutation(bh.ids.size), rng.permutation(bf.ids.size)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            a = bf.mean_map(sf[:kf]) / bh.mean_map(sh[:kh]) - 1.0
+            b = bf.mean_map(sf[kf:]) / bh.mean_map(sh[kh:]) - 1.0
+        ok = np.isfinite(a) & np.isfinite(b)
+        out[i] = np.corrcoef(a[ok], b[ok])[0, 1] if ok.sum() > 2 else np.nan
+    return out
 
 
 def block_mean(fine: ArrayLike, factor: int, lat: ArrayLike | None = None) -> FloatArray:

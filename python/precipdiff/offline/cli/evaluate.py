@@ -46,6 +46,7 @@ def _iberia(args: argparse.Namespace) -> int:
         "esm_members": args.esm_members,
         "esm_max_days": args.esm_max_days,
         "change_members": args.change_members,
+        "bootstrap": args.bootstrap,
     }
     opt: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     if opt.get("esm_max_days") == 0:
@@ -198,6 +199,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--change-members",
         type=int,
         help="members of the QDM-on historical/RCP8.5 runs of (c) (default 8)",
+    )
+    ib.add_argument(
+        "--bootstrap",
+        type=int,
+        help="draws of the winter-block bootstrap of the (c) change signals (default 300; 0: off)",
     )
     ib.add_argument("--steps", type=int, help="sampler steps (default: the bundle's)")
     ib.add_argument("--max-days", type=int, help="at most this many validation days in (a)")

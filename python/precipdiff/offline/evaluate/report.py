@@ -30,6 +30,7 @@ __all__ = [
     "cf_variable_name",
     "day_keys",
     "evaluate_ensemble",
+    "evenly_spaced",
     "metric_units",
     "write_metrics_netcdf",
 ]
@@ -65,6 +66,28 @@ def day_keys(times: Any) -> NDArray[np.int64]:
         return np.array([x.year * 10000 + x.month * 100 + x.day for x in t.ravel()], np.int64)
     except AttributeError as exc:
         raise InputError(f"cannot read calendar days from times of type {t.dtype}") from exc
+
+
+def evenly_spaced(n: int, m: int | None) -> NDArray[np.int64]:
+    """Pick ``m`` evenly spaced days of ``n`` (first and last included).
+
+    The one rule every experiment uses to subsample days (``max_days`` options).
+
+    Parameters
+    ----------
+    n
+        Length of the series.
+    m
+        Days wanted; ``None`` or ``m >= n`` gives all ``n``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Sorted, unique indices (fewer than ``m`` only where rounding merges two).
+    """
+    if m is None or m >= n:
+        return np.arange(n, dtype=np.int64)
+    return np.unique(np.linspace(0, n - 1, m).round().astype(np.int64))
 
 
 @dataclass

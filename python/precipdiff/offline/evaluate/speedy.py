@@ -51,6 +51,7 @@ from precipdiff.offline.evaluate.report import (
     TABLE_COLUMNS,
     Report,
     evaluate_ensemble,
+    evenly_spaced,
     figures_for,
     write_metrics_netcdf,
 )
@@ -406,12 +407,6 @@ def gaussian_weights(lat: Array, nlon: int) -> Array:
     return w / w.sum()
 
 
-def _subsample(n: int, max_days: int | None) -> NDArray[np.int64]:
-    if max_days is None or max_days >= n:
-        return np.arange(n)
-    return np.unique(np.linspace(0, n - 1, max_days).round().astype(np.int64))
-
-
 def _gmean(x: Array, w: Array) -> float:
     """Area-weighted mean over everything (time and cells)."""
     a = np.asarray(x, dtype=np.float64)
@@ -517,7 +512,7 @@ def part_heldout(ctx: _Context) -> dict[str, Any]:
     """Score the bundle on the held-out control years (see the module docstring)."""
     cfg, out = ctx.cfg, ctx.cfg.out
     fields, _times, lat, lon = read_run(cfg.runs / "control", cfg.heldout_years, [*ctx.names, "pr"])
-    sel = _subsample(fields["pr"].shape[0], cfg.max_days)
+    sel = evenly_spaced(fields["pr"].shape[0], cfg.max_days)
     obs = fields["pr"][sel]
     coarse = ctx.coarse({k: fields[k][sel] for k in ctx.names}, lat, lon)
     ctx.say(f"heldout: {sel.size} days x {cfg.members} members")
@@ -688,8 +683,8 @@ def part_biased(ctx: _Context) -> dict[str, Any]:
             f"{exc}. The in-sample row is fitted on the evaluated years themselves and "
             "flatters this baseline."
         )
-    sb = _subsample(len(t_bia), cfg.esm_max_days)
-    sc = _subsample(len(t_ctl), cfg.esm_max_days)
+    sb = evenly_spaced(len(t_bia), cfg.esm_max_days)
+    sc = evenly_spaced(len(t_ctl), cfg.esm_max_days)
     ctx.say(f"biased: generating {sb.size} days (QDM off, on) and {sc.size} control days")
     g_off = ctx.generate({k: v[sb] for k, v in c_bia.items()}, 1, cfg.seed + 1).fine[:, 0]
     g_on = ctx.generate({k: v[sb] for k, v in c_bia_q.items()}, 1, cfg.seed + 2).fine[:, 0]
@@ -847,7 +842,7 @@ def part_warming(ctx: _Context) -> dict[str, Any]:
     w = gaussian_weights(lat, lon.size)
     c_ctl = ctx.coarse({k: ctl[k] for k in ctx.names}, lat, lon)
     cached = ctx.generated_control
-    sc = _subsample(len(t_ctl), cfg.esm_max_days)
+    sc = evenly_spaced(len(t_ctl), cfg.esm_max_days)
     if cached is not None and np.array_equal(cached[0], sc):
         g_ctl = np.asarray(cached[1], np.float64)
     else:
@@ -869,7 +864,7 @@ def part_warming(ctx: _Context) -> dict[str, Any]:
             continue
         warm, t_w, _, _ = read_run(cfg.runs / run, yrs, [*ctx.names, "pr"])
         c_w = ctx.coarse({k: warm[k] for k in ctx.names}, lat, lon)
-        sw = _subsample(len(t_w), cfg.esm_max_days)
+        sw = evenly_spaced(len(t_w), cfg.esm_max_days)
         ctx.say(f"warming: generating {sw.size} days of {run}")
         g_w = np.asarray(
             ctx.generate({k: v[sw] for k, v in c_w.items()}, 1, cfg.seed + 10 + dk).fine[:, 0],

@@ -808,28 +808,18 @@ def plot_regression_steps(
     loss (MSE, (mm/day)^2) of each seed's run with the most steps. Right: the
     inner-validation RMSE of every run (dots) and the seed mean (line).
     """
-    import csv
-
     from precipdiff.offline.evaluate.plots import _pyplot, _save
+    from precipdiff.offline.train.loop import read_learning_curves
 
     plt = _pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     longest = rows[-1][0]
     for k, seed in enumerate(seeds):
         run = Path(regression_steps_config(longest, root, seed).run_dir)
-        with open(run / "regression" / "metrics.csv") as f:
-            recs = list(csv.DictReader(f))
-        st = [int(r["step"]) for r in recs]
-        a.plot(
-            st,
-            [float(r["train_loss"]) for r in recs],
-            "C0",
-            lw=1,
-            alpha=0.7,
-            label="training" if k == 0 else None,
-        )
-        vs = [int(r["step"]) for r in recs if r["val_loss"]]
-        vl = [float(r["val_loss"]) for r in recs if r["val_loss"]]
+        curves = read_learning_curves(run / "regression" / "metrics.csv")
+        st, tl = zip(*curves["train"], strict=True)
+        a.plot(st, tl, "C0", lw=1, alpha=0.7, label="training" if k == 0 else None)
+        vs, vl = zip(*curves["val"], strict=True)
         a.plot(vs, vl, "C1o-", lw=1, ms=3, label="inner validation" if k == 0 else None)
     a.set_yscale("log")
     a.set_xlabel("optimiser step (batch 64; about 12.5 steps per epoch of the inner split)")

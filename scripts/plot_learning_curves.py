@@ -19,23 +19,9 @@ its figure is ``docs/results/iberia/learning_curves_inner.png``.
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 STAGES = ("regression", "diffusion")
-
-
-def read_metrics(path: Path) -> dict[str, list[tuple[int, float]]]:
-    """``{"train": [(step, loss)], "val": [(step, loss)]}`` from one ``metrics.csv``."""
-    out: dict[str, list[tuple[int, float]]] = {"train": [], "val": []}
-    with path.open() as f:
-        for rec in csv.DictReader(f):
-            step = int(rec["step"])
-            if rec.get("train_loss"):
-                out["train"].append((step, float(rec["train_loss"])))
-            if rec.get("val_loss"):
-                out["val"].append((step, float(rec["val_loss"])))
-    return out
 
 
 def main() -> int:
@@ -50,11 +36,12 @@ def main() -> int:
         print(f"no {STAGES[0]}/metrics.csv or {STAGES[1]}/metrics.csv under {args.run_dir}")
         return 2
     from precipdiff.offline.evaluate.plots import _pyplot, _save
+    from precipdiff.offline.train.loop import read_learning_curves
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 3.8), squeeze=False)
     for ax, stage in zip(axes[0], stages, strict=True):
-        m = read_metrics(args.run_dir / stage / "metrics.csv")
+        m = read_learning_curves(args.run_dir / stage / "metrics.csv")
         ax.plot(*zip(*m["train"], strict=True), "C0", lw=1, label="training")
         if m["val"]:
             ax.plot(*zip(*m["val"], strict=True), "C1o-", ms=3, label="validation")

@@ -17,9 +17,10 @@ def _write(run: Path, stage: str, rows: list[str]) -> None:
 
 
 def test_reads_training_and_validation_losses(tmp_path: Path) -> None:
-    script = load_script("scripts/plot_learning_curves.py")
+    from precipdiff.offline.train.loop import read_learning_curves
+
     _write(tmp_path, "diffusion", ["50,1,1e-3,0.9,1,,1", "100,2,1e-3,0.5,1,0.4,2"])
-    m = script.read_metrics(tmp_path / "diffusion" / "metrics.csv")
+    m = read_learning_curves(tmp_path / "diffusion" / "metrics.csv")
     assert m == {"train": [(50, 0.9), (100, 0.5)], "val": [(100, 0.4)]}
 
 

@@ -166,3 +166,24 @@ def test_denoiser_lengths_change_only_the_denoiser_schedule(
             d.pop("run_dir"), d.pop("bundle")
             d["diffusion"]["optim"].pop("steps"), d["diffusion"]["optim"].pop("warmup_steps")
         assert cfg == base
+
+
+def test_the_training_length_figure_reads_the_runs_learning_curves(
+    selection: ModuleType, tmp_path: Path
+) -> None:
+    """plot_regression_steps finds each seed's longest run and draws its metrics.csv."""
+    header = "step,epoch,lr,train_loss,grad_norm,val_loss,elapsed_s\n"
+    for seed in (0, 3):
+        run = Path(selection.regression_steps_config(250, tmp_path, seed).run_dir)
+        (run / "regression").mkdir(parents=True)
+        (run / "regression" / "metrics.csv").write_text(
+            header + "50,1,1e-3,9,1,,1\n125,2,1e-3,6,1,5.5,2\n250,3,1e-3,2,1,6.5,3\n"
+        )
+    rows = [
+        (125, [{"regression_rmse": 2.5}, {"regression_rmse": 2.6}]),
+        (250, [{"regression_rmse": 2.7}, {"regression_rmse": 2.6}]),
+    ]
+    out = selection.plot_regression_steps(rows, [0, 3], tmp_path, tmp_path / "f.png")
+    assert out.is_file() and out.stat().st_size > 1000
+    with pytest.raises(FileNotFoundError):  # a seed that did not run is not invented
+        selection.plot_regression_steps(rows, [0, 1], tmp_path, tmp_path / "g.png")

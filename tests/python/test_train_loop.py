@@ -58,6 +58,12 @@ def test_regression_loss_decreases_on_real_data(tmp_path: Path, shared_data: Pat
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert [int(r["step"]) for r in rows] == list(range(1, 41))
     assert sum(1 for r in rows if r["val_loss"]) == 2
+    # the public reader gives the same losses
+    from precipdiff.offline.train.loop import read_learning_curves
+
+    curves = read_learning_curves(out / "metrics.csv")
+    assert [s for s, _ in curves["train"]] == list(range(1, 41))
+    assert [v for _, v in curves["val"]] == [float(r["val_loss"]) for r in rows if r["val_loss"]]
 
 
 @pytest.mark.needs_data

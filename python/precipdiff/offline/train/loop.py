@@ -41,6 +41,30 @@ from precipdiff.offline.train.loader import BatchSource, BatchStream, StepPlan, 
 METRIC_COLUMNS = ("step", "epoch", "lr", "train_loss", "grad_norm", "val_loss", "elapsed_s")
 
 
+def read_learning_curves(csv_path: Path) -> dict[str, list[tuple[int, float]]]:
+    """Read the training and validation losses of a run's ``metrics.csv``.
+
+    Parameters
+    ----------
+    csv_path
+        ``RUN_DIR/<stage>/metrics.csv`` as :func:`fit` writes it.
+
+    Returns
+    -------
+    dict
+        ``{"train": [(step, loss), ...], "val": [(step, loss), ...]}``; a row
+        without a value (validation is not run every step) is left out.
+    """
+    out: dict[str, list[tuple[int, float]]] = {"train": [], "val": []}
+    with csv_path.open() as fh:
+        for rec in csv.DictReader(fh):
+            step = int(rec["step"])
+            for key in ("train", "val"):
+                if rec.get(f"{key}_loss"):
+                    out[key].append((step, float(rec[f"{key}_loss"])))
+    return out
+
+
 class Stage(Protocol):
     """What the loop needs from a stage (regression or diffusion)."""
 

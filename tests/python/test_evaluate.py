@@ -249,7 +249,11 @@ def test_iberia_experiment_quick_run(shared_data: Path, tmp_path: Path) -> None:
     own = boot["CNRM-CM5 own precipitation"]
     assert own["minus the ESM's"] == "+0.000 to +0.000"
     assert own["q0.99: draws with the ESM's sign"] == 1.0
-    assert set(boot) >= {"generated, QDM on", "per-cell QDM of CNRM-CM5 precipitation"}
+    assert set(boot) >= {
+        "generated, QDM on",
+        "generated, QDM on, coarse block mean (bilinear)",
+        "per-cell QDM of CNRM-CM5 precipitation",
+    }
     assert "Winter-block bootstrap (20 draws)" in md
     assert -1.0 <= saved["c_esm_change_map_split_half_corr"] <= 1.0
     tables = QDMTables.load(out / "qdm_tables.safetensors")

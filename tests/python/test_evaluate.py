@@ -255,6 +255,9 @@ def test_iberia_experiment_quick_run(shared_data: Path, tmp_path: Path) -> None:
         "per-cell QDM of CNRM-CM5 precipitation",
     }
     assert "Winter-block bootstrap (20 draws)" in md
+    # the land-only block mean of the members is a finite product like the others
+    hist_m, fut_m, rel = saved["c_change"]["generated, QDM on, coarse block mean (bilinear)"][:3]
+    assert np.isfinite([hist_m, fut_m, rel]).all() and hist_m > 0
     assert -1.0 <= saved["c_esm_change_map_split_half_corr"] <= 1.0
     tables = QDMTables.load(out / "qdm_tables.safetensors")
     assert tables.stored_groups() == [0, 1, 11]  # DJF only

@@ -7,6 +7,7 @@ same figures are produced by ``precipdiff evaluate`` and by tests.
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,9 @@ def plot_bias_maps(
     im = None
     for i, (ax, (label, m)) in enumerate(zip(axes[0], maps.items(), strict=True)):
         im = ax.pcolormesh(lon, lat, m, cmap="BrBG", vmin=-vmax, vmax=vmax, shading="nearest")
-        sub = f"{label}" if scores is None else f"{label}\nMAB {scores[label]:.3f}"
+        # long product names wrap instead of running into the next panel's title
+        name = textwrap.fill(label, 34)
+        sub = name if scores is None else f"{name}\nMAB {scores[label]:.3f}"
         ax.set_title(sub, fontsize=9)
         ax.set_aspect("equal")
         ax.tick_params(labelsize=7)

@@ -255,6 +255,10 @@ def test_iberia_experiment_quick_run(shared_data: Path, tmp_path: Path) -> None:
         "per-cell QDM of CNRM-CM5 precipitation",
     }
     assert "Winter-block bootstrap (20 draws)" in md
+    # the chain's steps as paired differences, e.g. the output calibration's effect
+    steps = saved["c_bootstrap_chain_steps_5_95"]
+    assert len(steps) == 4 and all(set(v) == {"mean", "q0.9", "q0.99"} for v in steps.values())
+    assert "Where along the chain the change is made" in md
     # the land-only block mean of the members is a finite product like the others
     hist_m, fut_m, rel = saved["c_change"]["generated, QDM on, coarse block mean (bilinear)"][:3]
     assert np.isfinite([hist_m, fut_m, rel]).all() and hist_m > 0
@@ -335,3 +339,28 @@ def test_day_keys_match_across_calendars() -> None:
     np.testing.assert_array_equal(day_keys(d360), [20000228, 20000229, 20000230])
     common = np.intersect1d(day_keys(greg), day_keys(d360))
     np.testing.assert_array_equal(common, [20000228, 20000229])
+
+
+def test_chain_steps_are_paired_differences() -> None:
+    """A step that changes nothing has a zero range; a constant shift is found exactly."""
+    from precipdiff.offline import metrics
+    from precipdiff.offline.evaluate import iberia
+
+    rng = np.random.default_rng(0)
+    base = metrics.ChangeDraws(
+        mean=rng.normal(-0.1, 0.1, 50), quantile=rng.normal(0, 0.1, (50, 2)), maps=np.zeros(1)
+    )
+    shifted = metrics.ChangeDraws(
+        mean=base.mean + 0.02, quantile=base.quantile - 0.05, maps=np.zeros(1)
+    )
+    draws = {
+        "regression only, QDM on": base,
+        iberia.BLOCK_MEAN_ROW: base,
+        "generated, QDM on": shifted,
+    }
+    rows = {r[0]: r[1:] for r in iberia._chain_rows(draws)}
+    assert len(rows) == 2  # steps whose products are missing are left out
+    large = rows["diffusion stage, large scales (block mean - regression)"]
+    assert large == ["+0.000 to +0.000"] * 3
+    small = rows["diffusion stage, small scales (fine - block mean)"]
+    assert small == ["+0.020 to +0.020", "-0.050 to -0.050", "-0.050 to -0.050"]

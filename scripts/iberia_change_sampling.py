@@ -42,11 +42,10 @@ def main() -> int:
     ap.add_argument("--bundle", default=str(REPO / "models" / "iberia-demo"))
     args = ap.parse_args()
     from precipdiff.bundle import read_manifest
-    from precipdiff.calendars import time_fields
     from precipdiff.grids import LatLonGrid, Regridder
     from precipdiff.io import import_xarray
     from precipdiff.offline import metrics
-    from precipdiff.offline.evaluate.report import evenly_spaced  # the report's rule
+    from precipdiff.offline.evaluate.report import djf_winter, evenly_spaced  # its rules
     from precipdiff.testing import shared_data_dir
 
     root = shared_data_dir()
@@ -69,9 +68,8 @@ def main() -> int:
         with xr.open_dataset(data / name) as ds:
             grid = LatLonGrid(ds["lat"].values, ds["lon"].values)
             pr = Regridder(grid, fine, "bilinear")(np.asarray(ds["pr"].values, np.float32))
-            tf = time_fields(ds["time"].values)
+            winters.append(djf_winter(ds["time"].values))
         periods[key] = pr[..., land]
-        winters.append(tf.year + (tf.month == 12))  # DJF, labelled by January's year
     h, f = periods["hist"], periods["fut"]
     print(f"land cells {int(land.sum())}; days: historical {len(h)}, RCP8.5 {len(f)}")
     print(f"CNRM-CM5's own change, all days: {100 * relative_change(h, f):+.1f} %")

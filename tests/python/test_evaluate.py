@@ -329,6 +329,18 @@ def test_evenly_spaced_days(n: int, m: int) -> None:
     np.testing.assert_array_equal(evenly_spaced(n, None), np.arange(n))
 
 
+def test_djf_winter_counts_december_forward() -> None:
+    from precipdiff.offline.evaluate.report import djf_winter
+
+    t = np.array(["1996-12-01", "1996-12-31", "1997-01-15", "1997-02-28", "1997-12-01"])
+    np.testing.assert_array_equal(
+        djf_winter(t.astype("datetime64[D]")), [1997, 1997, 1997, 1997, 1998]
+    )
+    cftime = pytest.importorskip("cftime")
+    noleap = [cftime.DatetimeNoLeap(2099, 12, 30), cftime.DatetimeNoLeap(2100, 2, 28)]
+    np.testing.assert_array_equal(djf_winter(noleap), [2100, 2100])
+
+
 def test_day_keys_match_across_calendars() -> None:
     cftime = pytest.importorskip("cftime")
     from precipdiff.offline.evaluate.report import day_keys

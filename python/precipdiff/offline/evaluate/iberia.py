@@ -61,6 +61,7 @@ from precipdiff.offline.evaluate.report import (
     TABLE_COLUMNS,
     Report,
     day_keys,
+    djf_winter,
     evaluate_ensemble,
     evenly_spaced,
     figures_for,
@@ -198,14 +199,6 @@ def _sha256(path: Path) -> str:
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _winter(times: Any) -> NDArray[np.int64]:
-    """DJF winter of each day, labelled by its January's year (December counts forward)."""
-    from precipdiff.calendars import time_fields
-
-    tf = time_fields(times)
-    return np.asarray(tf.year + (tf.month == 12), dtype=np.int64)
 
 
 def _land_mean(x: NDArray[Any]) -> float:
@@ -662,7 +655,7 @@ def run_iberia(
     split_r = np.array([np.nan])
     if config.bootstrap:
         say(f"(c) winter-block bootstrap of the change signals ({config.bootstrap} draws)")
-        wh, wf = _winter(t_esm_h[sh]), _winter(t_esm_f[sf])
+        wh, wf = djf_winter(t_esm_h[sh]), djf_winter(t_esm_f[sf])
         draws = {
             k: metrics.change_signal_bootstrap(
                 h, f, wh, wf, q=(0.9, 0.99), n=config.bootstrap, seed=config.seed

@@ -29,6 +29,7 @@ __all__ = [
     "Report",
     "cf_variable_name",
     "day_keys",
+    "djf_winter",
     "evaluate_ensemble",
     "evenly_spaced",
     "metric_units",
@@ -66,6 +67,28 @@ def day_keys(times: Any) -> NDArray[np.int64]:
         return np.array([x.year * 10000 + x.month * 100 + x.day for x in t.ravel()], np.int64)
     except AttributeError as exc:
         raise InputError(f"cannot read calendar days from times of type {t.dtype}") from exc
+
+
+def djf_winter(times: Any) -> NDArray[np.int64]:
+    """Label each day with its DJF winter: the year of the winter's January.
+
+    December counts forward (1996-12-15 belongs to winter 1997), so the days of
+    one winter share a label (the blocks of a winter-block bootstrap).
+
+    Parameters
+    ----------
+    times
+        Time values (``datetime64`` or ``cftime``, any calendar).
+
+    Returns
+    -------
+    numpy.ndarray
+        One integer per time.
+    """
+    from precipdiff.calendars import time_fields
+
+    tf = time_fields(times)
+    return np.asarray(tf.year + (tf.month == 12), dtype=np.int64)
 
 
 def evenly_spaced(n: int, m: int | None) -> NDArray[np.int64]:

@@ -12,7 +12,10 @@ Usage::
     .venv/bin/python bench/bench_sampler_analytic.py [--size 96] [--markdown]
 
 CPU, about a minute. Output of this command is recorded in docs/generator.md
-("Sampler accuracy").
+("Default sampler" and "Small scales"). A second table gives each sampler's power per
+wavelength band on Gaussian random fields with their exact (Wiener) denoisers
+(:class:`~precipdiff.testing.analytic.GaussianRandomField`): an E-OBS-like field and
+one with 5x weaker small scales.
 """
 
 from __future__ import annotations
@@ -23,7 +26,19 @@ import torch
 
 from precipdiff.bundle import default_sampler
 from precipdiff.diffusion import SamplerConfig, member_generators, sample
-from precipdiff.testing.analytic import REFERENCE_TARGETS, sampler_moment_errors
+from precipdiff.testing.analytic import (
+    REFERENCE_TARGETS,
+    GaussianRandomField,
+    sampler_moment_errors,
+)
+
+#: Spectral targets: the E-OBS-like field (GaussianRandomField's defaults) and one with
+#: 5x weaker small scales; bands in cells (2-4 cells = 1-2 deg at 0.5 deg).
+FIELDS = {
+    "E-OBS-like (0.27 at Nyquist)": GaussianRandomField((64, 64)),
+    "weak small scales (0.05)": GaussianRandomField((64, 64), small_std=0.05),
+}
+BANDS = ((2, 4), (4, 8), (8, 64))
 
 LOGJUMP = {"schedule": "loglinear", "sigma_jump": 5.0, "sigma_min": 0.03}
 
@@ -77,6 +92,32 @@ def main() -> None:
         for label, nfe, errs in rows:
             cells = " | ".join(f"{100 * s:+.1f} / {100 * m:+.1f}" for m, s, _ in errs)
             print(f"| {label} | {nfe} | {cells} |")
+    spectra(args.markdown)
+
+
+def spectra(markdown: bool) -> None:
+    """Print each sampler's power per wavelength band on the random-field targets."""
+    cols = [(f, b) for f in FIELDS for b in BANDS]
+    print("\npower / target per band (wavelength in cells; 16 fields of 64x64)")
+    rows = []
+    for label, cfg in candidates().items():
+        cells = []
+        for fname, band in cols:
+            field = FIELDS[fname]
+            cond = torch.zeros((16, 1, *field.size))
+            gens = member_generators(3, [0] * 16, range(16), "cpu")
+            x = sample(field.denoiser(), cond, cfg, gens)
+            ratio, se = field.band_power_ratio(x, band)
+            cells.append(f"{ratio:.3f}")
+        rows.append((label, cfg.nfe, cells))
+        print(f"{label:42s} NFE {cfg.nfe:3d}  " + " ".join(cells), flush=True)
+    print(f"standard error of a ratio <= {se:.3f}")
+    if markdown:
+        head = [f"{f}, {b[0]}-{b[1]} cells" for f, b in cols]
+        print("\n| sampler | NFE | " + " | ".join(head) + " |")
+        print("|---|---|" + "---|" * len(head))
+        for label, nfe, cells in rows:
+            print(f"| {label} | {nfe} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,10 @@ weight the per-component posterior means ``mu_j + (x - mu_j) s_j^2 / (s_j^2 +
 sigma^2)``. A sampler driven by this denoiser must reproduce the mixture's mean
 and standard deviation; any difference is the sampler's own error (Karras et
 al. 2022 call this the "sampling error", separate from the network's).
+
+:class:`GaussianRandomField` does the same per Fourier mode: a stationary Gaussian
+field whose exact denoiser is a Wiener filter, so that a sampler's error can be read
+per wavelength band (its effect on small-scale spectra).
 """
 
 from __future__ import annotations
@@ -129,6 +133,121 @@ class GaussianMixture:
         mu = torch.tensor(self.means, dtype=torch.float64)[comp]
         sd = torch.tensor(self.stds, dtype=torch.float64)[comp]
         return mu + sd * z
+
+
+@dataclass(frozen=True)
+class GaussianRandomField:
+    """A stationary Gaussian random field on a periodic grid, with a power-law spectrum.
+
+    Each orthonormal Fourier mode of wavenumber ``k`` (cycles per cell) is an
+    independent Gaussian of standard deviation
+    ``min(max_std, small_std * (k / 0.5) ** -slope)`` (the mean mode gets
+    ``max_std``); the field's mean is 0. The defaults follow E-OBS winter
+    precipitation over Iberia in the networks' space (normalised ``log1p``, 0.5°
+    cells, training winters): per-mode standard deviations of about 0.27 at 1-1.4°
+    wavelengths, 0.4 at 1.4-2°, 0.9 at 2-4° and 2.2 beyond 4°
+    (``scripts/iberia_mode_amplitudes.py``). The exact denoiser is the Wiener filter
+    ``S / (S + sigma^2)`` applied per mode, so a sampler driven by it must reproduce
+    the spectrum ``S``: any band whose power comes out low or high is the sampler's
+    own error at those scales (a per-pixel target cannot show this).
+
+    Parameters
+    ----------
+    size
+        ``(H, W)`` of the grid.
+    small_std
+        Per-mode standard deviation at the Nyquist wavenumber ``k = 0.5``
+        (wavelength 2 cells).
+    slope
+        Power-law exponent of the per-mode standard deviation (power ~ ``k^-2 slope``).
+    max_std
+        Cap of the per-mode standard deviation (the large scales).
+    """
+
+    size: tuple[int, int]
+    small_std: float = 0.27
+    slope: float = 1.5
+    max_std: float = 2.0
+
+    def wavenumber(self) -> torch.Tensor:
+        """Radial wavenumber (cycles per cell) of each FFT mode, ``(H, W)`` float64."""
+        h, w = self.size
+        ky = torch.fft.fftfreq(h, dtype=torch.float64)[:, None]
+        kx = torch.fft.fftfreq(w, dtype=torch.float64)[None, :]
+        return torch.sqrt(kx**2 + ky**2)
+
+    def mode_variance(self) -> torch.Tensor:
+        """Variance ``S`` of each orthonormal Fourier mode, ``(H, W)`` float64."""
+        k = self.wavenumber()
+        std = self.small_std * (torch.clamp(k, min=1e-12) / 0.5) ** (-self.slope)
+        return torch.clamp(std, max=self.max_std) ** 2
+
+    def denoiser(self) -> DenoiserFn:
+        """Return the exact denoiser (the per-mode Wiener filter; ignores ``cond``).
+
+        Returns
+        -------
+        callable
+            ``fn(x, sigma, cond) -> tensor`` like ``x`` (``(..., H, W)``), in float64.
+        """
+        s = self.mode_variance()
+
+        def fn(x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+            f = torch.fft.fft2(x.double(), norm="ortho")
+            gain = s / (s + float(sigma) ** 2)
+            return torch.fft.ifft2(f * gain, norm="ortho").real.to(x.dtype)
+
+        return fn
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Draw ``n`` exact fields, ``(n, 1, H, W)`` float64.
+
+        Parameters
+        ----------
+        n
+            Number of fields.
+        generator
+            Random stream.
+
+        Returns
+        -------
+        torch.Tensor
+            The fields.
+        """
+        white = torch.randn((n, 1, *self.size), generator=generator, dtype=torch.float64)
+        f = torch.fft.fft2(white, norm="ortho") * torch.sqrt(self.mode_variance())
+        return torch.fft.ifft2(f, norm="ortho").real
+
+    def band_power_ratio(
+        self, fields: torch.Tensor, wavelengths: tuple[float, float]
+    ) -> tuple[float, float]:
+        """Power of ``fields`` in a wavelength band over the target's, and its standard error.
+
+        Parameters
+        ----------
+        fields
+            ``(..., H, W)`` samples (e.g. a sampler's output).
+        wavelengths
+            ``(shortest, longest)`` wavelength in cells, e.g. ``(2, 4)``; the band
+            includes the shortest and excludes the longest.
+
+        Returns
+        -------
+        tuple of float
+            ``(ratio, standard error of the ratio)``: the power of one complex
+            Gaussian mode is exponentially distributed (relative standard deviation
+            1), and each pair of conjugate modes of a real field counts once.
+        """
+        k = self.wavenumber()
+        lo, hi = wavelengths
+        band = (k > 1.0 / hi) & (k <= 1.0 / lo)
+        if not bool(band.any()):
+            raise ValueError(f"no Fourier mode has a wavelength in {wavelengths} cells")
+        f = torch.fft.fft2(fields.double(), norm="ortho")
+        p = (f.abs() ** 2).reshape(-1, *self.size)
+        ratio = float((p[:, band] / self.mode_variance()[band]).mean())
+        n_indep = max(int(band.sum()) // 2, 1) * p.shape[0]
+        return ratio, math.sqrt(1.0 / n_indep)
 
 
 #: Targets the shipped samplers are checked on (tests and bench): the Gaussian of the

@@ -297,6 +297,8 @@ class PrecipGenerator:
             [norm["predictors"][f.name]["std"] for f in self.features], np.float32
         )
         self._cond_predictors = bool(self.manifest.condition["predictors"])
+        #: the denoiser generates the residual from the clean upsampled condition
+        self._residual = bool(self.manifest.condition.get("residual", False))
         self._y_mean = float(norm["precip"]["mean"])
         self._y_std = float(norm["precip"]["std"])
         self._upsample = Regridder(self.coarse_grid, self.fine_grid, "bilinear")
@@ -555,6 +557,11 @@ class PrecipGenerator:
         if self._statics_fine.shape[0]:
             st = self._statics_fine[None].expand(b, *self._statics_fine.shape)
             cond = torch.cat([cond, st], dim=1)
+        if self._residual:
+            # the residual's SDEdit start is zero (the condition itself); the clean
+            # upsampled field, not its noised copy, is added back
+            x = sample(self.denoise_fn, cond, config, gens, x_init=torch.zeros_like(up))
+            return (x + up)[:, 0]
         return sample(self.denoise_fn, cond, config, gens, x_init=up)[:, 0]
 
     def sample_fine(

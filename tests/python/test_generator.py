@@ -131,3 +131,33 @@ def test_cuda_matches_cpu_statistics(gen, x):
     r_cpu = gen.generate(x, members=2, seed=0)
     np.testing.assert_allclose(r_gpu.coarse, r_cpu.coarse, rtol=1e-3, atol=1e-4)
     assert r_gpu.fine.shape == r_cpu.fine.shape and (r_gpu.fine >= 0).all()
+
+
+def test_residual_bundle_adds_the_clean_condition(tmp_path, x):
+    # A bundle whose denoiser generates the residual (manifest condition "residual":
+    # true) returns the same draws plus the clean upsampled condition; a manifest with
+    # a non-boolean flag is refused with a named error.
+    import json
+    import shutil
+
+    from precipdiff.diffusion import SamplerConfig
+    from precipdiff.errors import BundleError
+
+    plain = make_tiny_bundle(tmp_path / "plain", coarse_grid=COARSE, fine_grid=FINE)
+    resid = tmp_path / "resid"
+    shutil.copytree(plain, resid)
+    man = json.loads((resid / "manifest.json").read_text())
+    assert "residual" not in man["condition"]  # not written unless set
+    man["condition"]["residual"] = True
+    (resid / "manifest.json").write_text(json.dumps(man))
+    g0 = PrecipGenerator.from_bundle(plain, device="cpu", use_compiled=False)
+    g1 = PrecipGenerator.from_bundle(resid, device="cpu", use_compiled=False)
+    y_c = g0.regress(x)
+    cfg = SamplerConfig(name="heun", steps=2, start="noise", sigma_max=2.0)
+    z0 = g0.sample_fine(y_c, members=2, seed=3, sampler=cfg)
+    z1 = g1.sample_fine(y_c, members=2, seed=3, sampler=cfg)
+    np.testing.assert_allclose(z1, z0 + g0._upsample(y_c)[:, None], rtol=1e-5, atol=1e-5)
+    man["condition"]["residual"] = "yes"
+    (resid / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(BundleError, match="residual"):
+        PrecipGenerator.from_bundle(resid, device="cpu", use_compiled=False)

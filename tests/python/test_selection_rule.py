@@ -94,13 +94,17 @@ def test_older_rows_keep_the_earlier_regression(selection: ModuleType, tmp_path:
     from precipdiff.offline.train.config import to_dict
 
     for name in selection.VARIANTS:
-        if name in selection.DIFFUSION_STEPS_SWEEP:
-            continue
+        if name in selection.DIFFUSION_STEPS_SWEEP or name in selection.RESIDUAL_SWEEP:
+            continue  # the newer comparisons, made with the shipped regression
         cfg = to_dict(selection.variant_config(name, tmp_path))
         assert cfg["regression"]["optim"]["steps"] == 1500, name
         assert cfg["regression"]["optim"]["warmup_steps"] == 75, name
     cfg = to_dict(selection.predictor_set_config(next(iter(selection.PREDICTOR_SETS)), tmp_path))
     assert cfg["regression"]["optim"]["steps"] == 1500
+    for name in selection.RESIDUAL_SWEEP:  # one change from the shipped config
+        cfg = to_dict(selection.variant_config(name, tmp_path))
+        assert cfg["regression"]["optim"]["steps"] == 125, name
+        assert cfg["diffusion"]["condition"]["residual"] == (name != "shipped"), name
 
 
 def test_generated_blocks_are_replaced_in_place(selection: ModuleType) -> None:

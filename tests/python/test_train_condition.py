@@ -122,3 +122,34 @@ def test_regression_conditioned_denoiser_end_to_end(tmp_path: Path, shared_data:
     assert res.fine.shape == (3, 2, 16, 28) and np.all(res.fine >= 0)
     with pytest.raises(ConfigError, match="x_feat"):
         gen.sample_fine(gen.regress(preds), None)
+
+
+def test_residual_target_is_fine_minus_clean_condition(tmp_path: Path) -> None:
+    # condition.residual: the denoiser's target is z_fine - up(z_coarse) (0 where the
+    # fine cell is missing); the condition channel is still the noised upsampled field.
+    import torch
+    from torch import nn
+
+    from precipdiff.offline.train.diffusion import DiffusionStage
+
+    cfg = tiny_config(tmp_path / "run", tmp_path)
+    assert cfg.diffusion is not None
+    cfg.diffusion.patch_size = None
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "y": torch.randn((2, 1, 8, 12), generator=g),
+        "mask": (torch.rand((2, 1, 8, 12), generator=g) > 0.2).float(),
+        "cond": torch.randn((2, 1, 8, 12), generator=g),
+    }
+    outs = {}
+    for residual in (False, True):
+        cfg.diffusion.condition = ConditionConfig(residual=residual)
+        stage = DiffusionStage(nn.Identity(), None, None, cfg.diffusion)  # type: ignore[arg-type]
+        gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
+        outs[residual] = stage._pairs(batch, gens, patch=False)
+    (y0, c0, m0), (y1, c1, m1) = outs[False], outs[True]
+    torch.testing.assert_close(c1, c0)  # the same noised condition
+    torch.testing.assert_close(m1, m0)
+    torch.testing.assert_close(y1, y0 - batch["cond"])
+    assert torch.all(y1[m1 == 0] == 0)
+    assert from_dict(TrainConfig, to_dict(cfg)).diffusion.condition.residual  # type: ignore[union-attr]

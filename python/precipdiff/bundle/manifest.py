@@ -184,10 +184,12 @@ class Manifest:
         from ``hus850`` and ``ta850``); ``None``: the variables themselves, in order.
     condition
         How the denoiser's condition is built: ``{"source": "truth" |
-        "regression", "predictors": bool}``; ``source`` records how the training
-        pairs were made (at run time the condition is always the regression's
-        output), ``predictors`` adds the normalised features upsampled to the
-        fine grid after the noised coarse channel (before the fine statics).
+        "regression", "predictors": bool[, "residual": bool]}``; ``source`` records
+        how the training pairs were made (at run time the condition is always the
+        regression's output), ``predictors`` adds the normalised features upsampled
+        to the fine grid after the noised coarse channel (before the fine statics),
+        ``residual`` (absent: false) means the denoiser generates the residual from
+        the clean upsampled coarse field, which the runtime adds back.
     format_version
         Manifest format (:data:`FORMAT_VERSION`).
     """
@@ -291,13 +293,14 @@ class Manifest:
         cond = self.condition
         if (
             not isinstance(cond, Mapping)
-            or set(cond) != {"source", "predictors"}
+            or not {"source", "predictors"} <= set(cond) <= {"source", "predictors", "residual"}
             or cond["source"] not in ("truth", "regression")
             or not isinstance(cond["predictors"], bool)
+            or not isinstance(cond.get("residual", False), bool)
         ):
             raise BundleError(
                 "manifest condition must be {'source': 'truth' | 'regression', "
-                f"'predictors': true | false}}, got {cond!r}"
+                f"'predictors': true | false[, 'residual': true | false]}}, got {cond!r}"
             )
         n_reg = len(channels) + len(self.static_fields["coarse"])
         if reg.in_channels != n_reg or reg.out_channels != 1 or reg.noise_channels:

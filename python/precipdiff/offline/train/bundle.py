@@ -186,7 +186,13 @@ def build_bundle(cfg: TrainConfig, out: str | None = None) -> Path:
         sampler=bundle_sampler(cfg),
         static_fields={"coarse": [], "fine": static_names},
         features=features if _derived(features, names) else None,
-        condition={"source": den_cond["source"], "predictors": bool(den_cond["predictors"])},
+        condition={
+            "source": den_cond["source"],
+            "predictors": bool(den_cond["predictors"]),
+            # written only when set, so that bundles without it stay readable by
+            # earlier versions of format 3
+            **({"residual": True} if den_cond.get("residual") else {}),
+        },
         provenance={
             "name": cfg.bundle.name,
             "description": cfg.bundle.description,

@@ -528,12 +528,20 @@ class ConditionConfig:
     static_files
         Further static channels from files, e.g. an observed temperature
         climatology as an orography proxy (standardised over the grid).
+    residual
+        Generate the residual from the (clean) upsampled coarse field instead of
+        the fine field itself (CorrDiff's formulation, Mardani et al. 2025): the
+        denoiser's target is ``z_fine - up(z_coarse)`` in normalised transformed
+        space and the runtime adds ``up(z_coarse)`` back to every member. In the
+        ``log1p`` space a shift of the condition is a factor on the precipitation,
+        so the generated small scales scale with the condition by construction.
     """
 
     source: str = "truth"
     predictors: bool = False
     statics: list[str] = field(default_factory=list)
     static_files: list[StaticFile] = field(default_factory=list)
+    residual: bool = False
 
     def __post_init__(self) -> None:
         if self.source not in CONDITION_SOURCES:

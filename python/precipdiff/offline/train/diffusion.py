@@ -100,6 +100,10 @@ class DiffusionStage:
         # Missing fine cells take the smooth condition, so the network never sees an
         # artificial edge; they are masked out of the loss anyway.
         y = torch.where(mask > 0, y, up)
+        if self.cfg.condition.residual:
+            # the target is the residual from the clean upsampled condition (0 where
+            # the fine cell is missing); the runtime adds the condition back
+            y = y - up
         h, w = y.shape[-2:]
         ph, pw = (h, w) if not (patch and self.cfg.patch_size) else self.cfg.patch_size
         if ph > h or pw > w:
@@ -330,6 +334,7 @@ def train_diffusion(cfg: TrainConfig, ctx: DistContext, stop_at: int | None = No
                     "source": cfg.diffusion.condition.source,
                     "predictors": cfg.diffusion.condition.predictors,
                     "statics": list(stage.statics),
+                    "residual": cfg.diffusion.condition.residual,
                 },
                 "features": [f.to_dict() for f in data.features],
             },

@@ -1,0 +1,163 @@
+#!/usr/bin/env python
+"""Distil the Iberia demo's sampler into two evaluations per member, on the inner split.
+
+Issue 13's stretch goal: a sampler at 1-2 network evaluations per member with the same
+calibration and a CRPS within 5 % of the reference (the bundle's default,
+DPM-Solver++(2M) with 8 evaluations). Everything happens on training winters only:
+
+1. the teacher is the inner-split bundle of ``scripts/iberia_selection.py`` (the
+   shipped config trained on DJF 1982/83-1990/91, output-calibrated as shipped;
+   ``--variant``), which that script must have trained and calibrated first;
+2. teacher draws: its own pipeline (regression, condition noise, statics,
+   8-evaluation sampler) on every inner *training* day, ``--draw-members`` members
+   each (:func:`precipdiff.offline.train.distill.teacher_draws`);
+3. the student, a copy of the teacher's denoiser, is trained on those draws for
+   ``--steps`` Adam steps (fixed before any score was seen; no choice is made on the
+   scores) and written as a bundle beside the teacher's, with the teacher's output
+   calibration;
+4. both bundles generate the inner validation winters (DJF 1991/92-1993/94) with the
+   same members and seeds, scored with and without the output calibration by the
+   metrics of ``precipdiff evaluate iberia`` (a), and timed side by side.
+
+Usage (about 30 minutes on one core of the development machine)::
+
+    PRECIPDIFF_SHARED_DATA=../shared/data .venv/bin/python scripts/iberia_distill.py \
+        [--variant shipped] [--steps 1500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+KEYS = (
+    ("crps", "CRPS", "{:.3f}"),
+    ("spread_skill", "spread-skill", "{:.2f}"),
+    ("p99_ratio", "p99 / E-OBS", "{:.2f}"),
+    ("wet_ratio", "wet days / E-OBS", "{:.2f}"),
+    ("band_ratio", "1-2 deg power / E-OBS", "{:.2f}"),
+    ("mean_bias", "mean bias", "{:+.2f}"),
+)
+
+
+def _training_conditions(cfg: Any, gen: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """The regression's output (and features) on every inner training day."""
+    from precipdiff.offline.train.data import StageData
+    from precipdiff.transforms import PrecipTransform
+
+    data = StageData(
+        cfg.regression.data, PrecipTransform.from_dict(cfg.transform), REPO / "configs"
+    )
+    raw = data.read(data.split.train)
+    preds = {n: raw[n] for n in gen.manifest.variable_names()}
+    y_c = gen.regress(preds)
+    x_feat = gen.features_normalised(preds) if gen.manifest.condition["predictors"] else None
+    return y_c, x_feat
+
+
+def main() -> int:
+    """Distil, score and print the comparison."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--variant", default="shipped")
+    ap.add_argument("--out", default=str(REPO / "out" / "selection"))
+    ap.add_argument("--draw-members", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--members", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    from precipdiff.testing import shared_data_dir
+
+    if shared_data_dir() is None:
+        print("SKIP: ../shared/data not found (set PRECIPDIFF_SHARED_DATA)")
+        return 0
+    import iberia_selection as sel
+    from precipdiff.generator import PrecipGenerator
+    from precipdiff.offline.train.distill import (
+        distill,
+        student_sampler,
+        teacher_draws,
+        write_student_bundle,
+    )
+
+    cfg = sel.variant_config(args.variant, Path(args.out))
+    teacher_path = Path(cfg.run_dir) / "calibrated_bundle"
+    if not (teacher_path / "manifest.json").is_file():
+        print(
+            f"{teacher_path} missing: run scripts/iberia_selection.py --predictor-sets "
+            f"--variants --calibrated {args.variant!r} first",
+            file=sys.stderr,
+        )
+        return 2
+    teacher = PrecipGenerator.from_bundle(teacher_path, device="cpu", use_compiled=False)
+    student_path = Path(cfg.run_dir) / f"distilled_{args.steps}"
+    if not (student_path / "manifest.json").is_file():
+        t0 = time.perf_counter()
+        y_c, x_feat = _training_conditions(cfg, teacher)
+        draws = teacher_draws(teacher, y_c, x_feat, members=args.draw_members, seed=101)
+        t1 = time.perf_counter()
+        print(f"{len(draws)} teacher draws on {y_c.shape[0]} training days: {t1 - t0:.0f} s")
+        student, losses = distill(
+            teacher.bundle.denoiser,
+            draws,
+            sigma_mid=teacher.sampler.sigma_jump or 5.0,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            log=lambda i, v: print(f"  step {i:5d}  loss {v:.4f}", flush=True),
+        )
+        print(f"distilled in {time.perf_counter() - t1:.0f} s")
+        note = (
+            f"{args.steps} Adam steps (batch {args.batch_size}, lr {args.lr}) on "
+            f"{len(draws)} teacher draws of the inner training winters "
+            "(scripts/iberia_distill.py)"
+        )
+        sampler = student_sampler(teacher.sampler.sigma_start, teacher.sampler.sigma_jump or 5.0)
+        write_student_bundle(teacher_path, student, student_path, sampler, note)
+        np.savetxt(student_path.parent / f"distill_losses_{args.steps}.txt", losses)
+    student_gen = PrecipGenerator.from_bundle(student_path, device="cpu", use_compiled=False)
+    periods = sel.esm_periods(teacher)
+    rows = []
+    for label, gen in (
+        (f"teacher: {args.variant}, dpmpp2m 8", teacher),
+        ("student: distilled, 2 evaluations", student_gen),
+    ):
+        t0 = time.perf_counter()
+        (cal, uncal), _ = sel.score_settings(cfg, gen, args.members, (True, False), periods=periods)
+        rows.append((label, gen.sampler.nfe, cal, uncal, time.perf_counter() - t0))
+    ref = rows[0][2]["crps"]
+    head = [
+        "product",
+        "NFE",
+        *(k[1] for k in KEYS),
+        "CRPS / teacher",
+        "CRPS uncalibrated",
+        "scoring time / teacher's",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, nfe, cal, uncal, secs in rows:
+        cells = [label, str(nfe), *(f.format(cal[k]) for k, _, f in KEYS)]
+        cells += [f"{cal['crps'] / ref:.3f}", f"{uncal['crps']:.3f}", f"{secs / rows[0][4]:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    print("\n".join(lines))
+    (student_path / "scores.json").write_text(
+        json.dumps({label: {"calibrated": c, "uncalibrated": u} for label, _, c, u, _ in rows})
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1146,8 +1146,9 @@ def main() -> int:
     shipped = [(n, c) for n, c in calibrated if n == "shipped"]
     if shipped:
         print("\n".join(calibrated_table(shipped)))
-    if args.write_docs and shipped:
-        # the shipped config's whole pipeline: its own block, beside the design tables
+    if args.write_docs and shipped and steps_d_body:
+        # the shipped config's whole pipeline: its own block, beside the design tables,
+        # from the same run as the denoiser-length table (which has it as a row)
         path = REPO / "docs" / "results" / "iberia" / "selection.md"
         body = "\n".join(calibrated_table(shipped))
         path.write_text(replace_block(path.read_text(), "shipped calibrated", body, cmd))

@@ -8,16 +8,16 @@ DPM-Solver++(2M) with 8 evaluations). Everything happens on training winters onl
 1. the teacher is the inner-split bundle of ``scripts/iberia_selection.py`` (the
    shipped config trained on DJF 1982/83-1990/91, output-calibrated as shipped;
    ``--variant``), which that script must have trained and calibrated first;
-2. teacher draws: its own pipeline (regression, condition noise, statics,
-   8-evaluation sampler) on every inner *training* day, ``--draw-members`` members
-   each (:func:`precipdiff.offline.train.distill.teacher_draws`);
-3. the student, a copy of the teacher's denoiser, is trained on those draws for
-   ``--steps`` Adam steps (fixed before any score was seen; no choice is made on the
-   scores) and written as a bundle beside the teacher's, with the teacher's output
-   calibration;
+2. :func:`precipdiff.offline.train.distill.distill_bundle` (what ``precipdiff train
+   distill`` runs): teacher draws from its own pipeline (regression, condition noise,
+   statics, 8-evaluation sampler) on every inner *training* day, ``--draw-members``
+   each; the student, a copy of the teacher's denoiser, trained on them for
+   ``--steps`` Adam steps (the settings are ``DEFAULT_SETTINGS``, fixed before any
+   score was seen; no choice is made on the scores) and written as a bundle beside
+   the teacher's, with the teacher's output calibration;
 4. both bundles generate the inner validation winters (DJF 1991/92-1993/94) with the
    same members and seeds, scored with and without the output calibration by the
-   metrics of ``precipdiff evaluate iberia`` (a), and timed side by side.
+   metrics of ``precipdiff evaluate iberia`` (a). (Speed: ``bench/bench_sampler_quality.py``.)
 
 Usage (about 30 minutes on one core of the development machine)::
 
@@ -29,12 +29,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,21 +49,6 @@ KEYS = (
 )
 
 
-def _training_conditions(cfg: Any, gen: Any) -> tuple[np.ndarray, np.ndarray | None]:
-    """The regression's output (and features) on every inner training day."""
-    from precipdiff.offline.train.data import StageData
-    from precipdiff.transforms import PrecipTransform
-
-    data = StageData(
-        cfg.regression.data, PrecipTransform.from_dict(cfg.transform), REPO / "configs"
-    )
-    raw = data.read(data.split.train)
-    preds = {n: raw[n] for n in gen.manifest.variable_names()}
-    y_c = gen.regress(preds)
-    x_feat = gen.features_normalised(preds) if gen.manifest.condition["predictors"] else None
-    return y_c, x_feat
-
-
 def main() -> int:
     """Distil, score and print the comparison."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -76,6 +60,7 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--members", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--write-docs", action="store_true", help="write the table to selection.md")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -86,12 +71,7 @@ def main() -> int:
         return 0
     import iberia_selection as sel
     from precipdiff.generator import PrecipGenerator
-    from precipdiff.offline.train.distill import (
-        distill,
-        student_sampler,
-        teacher_draws,
-        write_student_bundle,
-    )
+    from precipdiff.offline.train.distill import distill_bundle
 
     cfg = sel.variant_config(args.variant, Path(args.out))
     teacher_path = Path(cfg.run_dir) / "calibrated_bundle"
@@ -106,38 +86,33 @@ def main() -> int:
     student_path = Path(cfg.run_dir) / f"distilled_{args.steps}"
     if not (student_path / "manifest.json").is_file():
         t0 = time.perf_counter()
-        y_c, x_feat = _training_conditions(cfg, teacher)
-        draws = teacher_draws(teacher, y_c, x_feat, members=args.draw_members, seed=101)
-        t1 = time.perf_counter()
-        print(f"{len(draws)} teacher draws on {y_c.shape[0]} training days: {t1 - t0:.0f} s")
-        student, losses = distill(
-            teacher.bundle.denoiser,
-            draws,
-            sigma_mid=teacher.sampler.sigma_jump or 5.0,
+        distill_bundle(
+            cfg,
+            student_path,
+            teacher_path,
+            log=lambda msg: print(f"  {msg}", flush=True),
+            members=args.draw_members,
             steps=args.steps,
             batch_size=args.batch_size,
             lr=args.lr,
-            log=lambda i, v: print(f"  step {i:5d}  loss {v:.4f}", flush=True),
         )
-        print(f"distilled in {time.perf_counter() - t1:.0f} s")
-        note = (
-            f"{args.steps} Adam steps (batch {args.batch_size}, lr {args.lr}) on "
-            f"{len(draws)} teacher draws of the inner training winters "
-            "(scripts/iberia_distill.py)"
-        )
-        sampler = student_sampler(teacher.sampler.sigma_start, teacher.sampler.sigma_jump or 5.0)
-        write_student_bundle(teacher_path, student, student_path, sampler, note)
-        np.savetxt(student_path.parent / f"distill_losses_{args.steps}.txt", losses)
+        print(f"teacher draws and distillation: {time.perf_counter() - t0:.0f} s")
     student_gen = PrecipGenerator.from_bundle(student_path, device="cpu", use_compiled=False)
-    periods = sel.esm_periods(teacher)
+    labels = (f"teacher: {args.variant}, dpmpp2m 8", "student: distilled, 2 evaluations")
+    cache = student_path / "scores.json"
     rows = []
-    for label, gen in (
-        (f"teacher: {args.variant}, dpmpp2m 8", teacher),
-        ("student: distilled, 2 evaluations", student_gen),
-    ):
-        t0 = time.perf_counter()
-        (cal, uncal), _ = sel.score_settings(cfg, gen, args.members, (True, False), periods=periods)
-        rows.append((label, gen.sampler.nfe, cal, uncal, time.perf_counter() - t0))
+    if cache.is_file():  # the bundles' scores (same members, seeds and days)
+        stored = json.loads(cache.read_text())
+        for label, gen in zip(labels, (teacher, student_gen), strict=True):
+            c = stored[label]
+            rows.append((label, gen.sampler.nfe, c["calibrated"], c["uncalibrated"]))
+    else:
+        periods = sel.esm_periods(teacher)
+        for label, gen in zip(labels, (teacher, student_gen), strict=True):
+            (cal, uncal), _ = sel.score_settings(
+                cfg, gen, args.members, (True, False), periods=periods
+            )
+            rows.append((label, gen.sampler.nfe, cal, uncal))
     ref = rows[0][2]["crps"]
     head = [
         "product",
@@ -145,17 +120,20 @@ def main() -> int:
         *(k[1] for k in KEYS),
         "CRPS / teacher",
         "CRPS uncalibrated",
-        "scoring time / teacher's",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for label, nfe, cal, uncal, secs in rows:
+    for label, nfe, cal, uncal in rows:
         cells = [label, str(nfe), *(f.format(cal[k]) for k, _, f in KEYS)]
-        cells += [f"{cal['crps'] / ref:.3f}", f"{uncal['crps']:.3f}", f"{secs / rows[0][4]:.2f}"]
+        cells += [f"{cal['crps'] / ref:.3f}", f"{uncal['crps']:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
     print("\n".join(lines))
-    (student_path / "scores.json").write_text(
-        json.dumps({label: {"calibrated": c, "uncalibrated": u} for label, _, c, u, _ in rows})
+    cache.write_text(
+        json.dumps({label: {"calibrated": c, "uncalibrated": u} for label, _, c, u in rows})
     )
+    if args.write_docs:
+        path = REPO / "docs" / "results" / "iberia" / "selection.md"
+        cmd = shlex.join(["scripts/iberia_distill.py", *sys.argv[1:]])
+        path.write_text(sel.replace_block(path.read_text(), "distilled", "\n".join(lines), cmd))
     return 0
 
 

@@ -123,6 +123,23 @@ def test_regression_conditioned_denoiser_end_to_end(tmp_path: Path, shared_data:
     with pytest.raises(ConfigError, match="x_feat"):
         gen.sample_fine(gen.regress(preds), None)
 
+    # `precipdiff train distill`: a two-evaluation student of this bundle, trained on
+    # its training days with its own pipeline (the teacher must use dpmpp2m)
+    from precipdiff.bundle import default_sampler
+    from precipdiff.offline.train.bundle import set_default_sampler
+
+    assert main(["train", "distill", str(path), "--distill-steps", "2"]) != 0  # heun teacher
+    assert not (run / "bundle-distilled").exists()
+    set_default_sampler(bundle, default_sampler().to_dict(), reason="test: default teacher")
+    args = ["train", "distill", str(path), "--distill-steps", "3", "--distill-members", "1"]
+    assert main(args) == 0
+    student = PrecipGenerator.from_bundle(run / "bundle-distilled", use_compiled=False)
+    assert student.sampler.nfe == 2
+    assert "3 Adam steps" in student.manifest.provenance["distilled"]["note"]
+    assert student.manifest.condition == man.condition
+    res = student.generate(preds, members=2, seed=0)
+    assert res.fine.shape == (3, 2, 16, 28) and np.all(np.isfinite(res.fine))
+
 
 def test_residual_target_is_fine_minus_clean_condition(tmp_path: Path) -> None:
     # condition.residual: the denoiser's target is z_fine - up(z_coarse) (0 where the

@@ -6,6 +6,7 @@ The documented sequence (``docs/training.md``)::
     precipdiff train diffusion CONFIG
     precipdiff train bundle CONFIG      # evaluates on the validation split, writes the bundle
     precipdiff train calibrate CONFIG   # optional: output calibration (bundle.output_calibration)
+    precipdiff train distill CONFIG     # optional: 2-evaluation student, <bundle>-distilled
 
 or ``precipdiff train all CONFIG``. Interrupted runs resume from their last
 checkpoint when the same command is repeated. Under ``torchrun`` the stages
@@ -73,6 +74,15 @@ def _run(args: argparse.Namespace) -> int:
                         f"{state})"
                     )
                 continue
+            elif s == "distill":
+                if ctx.is_main:
+                    from precipdiff.offline.train.distill import distill_bundle
+
+                    given = {"steps": args.distill_steps, "members": args.distill_members}
+                    extra = {k: v for k, v in given.items() if v is not None}
+                    dest = distill_bundle(cfg, args.distill_out, args.out, log=print, **extra)
+                    print(f"distilled student bundle written to {dest}")
+                continue
             elif s == "evaluate":
                 if ctx.is_main:
                     from pathlib import Path
@@ -122,11 +132,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument(
         "stage",
-        choices=["regression", "diffusion", "bundle", "all", "evaluate", "calibrate"],
+        choices=["regression", "diffusion", "bundle", "all", "evaluate", "calibrate", "distill"],
         help="evaluate: re-score an existing bundle on the validation split (figures, "
         "evaluation.json, EVALUATION.md), without its training run directory; calibrate: fit "
         "the output calibration of an existing bundle on the training split "
-        "(bundle.output_calibration)",
+        "(bundle.output_calibration); distill: train a two-evaluation student of an existing "
+        "bundle on the training split and write it as <bundle>-distilled "
+        "(precipdiff.offline.train.distill)",
     )
     p.add_argument("config", help="training config (YAML or JSON), e.g. configs/iberia_demo.yaml")
     p.add_argument("--run-dir", help="override run_dir of the config")
@@ -138,4 +150,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--restart", action="store_true", help="discard existing checkpoints of these stages"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--distill-out", help="distill: the student bundle (default: <bundle>-distilled)"
+    )
+    p.add_argument(
+        "--distill-steps", type=int, help="distill: Adam steps (default: DEFAULT_SETTINGS, 1500)"
+    )
+    p.add_argument(
+        "--distill-members",
+        type=int,
+        help="distill: teacher members per training day (default: DEFAULT_SETTINGS, 4)",
+    )
     p.set_defaults(func=_run)

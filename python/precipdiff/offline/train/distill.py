@@ -41,6 +41,17 @@ from precipdiff.errors import ConfigError
 #: The student's noise level after its first step: the teacher's jump level.
 DEFAULT_SIGMA_MID = 5.0
 
+#: Distillation settings of the shipped students, fixed before any score was seen
+#: (docs/results/iberia/selection.md, "Distilled sampler"): teacher members per
+#: training day, Adam steps, batch size, learning rate, seed of the teacher draws.
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "members": 4,
+    "steps": 1500,
+    "batch_size": 32,
+    "lr": 3e-4,
+    "seed": 101,
+}
+
 
 @dataclass
 class TeacherDraws:
@@ -262,3 +273,80 @@ def write_student_bundle(
     write_manifest(out, manifest)
     load_bundle(out)  # verifies every file's sha256 and the networks' shapes
     return out
+
+
+def distill_bundle(
+    cfg: Any,
+    dest: str | Path | None = None,
+    teacher_bundle: str | Path | None = None,
+    log: Callable[[str], None] | None = None,
+    **settings: Any,
+) -> Path:
+    """Distil a trained bundle into a two-evaluation student bundle on its training days.
+
+    The teacher's pipeline (regression on the training split's predictors, condition
+    noise, statics, default sampler) generates ``members`` draws per training day; a
+    copy of its denoiser is trained on them (:func:`distill`) and written with the
+    teacher's everything else (:func:`write_student_bundle`).
+
+    Parameters
+    ----------
+    cfg
+        The training config (:class:`~precipdiff.offline.train.config.TrainConfig`):
+        its regression data section gives the training days.
+    dest
+        The student bundle (default: ``<teacher>-distilled``).
+    teacher_bundle
+        The teacher (default: ``cfg.bundle.out``).
+    log
+        Progress messages.
+    **settings
+        Overrides of :data:`DEFAULT_SETTINGS`.
+
+    Returns
+    -------
+    pathlib.Path
+        The student bundle.
+    """
+    from precipdiff.generator import PrecipGenerator
+    from precipdiff.offline.train.data import StageData
+    from precipdiff.transforms import PrecipTransform
+
+    unknown = set(settings) - set(DEFAULT_SETTINGS)
+    if unknown:
+        raise ConfigError(f"unknown distillation settings {sorted(unknown)}")
+    opts = {**DEFAULT_SETTINGS, **settings}
+    say = log or (lambda msg: None)
+    if teacher_bundle is None:
+        if cfg.bundle is None:
+            raise ConfigError("the config has no 'bundle' section: pass the teacher bundle")
+        teacher_bundle = cfg.bundle.out
+    src = Path(teacher_bundle)
+    out = Path(dest) if dest is not None else src.with_name(src.name + "-distilled")
+    gen = PrecipGenerator.from_bundle(src, device="cpu", use_compiled=False)
+    data = StageData(cfg.regression.data, PrecipTransform.from_dict(cfg.transform), cfg.source_dir)
+    train = data.split.train
+    raw = data.read(train)
+    preds = {n: raw[n] for n in gen.manifest.variable_names()}
+    y_c = gen.regress(preds)
+    x_feat = gen.features_normalised(preds) if gen.manifest.condition["predictors"] else None
+    draws = teacher_draws(gen, y_c, x_feat, members=opts["members"], seed=opts["seed"])
+    say(f"{len(draws)} teacher draws on {len(train)} training days")
+    sigma_mid = gen.sampler.sigma_jump or DEFAULT_SIGMA_MID
+    student, _ = distill(
+        gen.bundle.denoiser,
+        draws,
+        sigma_mid=sigma_mid,
+        steps=opts["steps"],
+        batch_size=opts["batch_size"],
+        lr=opts["lr"],
+        log=lambda i, v: say(f"step {i:5d}  loss {v:.4f}"),
+    )
+    t = data.split.times[train]
+    note = (
+        f"{opts['steps']} Adam steps (batch {opts['batch_size']}, lr {opts['lr']}) on "
+        f"{len(draws)} teacher draws ({opts['members']} per day, seed {opts['seed']}) of the "
+        f"training days {str(t.min())[:10]} to {str(t.max())[:10]}"
+    )
+    sampler = student_sampler(gen.sampler.sigma_start, sigma_mid)
+    return write_student_bundle(src, student, out, sampler, note)

@@ -19,6 +19,10 @@ Usage::
 
     .venv/bin/python bench/bench_sampler_quality.py [--bundle models/iberia-demo]
         [--config configs/iberia_demo.yaml] [--members 8] [--days 120] [--markdown]
+        [--student models/iberia-demo-distilled]
+
+With ``--student`` a distilled student of the bundle (``precipdiff train distill``)
+runs last, with its own two-evaluation sampler, on the same conditions and seeds.
 
 Needs the training config's data (``../shared/data`` for the Iberia demo; skips
 with a message otherwise). The numbers in the model card come from this command.
@@ -62,6 +66,11 @@ def main() -> int:
     ap.add_argument("--days", type=int, default=120, help="validation days (evenly spaced)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument(
+        "--student",
+        help="also a distilled student bundle of --bundle (precipdiff train distill), with its "
+        "own two-evaluation sampler, on the same conditions and seeds",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -101,9 +110,22 @@ def main() -> int:
     )
     rows = []
     ref_crps = ref_time = float("nan")
-    for label, sampler in candidates().items():
+    runs: list[tuple[str, PrecipGenerator, SamplerConfig]] = [
+        (label, gen, sampler) for label, sampler in candidates().items()
+    ]
+    if args.student:
+        student = PrecipGenerator.from_bundle(args.student, device="cpu", use_compiled=False)
+        same = student.manifest.files["regression.safetensors"] == gen.manifest.files.get(
+            "regression.safetensors"
+        )
+        if "distilled" not in student.manifest.provenance or not same:
+            print(f"{args.student} is not a distilled student of {args.bundle}", file=sys.stderr)
+            return 2
+        label = f"distilled student: dpmpp2m {student.sampler.nfe} (its own network)"
+        runs.append((label, student, student.sampler))
+    for label, g, sampler in runs:
         t0 = time.perf_counter()
-        z = gen.sample_fine(y_c, x_feat, members=args.members, seed=0, sampler=sampler)
+        z = g.sample_fine(y_c, x_feat, members=args.members, seed=0, sampler=sampler)
         dt = time.perf_counter() - t0
         ens = np.where(np.isfinite(obs)[:, None], gen.to_precip(z), np.nan)
         crps = float(np.nanmean(metrics.crps_ensemble(ens, obs)))

@@ -75,7 +75,9 @@ def test_distilled_student_learns_and_ships_as_a_bundle(teacher, tmp_path):
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])  # 0.63 -> 0.17 here
     with pytest.raises(ConfigError, match="teacher draws"):
         distill(gen.bundle.denoiser, draws, steps=1, batch_size=64)
+    (path / "MODEL_CARD.md").write_text("the teacher's card")
     out = write_student_bundle(path, student, tmp_path / "student", student_sampler(), "test")
+    assert not (out / "MODEL_CARD.md").exists()  # the teacher's card is not the student's
     sgen = PrecipGenerator.from_bundle(out, device="cpu", use_compiled=False)
     assert sgen.sampler.nfe == 2
     assert sgen.manifest.provenance["distilled"]["note"] == "test"

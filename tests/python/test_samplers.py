@@ -85,8 +85,38 @@ def _shipped_samplers() -> list[tuple[str, SamplerConfig]]:
 
     out = [("default_sampler()", default_sampler())]
     for manifest in sorted((REPO / "models").glob("*/manifest.json")):
-        out.append((manifest.parent.name, read_manifest(manifest.parent).sampler_config()))
+        m = read_manifest(manifest.parent)
+        if "distilled" in m.provenance:
+            continue  # a student's sampler belongs to its own network: test_shipped_students
+        out.append((manifest.parent.name, m.sampler_config()))
     return out
+
+
+def _shipped_students() -> list[str]:
+    from precipdiff.bundle import read_manifest
+
+    return [
+        p.parent.name
+        for p in sorted((REPO / "models").glob("*/manifest.json"))
+        if "distilled" in read_manifest(p.parent).provenance
+    ]
+
+
+@pytest.mark.parametrize("name", _shipped_students())
+def test_shipped_students(name):
+    # A shipped distilled student (precipdiff train distill) is its teacher's bundle with
+    # its own denoiser and a two-evaluation sampler; the teacher ships beside it and its
+    # default sampler is checked against the analytic targets above.
+    from precipdiff.bundle import read_manifest
+
+    student = read_manifest(REPO / "models" / name)
+    teacher_dir = REPO / "models" / Path(student.provenance["distilled"]["teacher"]).name
+    teacher = read_manifest(teacher_dir)
+    assert student.sampler_config().nfe <= 2
+    assert student.files["regression.safetensors"] == teacher.files["regression.safetensors"]
+    assert student.files["denoiser.safetensors"] != teacher.files["denoiser.safetensors"]
+    assert student.provenance["distilled"]["teacher_sampler"] == teacher.sampler
+    assert (REPO / "models" / name / "MODEL_CARD.md").is_file()
 
 
 @pytest.mark.parametrize(("label", "cfg"), _shipped_samplers())

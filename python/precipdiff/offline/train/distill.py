@@ -227,8 +227,9 @@ def write_student_bundle(
 
     Everything else (regression, statics, normalisation, output calibration) is the
     teacher's; the manifest's denoiser sha256, ``sampler`` and a
-    ``provenance.distilled`` entry are updated, compiled packages are dropped, and
-    the bundle is loaded once to verify it.
+    ``provenance.distilled`` entry are updated, compiled packages are dropped, the
+    teacher's model card, evaluation and figures are not copied (they describe the
+    teacher), and the bundle is loaded once to verify it.
 
     Parameters
     ----------
@@ -257,7 +258,14 @@ def write_student_bundle(
 
     src, out = Path(teacher_bundle), Path(dest)
     shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(src, out, ignore=shutil.ignore_patterns("compiled", "figures"))
+    # the teacher's card, evaluation and figures describe the teacher: not copied
+    shutil.copytree(
+        src,
+        out,
+        ignore=shutil.ignore_patterns(
+            "compiled", "figures", "MODEL_CARD.md", "EVALUATION.md", "evaluation.json"
+        ),
+    )
     state = {k: v.detach().float().cpu().contiguous() for k, v in student.net.state_dict().items()}
     save_file(state, str(out / DENOISER_FILE))
     manifest = read_manifest(out)

@@ -81,6 +81,7 @@ def test_distilled_student_learns_and_ships_as_a_bundle(teacher, tmp_path):
     sgen = PrecipGenerator.from_bundle(out, device="cpu", use_compiled=False)
     assert sgen.sampler.nfe == 2
     assert sgen.manifest.provenance["distilled"]["note"] == "test"
+    assert sgen.manifest.provenance["name"] == "student"
     # the student bundle's members are the student's two-step map of the same noise
     z = sgen.sample_fine(y_c, members=4, seed=0)
     with torch.no_grad():

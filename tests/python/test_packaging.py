@@ -37,6 +37,7 @@ def test_wheel_ships_the_small_bundles(wheel: Path) -> None:
     assert "precipdiff/models/iberia-demo/output_calibration.safetensors" in names
     assert not any("/figures/" in n or "/compiled/" in n for n in names)
     assert not any("/speedy-t30/" in n for n in names)  # checkout-only (setup.py NOT_SHIPPED)
+    assert not any("/iberia-demo-distilled/" in n for n in names)
     assert wheel.stat().st_size < 5_000_000
 
 

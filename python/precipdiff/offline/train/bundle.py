@@ -283,16 +283,18 @@ def evaluate_bundle(cfg: TrainConfig, dest: Path) -> dict[str, Any]:
             bundle, reg_data, m, n_max, seed=cfg.seed
         )
     figure_grid = bundle.fine_grid if same else den_data.fine_grid
+    # the bundle's own name (a distilled student of the config's bundle has its own)
+    title = str(bundle.manifest.provenance.get("name") or cfg.bundle.name)
     scores["figures"] = plot_evaluation(
         dest / "figures",
         reg_arrays,
         fine_arrays,
         figure_grid,
-        cfg.bundle.name,
+        title,
         caveat=cfg.bundle.notes,  # e.g. "not skilful": in the figure, not only in the card
     )
     write_json(dest / "evaluation.json", scores)
-    (dest / "EVALUATION.md").write_text(evaluation_markdown(scores, cfg.bundle.name))
+    (dest / "EVALUATION.md").write_text(evaluation_markdown(scores, title))
     return scores
 
 

@@ -273,6 +273,9 @@ def write_student_bundle(
     files = {**manifest.files, DENOISER_FILE: sha256_file(out / DENOISER_FILE)}
     provenance = {
         **manifest.provenance,
+        "name": out.name,
+        "description": f"two-evaluation distilled student of {src.name}: "
+        + str(manifest.provenance.get("description", "")),
         "distilled": {"teacher": str(src), "teacher_sampler": teacher_sampler, "note": note},
     }
     manifest = dataclasses.replace(

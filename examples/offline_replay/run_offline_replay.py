@@ -59,13 +59,17 @@ def bundle_predictors(bundle: Path) -> list[str]:
 
 
 def shipped_bundle(data: Path) -> Path | None:
-    """A bundle in models/ whose predictors all exist as CNRM-CM5 files."""
+    """A bundle in models/ whose predictors all exist as CNRM-CM5 files (not a student)."""
+    from precipdiff.bundle import read_manifest
+
     models = REPO / "models"
     if not models.is_dir():
         return None
     for manifest in sorted(models.glob("*/manifest.json")):
         try:
             names = bundle_predictors(manifest.parent)
+            if "distilled" in read_manifest(manifest.parent).provenance:
+                continue  # a distilled student: its teacher is the bundle to pick
         except Exception as exc:  # a broken bundle is reported, not used
             print(f"note: skipping {manifest.parent}: {exc}")
             continue

@@ -165,6 +165,7 @@ VARIANTS: dict[str, Edit] = {
     "denoiser 1000 steps": _diffusion_steps(1000),
     "denoiser 2000 steps": _diffusion_steps(2000),
     "residual denoiser": _cond(residual=True),
+    "no predictor channels": _cond(predictors=False),
 }
 
 #: The denoiser's training length (issue 13 cause 5), each scored output-calibrated
@@ -178,6 +179,11 @@ DIFFUSION_STEPS_SWEEP = ["denoiser 1000 steps", "denoiser 2000 steps", "shipped"
 #: ``log1p`` space), against the shipped config; scored output-calibrated and chosen by
 #: :func:`sigma_c_choice`'s rule, unchanged (fixed before the runs).
 RESIDUAL_SWEEP = ["shipped", "residual denoiser"]
+
+#: Where the q0.99 change is lost (diagnostic): the shipped pipeline with the denoiser
+#: not reading the predictors directly (it still gets them through the regression's
+#: condition), scored like the residual comparison and under the same rule.
+PREDICTOR_CHANNELS_SWEEP = ["shipped", "no predictor channels"]
 
 
 #: The sigma_c sweep (issue 13 cause 3): the shipped product is output-calibrated, so
@@ -1082,7 +1088,11 @@ def main() -> int:
                 f"{c['table_roughness']:.3f} |"
             )
     others = [
-        n for n, _ in calibrated if n not in DIFFUSION_STEPS_SWEEP and n not in RESIDUAL_SWEEP
+        n
+        for n, _ in calibrated
+        if n not in DIFFUSION_STEPS_SWEEP
+        and n not in RESIDUAL_SWEEP
+        and n not in PREDICTOR_CHANNELS_SWEEP
     ]
     if others:
         lines += [
@@ -1143,6 +1153,20 @@ def main() -> int:
     if args.write_docs and resid_body:
         path = REPO / "docs" / "results" / "iberia" / "selection.md"
         path.write_text(replace_block(path.read_text(), "residual", resid_body, cmd))
+    pred = [(n, c) for n, c in calibrated if n in PREDICTOR_CHANNELS_SWEEP]
+    if len(pred) == len(PREDICTOR_CHANNELS_SWEEP):
+        chosen_p = sigma_c_choice(pred, pred[0][1]["change_mean_esm_own"])
+        pred_body = "\n".join(
+            [
+                *calibrated_table(pred),
+                "",
+                f"The rule (`sigma_c_choice`, unchanged) picks: **{chosen_p}**.",
+            ]
+        )
+        print(pred_body)
+        if args.write_docs:
+            path = REPO / "docs" / "results" / "iberia" / "selection.md"
+            path.write_text(replace_block(path.read_text(), "predictor channels", pred_body, cmd))
     shipped = [(n, c) for n, c in calibrated if n == "shipped"]
     if shipped:
         print("\n".join(calibrated_table(shipped)))

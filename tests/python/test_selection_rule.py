@@ -94,7 +94,12 @@ def test_older_rows_keep_the_earlier_regression(selection: ModuleType, tmp_path:
     from precipdiff.offline.train.config import to_dict
 
     for name in selection.VARIANTS:
-        if name in selection.DIFFUSION_STEPS_SWEEP or name in selection.RESIDUAL_SWEEP:
+        newer = (
+            selection.DIFFUSION_STEPS_SWEEP
+            + selection.RESIDUAL_SWEEP
+            + selection.PREDICTOR_CHANNELS_SWEEP
+        )
+        if name in newer:
             continue  # the newer comparisons, made with the shipped regression
         cfg = to_dict(selection.variant_config(name, tmp_path))
         assert cfg["regression"]["optim"]["steps"] == 1500, name
@@ -105,6 +110,11 @@ def test_older_rows_keep_the_earlier_regression(selection: ModuleType, tmp_path:
         cfg = to_dict(selection.variant_config(name, tmp_path))
         assert cfg["regression"]["optim"]["steps"] == 125, name
         assert cfg["diffusion"]["condition"]["residual"] == (name != "shipped"), name
+    for name in selection.PREDICTOR_CHANNELS_SWEEP:
+        cfg = to_dict(selection.variant_config(name, tmp_path))
+        assert cfg["regression"]["optim"]["steps"] == 125, name
+        assert cfg["diffusion"]["condition"]["predictors"] == (name == "shipped"), name
+        assert cfg["diffusion"]["sigma_c"] == 0.25, name
 
 
 def test_generated_blocks_are_replaced_in_place(selection: ModuleType) -> None:

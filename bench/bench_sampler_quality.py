@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from precipdiff.bundle import default_sampler
+from precipdiff.bundle import REGRESSION_FILE, default_sampler
 from precipdiff.diffusion import SamplerConfig
 from precipdiff.offline import metrics
 
@@ -115,9 +115,7 @@ def main() -> int:
     ]
     if args.student:
         student = PrecipGenerator.from_bundle(args.student, device="cpu", use_compiled=False)
-        same = student.manifest.files["regression.safetensors"] == gen.manifest.files.get(
-            "regression.safetensors"
-        )
+        same = student.manifest.files[REGRESSION_FILE] == gen.manifest.files.get(REGRESSION_FILE)
         if "distilled" not in student.manifest.provenance or not same:
             print(f"{args.student} is not a distilled student of {args.bundle}", file=sys.stderr)
             return 2

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import torch
 
+from precipdiff.offline.train.distill import DEFAULT_SETTINGS, distill_bundle
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
@@ -54,10 +56,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--variant", default="shipped")
     ap.add_argument("--out", default=str(REPO / "out" / "selection"))
-    ap.add_argument("--draw-members", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--draw-members", type=int, default=DEFAULT_SETTINGS["members"])
+    ap.add_argument("--steps", type=int, default=DEFAULT_SETTINGS["steps"])
+    ap.add_argument("--batch-size", type=int, default=DEFAULT_SETTINGS["batch_size"])
+    ap.add_argument("--lr", type=float, default=DEFAULT_SETTINGS["lr"])
     ap.add_argument("--members", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--write-docs", action="store_true", help="write the table to selection.md")
@@ -71,7 +73,6 @@ def main() -> int:
         return 0
     import iberia_selection as sel
     from precipdiff.generator import PrecipGenerator
-    from precipdiff.offline.train.distill import distill_bundle
 
     cfg = sel.variant_config(args.variant, Path(args.out))
     teacher_path = Path(cfg.run_dir) / "calibrated_bundle"

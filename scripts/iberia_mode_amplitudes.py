@@ -16,7 +16,6 @@ Usage (seconds)::
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ BANDS_DEG = ((1.0, 1.4), (1.4, 2.0), (2.0, 4.0), (4.0, np.inf))
 
 def main() -> int:
     """Print the table."""
+    from precipdiff.bundle import read_manifest
     from precipdiff.io import import_xarray
     from precipdiff.offline import metrics
     from precipdiff.testing import shared_data_dir
@@ -35,9 +35,9 @@ def main() -> int:
     if root is None:
         print("SKIP: ../shared/data not found (set PRECIPDIFF_SHARED_DATA)")
         return 0
-    manifest = json.loads((REPO / "models" / "iberia-demo" / "manifest.json").read_text())
-    eps = float(manifest["transform"]["eps"])
-    mean, std = (float(manifest["normalisation"]["precip"][k]) for k in ("mean", "std"))
+    manifest = read_manifest(REPO / "models" / "iberia-demo")
+    eps = float(manifest.transform["eps"])
+    mean, std = (float(manifest.normalisation["precip"][k]) for k in ("mean", "std"))
     xr = import_xarray()
     with xr.open_dataset(root / "climate4r_iberia" / "EOBS_Iberia_pr.nc") as ds:
         t = ds["time"].values

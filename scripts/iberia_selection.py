@@ -897,6 +897,20 @@ def regression_loss_table(rows: list[tuple[str, list[dict[str, float]]]]) -> str
     return "\n".join(lines)
 
 
+def rule_block(rows: list[tuple[str, dict[str, float]]], sweep: list[str]) -> str:
+    """A comparison's calibrated table and :func:`sigma_c_choice`'s pick ("" if incomplete)."""
+    if len(rows) != len(sweep):
+        return ""
+    chosen = sigma_c_choice(rows, rows[0][1]["change_mean_esm_own"])
+    return "\n".join(
+        [
+            *calibrated_table(rows),
+            "",
+            f"The rule (`sigma_c_choice`, unchanged) picks: **{chosen}**.",
+        ]
+    )
+
+
 def replace_block(text: str, name: str, body: str, cmd: str) -> str:
     """Replace the generated block ``<!-- name -->`` ... ``<!-- /name -->`` of ``text``."""
     start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
@@ -1123,50 +1137,23 @@ def main() -> int:
         plot_regression_steps(
             lengths, args.regression_seeds, root, path.parent / "regression_training_length.png"
         )
-    lengths_d = [(n, c) for n, c in calibrated if n in DIFFUSION_STEPS_SWEEP]
+    # the comparisons scored output-calibrated under sigma_c_choice's rule, each with its
+    # own block of selection.md (written when every variant of it was scored)
     steps_d_body = ""
-    if len(lengths_d) == len(DIFFUSION_STEPS_SWEEP):
-        chosen_d = sigma_c_choice(lengths_d, lengths_d[0][1]["change_mean_esm_own"])
-        steps_d_body = "\n".join(
-            [
-                *calibrated_table(lengths_d),
-                "",
-                f"The rule (`sigma_c_choice`, unchanged) picks: **{chosen_d}**.",
-            ]
-        )
-        print(steps_d_body)
-    if args.write_docs and steps_d_body:
-        path = REPO / "docs" / "results" / "iberia" / "selection.md"
-        path.write_text(replace_block(path.read_text(), "denoiser steps", steps_d_body, cmd))
-    resid = [(n, c) for n, c in calibrated if n in RESIDUAL_SWEEP]
-    resid_body = ""
-    if len(resid) == len(RESIDUAL_SWEEP):
-        chosen_r = sigma_c_choice(resid, resid[0][1]["change_mean_esm_own"])
-        resid_body = "\n".join(
-            [
-                *calibrated_table(resid),
-                "",
-                f"The rule (`sigma_c_choice`, unchanged) picks: **{chosen_r}**.",
-            ]
-        )
-        print(resid_body)
-    if args.write_docs and resid_body:
-        path = REPO / "docs" / "results" / "iberia" / "selection.md"
-        path.write_text(replace_block(path.read_text(), "residual", resid_body, cmd))
-    pred = [(n, c) for n, c in calibrated if n in PREDICTOR_CHANNELS_SWEEP]
-    if len(pred) == len(PREDICTOR_CHANNELS_SWEEP):
-        chosen_p = sigma_c_choice(pred, pred[0][1]["change_mean_esm_own"])
-        pred_body = "\n".join(
-            [
-                *calibrated_table(pred),
-                "",
-                f"The rule (`sigma_c_choice`, unchanged) picks: **{chosen_p}**.",
-            ]
-        )
-        print(pred_body)
+    for sweep, block in (
+        (DIFFUSION_STEPS_SWEEP, "denoiser steps"),
+        (RESIDUAL_SWEEP, "residual"),
+        (PREDICTOR_CHANNELS_SWEEP, "predictor channels"),
+    ):
+        body = rule_block([(n, c) for n, c in calibrated if n in sweep], sweep)
+        if not body:
+            continue
+        print(body)
+        if block == "denoiser steps":
+            steps_d_body = body
         if args.write_docs:
             path = REPO / "docs" / "results" / "iberia" / "selection.md"
-            path.write_text(replace_block(path.read_text(), "predictor channels", pred_body, cmd))
+            path.write_text(replace_block(path.read_text(), block, body, cmd))
     shipped = [(n, c) for n, c in calibrated if n == "shipped"]
     if shipped:
         print("\n".join(calibrated_table(shipped)))

@@ -95,7 +95,7 @@ def main() -> int:
     pick = pick.astype(np.int64)
     raw = data.read(pick)
     names = gen.manifest.variable_names()
-    x_feat = gen.features_normalised({n: raw[n] for n in names})
+    x_feat = gen.condition_features_normalised({n: raw[n] for n in names})
     y_c = gen.regress({n: raw[n] for n in names})
     obs = np.asarray(raw["fine"], np.float64)
     land = np.isfinite(obs).all(axis=0)

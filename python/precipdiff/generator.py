@@ -297,6 +297,16 @@ class PrecipGenerator:
             [norm["predictors"][f.name]["std"] for f in self.features], np.float32
         )
         self._cond_predictors = bool(self.manifest.condition["predictors"])
+        #: The denoiser's feature channels (the regression's unless the manifest's
+        #: ``condition.features`` lists its own; empty without predictors).
+        self.condition_features = self.manifest.condition_feature_specs()
+        self._c_mean = np.array(
+            [norm["predictors"][f.name]["mean"] for f in self.condition_features], np.float32
+        )
+        self._c_std = np.array(
+            [norm["predictors"][f.name]["std"] for f in self.condition_features], np.float32
+        )
+        self._own_condition_features = self.condition_features != list(self.features)
         #: the denoiser generates the residual from the clean upsampled condition
         self._residual = bool(self.manifest.condition.get("residual", False))
         self._y_mean = float(norm["precip"]["mean"])
@@ -481,11 +491,73 @@ class PrecipGenerator:
             ``(time, n_features, nlat_c, nlon_c)`` float32: the regression's input
             channels before any coarse static fields.
         """
+        return self._normalised(self._coarse_variables(predictors, grid), "regression")
+
+    def condition_features_normalised(
+        self, predictors: Any, grid: LatLonGrid | None = None
+    ) -> np.ndarray | None:
+        """Compute the denoiser's feature channels on the coarse grid, normalised.
+
+        What :meth:`sample_fine` takes as ``x_feat``: the regression's features
+        (:meth:`features_normalised`) unless the bundle's denoiser reads its own
+        (manifest ``condition.features``).
+
+        Parameters
+        ----------
+        predictors
+            Mapping name → ``(time, lat, lon)`` arrays, or an xarray Dataset.
+        grid
+            Grid of the predictors (default: the bundle's coarse grid).
+
+        Returns
+        -------
+        numpy.ndarray or None
+            ``(time, n_condition_features, nlat_c, nlon_c)`` float32; ``None`` when
+            the denoiser reads no predictors.
+        """
+        if not self._cond_predictors:
+            return None
+        return self._normalised(self._coarse_variables(predictors, grid), "condition")
+
+    def _coarse_variables(self, predictors: Any, grid: LatLonGrid | None) -> dict[str, np.ndarray]:
+        """Regrid the predictors to the coarse grid: name → ``(time, nlat_c, nlon_c)``."""
         x, src = self._predictor_array(predictors, grid)
         x = self._to_coarse(x, src)
-        names = self.manifest.variable_names()
-        feats = compute_features(self.features, {n: x[:, i] for i, n in enumerate(names)})
-        return (feats - self._x_mean[None, :, None, None]) / self._x_std[None, :, None, None]
+        return {n: x[:, i] for i, n in enumerate(self.manifest.variable_names())}
+
+    def features_from_coarse(
+        self, coarse: Mapping[str, np.ndarray], which: str = "regression"
+    ) -> np.ndarray:
+        """Compute and normalise feature channels from variables already on a coarse grid.
+
+        No regridding: the fields may be on any grid (e.g. the region a denoiser was
+        trained on).
+
+        Parameters
+        ----------
+        coarse
+            Variable name → ``(time, lat, lon)`` float arrays, in the bundle's units.
+        which
+            ``"regression"`` (the regression's input features) or ``"condition"``
+            (the denoiser's, :attr:`condition_features`).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(time, n_features, lat, lon)`` float32.
+        """
+        if which not in ("regression", "condition"):
+            raise ConfigError(f"which must be 'regression' or 'condition', got {which!r}")
+        return self._normalised(coarse, which)
+
+    def _normalised(self, coarse: Mapping[str, np.ndarray], which: str) -> np.ndarray:
+        """Compute and normalise the regression's or the denoiser's feature channels."""
+        if which == "regression":
+            specs, mean, std = self.features, self._x_mean, self._x_std
+        else:
+            specs, mean, std = self.condition_features, self._c_mean, self._c_std
+        feats = compute_features(specs, coarse)
+        return (feats - mean[None, :, None, None]) / std[None, :, None, None]
 
     @torch.inference_mode()
     def regress(self, predictors: Any, grid: LatLonGrid | None = None) -> np.ndarray:
@@ -588,9 +660,9 @@ class PrecipGenerator:
             ``(time, nlat_c, nlon_c)`` coarse precipitation in normalised
             transformed space (the regression's output space).
         x_feat
-            ``(time, n_features, nlat_c, nlon_c)`` normalised features
-            (:meth:`features_normalised`); needed when the bundle's condition
-            includes them.
+            ``(time, n_features, nlat_c, nlon_c)``: the denoiser's normalised
+            feature channels (:meth:`condition_features_normalised`); needed when
+            the bundle's condition includes them.
         members
             Ensemble size.
         seed
@@ -615,8 +687,18 @@ class PrecipGenerator:
         config = sampler if sampler is not None else self.sampler
         if self._cond_predictors and x_feat is None:
             raise ConfigError(
-                "this bundle's denoiser is conditioned on the predictors too: pass x_feat"
+                "this bundle's denoiser is conditioned on the predictors too: pass x_feat "
+                "(condition_features_normalised())"
             )
+        if self._cond_predictors:
+            assert x_feat is not None
+            want = [f.name for f in self.condition_features]
+            if np.ndim(x_feat) != 4 or np.shape(x_feat)[1] != len(want):
+                raise ConfigError(
+                    f"x_feat must be (time, {len(want)}, nlat_c, nlon_c): the denoiser's feature "
+                    f"channels {want} (condition_features_normalised()), got shape "
+                    f"{np.shape(x_feat)}"
+                )
         up_fn = self._upsample if upsampler is None else upsampler
         if upsampler is not None and self._statics_fine.shape[0]:
             raise ConfigError(
@@ -734,13 +816,21 @@ class PrecipGenerator:
         if hasattr(predictors, "data_vars") and "time" in getattr(predictors, "coords", {}):
             times = np.asarray(predictors["time"].values)
         calibrate = self.calibrates(output_calibration)
-        x_feat = self.features_normalised(predictors, grid)
+        coarse_vars = self._coarse_variables(predictors, grid)
+        x_feat = self._normalised(coarse_vars, "regression")
         y_c = self._regress_features(x_feat)
+        x_cond: np.ndarray | None = None
+        if self._cond_predictors:
+            x_cond = (
+                self._normalised(coarse_vars, "condition")
+                if self._own_condition_features
+                else x_feat
+            )
         coarse = self.to_precip(y_c)
         fine = self.to_precip(
             self.sample_fine(
                 y_c,
-                x_feat,
+                x_cond,
                 members=members,
                 seed=int(seed),
                 sampler=config,

@@ -161,3 +161,118 @@ def test_residual_bundle_adds_the_clean_condition(tmp_path, x):
     (resid / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(BundleError, match="residual"):
         PrecipGenerator.from_bundle(resid, device="cpu", use_compiled=False)
+
+
+def _condition_features_bundle(tmp_path, condition, den_features: int = 3):
+    # variables hus850, psl, ta850; the regression reads rh850 and psl; the denoiser
+    # reads ``den_features`` upsampled feature channels
+    from precipdiff.bundle import manifest_from_networks, save_bundle
+    from precipdiff.diffusion import EDMPrecond
+    from precipdiff.nn import UNet, UNetConfig
+    from precipdiff.variables import get_variable
+
+    specs = [get_variable(n) for n in ("hus850", "psl", "ta850")]
+    torch.manual_seed(0)
+    reg = UNet(UNetConfig(in_channels=2, base_channels=8, channel_mult=(1,), num_blocks=1))
+    den = EDMPrecond(
+        UNet(
+            UNetConfig(
+                in_channels=2 + den_features,
+                base_channels=8,
+                channel_mult=(1,),
+                num_blocks=1,
+                noise_channels=8,
+            )
+        )
+    )
+    m = manifest_from_networks(
+        variables=[s.to_dict() for s in specs],
+        coarse_grid=COARSE,
+        fine_grid=FINE,
+        predictor_stats={
+            "rh850": (0.7, 0.2),
+            "psl": (101300.0, 1200.0),
+            "hus850": (0.004, 0.002),
+        },
+        precip_stats=(1.0, 1.5),
+        regression=reg,
+        denoiser=den,
+        sigma_c=0.3,
+        features=[
+            {
+                "name": "rh850",
+                "op": "relative_humidity",
+                "inputs": ["hus850", "ta850"],
+                "pressure_pa": 85000.0,
+            },
+            {"name": "psl", "op": "identity", "inputs": ["psl"]},
+        ],
+        condition=condition,
+        provenance={"data": "test"},
+    )
+    return save_bundle(tmp_path / "b", m, reg, den)
+
+
+def test_denoiser_reads_its_own_features(tmp_path):
+    # A bundle whose denoiser reads absolute humidity next to the regression's relative
+    # humidity (manifest condition "features"): the generator computes both feature
+    # sets from the same predictors and normalises each with the manifest's statistics.
+    from precipdiff.diffusion import SamplerConfig
+
+    cond = {"source": "regression", "predictors": True, "features": ["rh850", "psl", "hus850"]}
+    g = PrecipGenerator.from_bundle(
+        _condition_features_bundle(tmp_path, cond), device="cpu", use_compiled=False
+    )
+    assert [f.name for f in g.features] == ["rh850", "psl"]
+    assert [f.name for f in g.condition_features] == ["rh850", "psl", "hus850"]
+    x = random_predictors(["hus850", "psl", "ta850"], COARSE, times=2, seed=5)
+    reg = g.features_normalised(x)
+    den = g.condition_features_normalised(x)
+    assert reg.shape == (2, 2, *COARSE.shape) and den.shape == (2, 3, *COARSE.shape)
+    np.testing.assert_allclose(den[:, :2], reg, rtol=1e-6)
+    np.testing.assert_allclose(den[:, 2], (x["hus850"] - 0.004) / 0.002, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(
+        g.features_from_coarse({k: v for k, v in x.items()}, "condition"), den
+    )
+    # generate() feeds the denoiser its own channels: the same draws as stage 2 alone
+    cfg = SamplerConfig(name="heun", steps=2, start="noise", sigma_max=2.0)
+    res = g.generate(x, members=2, seed=3, sampler=cfg)
+    z = g.sample_fine(g.regress(x), den, members=2, seed=3, sampler=cfg)
+    np.testing.assert_allclose(res.fine, g.to_precip(z), rtol=1e-6)
+    # the regression's two channels are refused by name
+    with pytest.raises(ConfigError, match=r"x_feat must be \(time, 3.*hus850"):
+        g.sample_fine(g.regress(x), reg, members=1, sampler=cfg)
+    with pytest.raises(ConfigError, match="which"):
+        g.features_from_coarse(x, "denoiser")
+
+
+@pytest.mark.parametrize(
+    ("condition", "den_features", "match"),
+    [
+        # features without predictors
+        ({"source": "regression", "predictors": False, "features": ["hus850"]}, 0, "'predictors'"),
+        # a variable the bundle does not have
+        ({"source": "regression", "predictors": True, "features": ["ua850"]}, 1, "ua850"),
+        # a name the regression uses for another quantity (statistics are keyed by name)
+        (
+            {
+                "source": "regression",
+                "predictors": True,
+                "features": [{"name": "rh850", "op": "identity", "inputs": ["hus850"]}],
+            },
+            1,
+            "rh850",
+        ),
+        # no statistics for the channel
+        ({"source": "regression", "predictors": True, "features": ["ta850"]}, 1, "ta850"),
+        # the denoiser's channel count disagrees
+        ({"source": "regression", "predictors": True, "features": ["hus850"]}, 3, "1 upsampled"),
+        ({"source": "regression", "predictors": True, "features": []}, 0, "empty"),
+        ({"source": "regression", "predictors": True, "features": "hus850"}, 1, "features"),
+    ],
+)
+def test_condition_features_are_checked(tmp_path, condition, den_features, match):
+    from precipdiff.errors import BundleError
+
+    with pytest.raises(BundleError, match=match):
+        _condition_features_bundle(tmp_path, condition, den_features)

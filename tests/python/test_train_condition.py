@@ -64,6 +64,31 @@ def test_condition_config_is_checked(tmp_path: Path) -> None:
         from_dict(TrainConfig, cfg)
 
 
+def test_condition_features_config_is_checked(tmp_path: Path) -> None:
+    # the denoiser's own feature channels: only with predictors, from the regression's
+    # predictors, and never a regression feature's name for another quantity
+    cfg = to_dict(tiny_config(tmp_path / "run", tmp_path))
+    cfg["regression"]["data"]["features"] = ["rh850", "psl"]
+    cond = cfg["diffusion"]["condition"]
+    cond.update(predictors=True, features=["rh850", "psl", "hus850"])
+    assert from_dict(TrainConfig, cfg).diffusion.condition.features == ["rh850", "psl", "hus850"]
+    cond.update(predictors=False)
+    with pytest.raises(ConfigError, match="predictors: true"):
+        from_dict(TrainConfig, cfg)
+    cond.update(predictors=True, features=[])
+    with pytest.raises(ConfigError, match="empty"):
+        from_dict(TrainConfig, cfg)
+    cond.update(features=["ua850"])
+    with pytest.raises(ConfigError, match=r"ua850.*regression\.data\.predictors"):
+        from_dict(TrainConfig, cfg)
+    cond.update(features=[{"name": "psl", "op": "identity", "inputs": ["hus850"]}])
+    with pytest.raises(ConfigError, match=r"psl.*computed differently"):
+        from_dict(TrainConfig, cfg)
+    cond.update(features=[{"name": "x", "op": "cube", "inputs": ["hus850"]}])
+    with pytest.raises(ConfigError, match="cube"):
+        from_dict(TrainConfig, cfg)
+
+
 @pytest.mark.needs_data
 @pytest.mark.slow
 def test_regression_conditioned_denoiser_end_to_end(tmp_path: Path, shared_data: Path) -> None:
@@ -170,3 +195,42 @@ def test_residual_target_is_fine_minus_clean_condition(tmp_path: Path) -> None:
     torch.testing.assert_close(y1, y0 - batch["cond"])
     assert torch.all(y1[m1 == 0] == 0)
     assert from_dict(TrainConfig, to_dict(cfg)).diffusion.condition.residual  # type: ignore[union-attr]
+
+
+@pytest.mark.needs_data
+@pytest.mark.slow
+def test_denoiser_own_features_end_to_end(tmp_path: Path, shared_data: Path) -> None:
+    # `diffusion.condition.features`: the denoiser reads absolute humidity besides the
+    # regression's relative humidity; its statistics come from the training split only,
+    # the bundle records both, and the runtime rebuilds the training condition exactly.
+    cfg = _conditioned(tmp_path, shared_data, steps=3)
+    assert cfg.diffusion is not None
+    cfg.diffusion.condition.features = ["rh850", "psl", "hus850"]
+    path = tmp_path / "cond.yaml"
+    path.write_text(yaml.safe_dump(to_dict(cfg)))
+    assert main(["train", "all", str(path), "--threads", "1", "--no-progress"]) == 0
+
+    from precipdiff.generator import PrecipGenerator
+    from precipdiff.offline.train.diffusion import prepare_diffusion
+
+    stage, data = prepare_diffusion(cfg)
+    gen = PrecipGenerator.from_bundle(tmp_path / "run" / "bundle", device="cpu", use_compiled=False)
+    man = gen.manifest
+    assert [f.name for f in man.feature_specs()] == ["rh850", "psl"]
+    assert [f["name"] for f in man.condition["features"]] == ["rh850", "psl", "hus850"]
+    assert gen.bundle.denoiser.net.config.in_channels == 2 + 3 + 5
+    train_hus = data.read(data.split.train)["hus850"].astype(np.float64)
+    norm = man.normalisation["predictors"]["hus850"]
+    np.testing.assert_allclose(norm["mean"], train_hus.mean(), rtol=1e-5)
+    np.testing.assert_allclose(norm["std"], train_hus.std(), rtol=1e-3)
+
+    items = np.arange(3)
+    batch = stage.val_set.batch(items)
+    raw = data.read(data.split.validation[items])
+    preds = {n: raw[n] for n in ("hus850", "psl", "ta850")}
+    x_cond = gen.condition_features_normalised(preds)
+    assert x_cond is not None and x_cond.shape[1] == 3
+    extra = batch["extra"].numpy()
+    np.testing.assert_allclose(extra[:, :3], gen._upsample(x_cond), rtol=1e-5, atol=1e-5)
+    res = gen.generate(preds, members=2, seed=0)
+    assert res.fine.shape == (3, 2, 16, 28) and np.all(res.fine >= 0)

@@ -31,6 +31,9 @@ from precipdiff.perf.precision import default_precision, validate_manifest_preci
 from precipdiff.transforms import PrecipTransform
 from precipdiff.variables import VariableSpec, get_variable, normalise_units
 
+#: Keys a manifest's ``condition`` may have.
+CONDITION_KEYS = frozenset({"source", "predictors", "residual", "features"})
+
 #: Manifest format written by this version of precipdiff.
 FORMAT_VERSION = 3
 MANIFEST_NAME = "manifest.json"
@@ -189,7 +192,12 @@ class Manifest:
         regression's output), ``predictors`` adds the normalised features upsampled
         to the fine grid after the noised coarse channel (before the fine statics),
         ``residual`` (absent: false) means the denoiser generates the residual from
-        the clean upsampled coarse field, which the runtime adds back.
+        the clean upsampled coarse field, which the runtime adds back; ``features``
+        (absent: the regression's features) lists the denoiser's own feature
+        channels (:class:`precipdiff.features.FeatureSpec` dicts, computed from the
+        variables and normalised with ``normalisation.predictors`` like the
+        regression's), e.g. absolute humidity next to the regression's relative
+        humidity; only with ``predictors: true``.
     format_version
         Manifest format (:data:`FORMAT_VERSION`).
     """
@@ -258,10 +266,46 @@ class Manifest:
             raise BundleError(f"manifest features are invalid: {exc}") from exc
         check_features_against(feats, names)
         channels = [f.name for f in feats]
-        missing = [n for n in channels if n not in norm["predictors"]]
+        cond = self.condition
+        if (
+            not isinstance(cond, Mapping)
+            or not {"source", "predictors"} <= set(cond) <= CONDITION_KEYS
+            or cond["source"] not in ("truth", "regression")
+            or not isinstance(cond["predictors"], bool)
+            or not isinstance(cond.get("residual", False), bool)
+            or not isinstance(cond.get("features", []), list)
+        ):
+            raise BundleError(
+                "manifest condition must be {'source': 'truth' | 'regression', "
+                "'predictors': true | false[, 'residual': true | false][, 'features': "
+                f"[feature, ...]]}}, got {cond!r}"
+            )
+        if "features" in cond and not cond["predictors"]:
+            raise BundleError(
+                "manifest condition lists the denoiser's 'features' but 'predictors' is false"
+            )
+        try:
+            cond_feats = self.condition_feature_specs()
+        except ConfigError as exc:
+            raise BundleError(f"manifest condition features are invalid: {exc}") from exc
+        check_features_against(cond_feats, names)
+        if "features" in cond and not cond_feats:
+            raise BundleError(
+                "manifest condition 'features' is empty (write 'predictors': false instead)"
+            )
+        by_name = {f.name: f for f in feats}
+        clash = [f.name for f in cond_feats if f.name in by_name and by_name[f.name] != f]
+        if clash:
+            raise BundleError(
+                f"manifest condition features {clash} share a name with a regression feature "
+                "but are computed differently (their normalisation is keyed by name)"
+            )
+        cond_channels = [f.name for f in cond_feats]
+        stat_names = list(dict.fromkeys([*channels, *cond_channels]))
+        missing = [n for n in stat_names if n not in norm["predictors"]]
         if missing:
             raise BundleError(f"manifest normalisation has no statistics for feature(s) {missing}")
-        stats = [(f"predictors.{n}", norm["predictors"][n]) for n in channels]
+        stats = [(f"predictors.{n}", norm["predictors"][n]) for n in stat_names]
         for label, st in [*stats, ("precip", norm["precip"])]:
             if not isinstance(st, Mapping) or set(st) != {"mean", "std"}:
                 raise BundleError(f"normalisation {label} must be {{'mean', 'std'}}, got {st!r}")
@@ -290,18 +334,6 @@ class Manifest:
                 f"got {sorted(self.static_fields)}"
             )
         check_output_calibration(self.output_calibration)
-        cond = self.condition
-        if (
-            not isinstance(cond, Mapping)
-            or not {"source", "predictors"} <= set(cond) <= {"source", "predictors", "residual"}
-            or cond["source"] not in ("truth", "regression")
-            or not isinstance(cond["predictors"], bool)
-            or not isinstance(cond.get("residual", False), bool)
-        ):
-            raise BundleError(
-                "manifest condition must be {'source': 'truth' | 'regression', "
-                f"'predictors': true | false[, 'residual': true | false]}}, got {cond!r}"
-            )
         n_reg = len(channels) + len(self.static_fields["coarse"])
         if reg.in_channels != n_reg or reg.out_channels != 1 or reg.noise_channels:
             raise BundleError(
@@ -310,7 +342,7 @@ class Manifest:
                 f"has {len(channels)} feature(s) + {len(self.static_fields['coarse'])} coarse "
                 f"static field(s) = {n_reg}, 1 output, no noise embedding"
             )
-        n_pred = len(channels) if cond["predictors"] else 0
+        n_pred = len(cond_channels)
         n_den = 2 + n_pred + len(self.static_fields["fine"])
         if den.in_channels != n_den or den.out_channels != 1 or not den.noise_channels:
             raise BundleError(
@@ -355,6 +387,21 @@ class Manifest:
         if self.features is None:
             return identity_features(self.variable_names())
         return parse_features(self.features)
+
+    def condition_feature_specs(self) -> list[FeatureSpec]:
+        """Return the denoiser's feature channels, upsampled into its condition.
+
+        Returns
+        -------
+        list of FeatureSpec
+            Empty when the denoiser reads no predictors; ``condition.features`` when
+            set; otherwise the regression's features (:meth:`feature_specs`).
+        """
+        if not self.condition.get("predictors", False):
+            return []
+        if "features" in self.condition:
+            return parse_features(self.condition["features"])
+        return self.feature_specs()
 
     # ------------------------------------------------------------ (de)serialise
     def to_dict(self) -> dict[str, Any]:

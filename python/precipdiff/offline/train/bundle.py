@@ -138,6 +138,9 @@ def build_bundle(cfg: TrainConfig, out: str | None = None) -> Path:
     feature_names = [f["name"] for f in features] if features is not None else names
     den_cond = den_meta.get("condition", {"source": "truth", "predictors": False, "statics": []})
     static_names = list(den_cond.get("statics", []))
+    cond_feature_names = [
+        str(f["name"]) for f in den_cond.get("features", []) if f["name"] not in feature_names
+    ]
     statics: dict[str, np.ndarray] = {}
     stored = [n for n in static_names if n not in COMPUTED_STATICS]
     if stored:
@@ -176,7 +179,12 @@ def build_bundle(cfg: TrainConfig, out: str | None = None) -> Path:
         coarse_grid=coarse,
         fine_grid=fine,
         predictor_stats={
-            n: (reg_stats.predictor_mean[n], reg_stats.predictor_std[n]) for n in feature_names
+            **{n: (reg_stats.predictor_mean[n], reg_stats.predictor_std[n]) for n in feature_names},
+            # the denoiser's own feature channels: normalised by the diffusion stage
+            **{
+                n: (den_stats.predictor_mean[n], den_stats.predictor_std[n])
+                for n in cond_feature_names
+            },
         },
         precip_stats=(reg_stats.target_mean, reg_stats.target_std),
         regression=reg,
@@ -192,6 +200,7 @@ def build_bundle(cfg: TrainConfig, out: str | None = None) -> Path:
             # written only when set, so that bundles without it stay readable by
             # earlier versions of format 3
             **({"residual": True} if den_cond.get("residual") else {}),
+            **({"features": den_cond["features"]} if den_cond.get("features") else {}),
         },
         provenance={
             "name": cfg.bundle.name,

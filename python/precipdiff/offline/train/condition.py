@@ -6,7 +6,8 @@ Built from ``diffusion.condition`` (:class:`~precipdiff.offline.train.config.Con
   paper's pairs) or the regression's out-of-fold predictions (``source:
   regression``, from ``run_dir/regression/condition.npz``, written by
   :func:`precipdiff.offline.train.regression.cross_fit`);
-* optionally the regression's normalised input features, upsampled;
+* optionally normalised input features, upsampled: the regression's, or the
+  denoiser's own (``condition.features``, statistics over the training split);
 * static channels: computed from the grid (:mod:`precipdiff.statics`), or
   statistics of the training split only (target climatology, valid fraction,
   time means of static files), so no validation day leaks into them.
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from precipdiff.errors import ConfigError, InputError
+from precipdiff.features import parse_features
 from precipdiff.offline.train.config import ConditionConfig, StaticFile, TrainConfig
 from precipdiff.offline.train.data import ConditionInputs, StageData
 from precipdiff.statics import computed_static
@@ -249,4 +251,11 @@ def condition_inputs(
     if cond.source == "regression":
         coarse = load_regression_condition(stage_dir(cfg, "regression") / CONDITION_FILE, data)
     arr = np.stack(list(statics.values())).astype(np.float32) if statics else None
-    return ConditionInputs(coarse=coarse, predictors=cond.predictors, statics=arr)
+    features = None
+    if cond.predictors and cond.features is not None:
+        features = parse_features(cond.features)
+        # normalised like the regression's features: over the training split only
+        data.ensure_feature_stats(features)
+    return ConditionInputs(
+        coarse=coarse, predictors=cond.predictors, statics=arr, features=features
+    )

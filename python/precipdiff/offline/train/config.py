@@ -528,6 +528,13 @@ class ConditionConfig:
     static_files
         Further static channels from files, e.g. an observed temperature
         climatology as an orography proxy (standardised over the grid).
+    features
+        The denoiser's own feature channels (names or mappings as in
+        ``data.features``, computed from the regression's predictors and normalised
+        over the training split), instead of the regression's; needs
+        ``predictors: true``. E.g. ``[rh850, psl, hus850]``: absolute humidity, whose
+        change with warming the regression's relative humidity leaves out, for the
+        small-scale intensity only.
     residual
         Generate the residual from the (clean) upsampled coarse field instead of
         the fine field itself (CorrDiff's formulation, Mardani et al. 2025): the
@@ -542,8 +549,22 @@ class ConditionConfig:
     statics: list[str] = field(default_factory=list)
     static_files: list[StaticFile] = field(default_factory=list)
     residual: bool = False
+    features: list[str | dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
+        if self.features is not None:
+            from precipdiff.features import parse_features
+
+            if not self.predictors:
+                raise ConfigError(
+                    "diffusion.condition.features lists the denoiser's own feature channels: "
+                    "it needs diffusion.condition.predictors: true"
+                )
+            if not self.features:
+                raise ConfigError(
+                    "diffusion.condition.features is empty (set predictors: false instead)"
+                )
+            parse_features(self.features)  # raises ConfigError on a bad entry
         if self.source not in CONDITION_SOURCES:
             raise ConfigError(
                 f"diffusion.condition.source must be one of {CONDITION_SOURCES}, "
@@ -934,11 +955,39 @@ class TrainConfig:
             )
             if self.regression is None:
                 raise ConfigError(f"diffusion.{what} needs a 'regression' section")
+            if cond.features is not None:
+                _check_condition_features(cond.features, self.regression.data)
             if cond.source == "regression" and self.regression.cross_fit_folds < 2:
                 raise ConfigError(
                     "diffusion.condition.source: regression trains on out-of-fold regression "
                     "predictions: set regression.cross_fit_folds >= 2"
                 )
+
+
+def _check_condition_features(entries: list[str | dict[str, Any]], data: DataConfig) -> None:
+    """Check the denoiser's own features against the regression's data section.
+
+    They must read the regression's predictors and agree by name with the
+    regression's features (their statistics are keyed by name).
+    """
+    from precipdiff.features import identity_features, parse_features, required_variables
+
+    feats = parse_features(entries)
+    have = [p.name for p in data.predictors]
+    missing = [v for v in required_variables(feats) if v not in have]
+    if missing:
+        raise ConfigError(
+            f"diffusion.condition.features read predictor(s) {missing} that "
+            f"regression.data.predictors do not list (it lists {have})"
+        )
+    reg = parse_features(data.features) if data.features is not None else identity_features(have)
+    by_name = {f.name: f for f in reg}
+    clash = [f.name for f in feats if f.name in by_name and by_name[f.name] != f]
+    if clash:
+        raise ConfigError(
+            f"diffusion.condition.features {clash} share a name with a regression feature "
+            "but are computed differently: rename them"
+        )
 
 
 # --------------------------------------------------------------------------------------

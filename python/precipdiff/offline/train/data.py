@@ -404,13 +404,18 @@ class StageData:
             return identity_features([p.source.name for p in self.predictors])
         return parse_features(self.cfg.features)
 
-    def feature_fields(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+    def feature_fields(
+        self, batch: Mapping[str, np.ndarray], features: Sequence[FeatureSpec] | None = None
+    ) -> np.ndarray:
         """Compute the feature channels of a batch (physical units, not normalised).
 
         Parameters
         ----------
         batch
             Output of :meth:`read`.
+        features
+            Which channels (default: :attr:`features`, the regression's); others
+            read the same predictors (e.g. the denoiser's own features).
 
         Returns
         -------
@@ -421,45 +426,89 @@ class StageData:
         for n in names:
             if not np.all(np.isfinite(batch[n])):
                 raise InputError(f"predictor {n!r} has non-finite values after regridding")
-        return compute_features(self.features, {n: batch[n] for n in names})
+        specs = self.features if features is None else list(features)
+        return compute_features(specs, {n: batch[n] for n in names})
 
     def _compute_stats(self, chunk: int) -> Stats:
-        feats = [f.name for f in self.features]
+        (pm, ps), (tm, ts) = self._moments(self.features, chunk, target=True)
+        return Stats(pm, ps, tm, ts, int(self.split.train.size))
+
+    def _moments(
+        self, features: Sequence[FeatureSpec], chunk: int, *, target: bool
+    ) -> tuple[tuple[dict[str, float], dict[str, float]], tuple[float, float]]:
+        """Return feature (and transformed coarse target) moments over the training split."""
+        feats = [f.name for f in features]
         moments = {n: _Moments() for n in feats}
-        target = _Moments()
+        tmom = _Moments()
         train = self.split.train
         for start in range(0, train.size, chunk):
             batch = self.read(train[start : start + chunk])
             if feats:
-                x = self.feature_fields(batch)
+                x = self.feature_fields(batch, features)
                 for i, n in enumerate(feats):
                     moments[n].add(x[:, i])
-            target.add(self.transform.forward(batch["coarse"]))
+            if target:
+                tmom.add(self.transform.forward(batch["coarse"]))
         pm: dict[str, float] = {}
         ps: dict[str, float] = {}
         for n in feats:
             pm[n], ps[n] = moments[n].result(n)
-        tm, ts = target.result(self.cfg.target.name)
-        return Stats(pm, ps, tm, ts, int(train.size))
+        tm, ts = tmom.result(self.cfg.target.name) if target else (0.0, 1.0)
+        return (pm, ps), (tm, ts)
+
+    def ensure_feature_stats(self, features: Sequence[FeatureSpec], chunk: int = 256) -> None:
+        """Add statistics for features that have none yet, from the training split.
+
+        The denoiser's own feature channels (``diffusion.condition.features``) are
+        normalised like the regression's: mean and std over the training split only.
+
+        Parameters
+        ----------
+        features
+            The channels that need statistics.
+        chunk
+            Days per read.
+        """
+        missing = [f for f in features if f.name not in self.stats.predictor_mean]
+        if not missing:
+            return
+        (pm, ps), _ = self._moments(missing, chunk, target=False)
+        self.stats = dataclasses.replace(
+            self.stats,
+            predictor_mean={**self.stats.predictor_mean, **pm},
+            predictor_std={**self.stats.predictor_std, **ps},
+        )
 
     # -- normalisation -----------------------------------------------------------------
 
-    def normalise_predictors(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+    def normalise_predictors(
+        self, batch: Mapping[str, np.ndarray], features: Sequence[FeatureSpec] | None = None
+    ) -> np.ndarray:
         """Compute, stack and normalise the feature channels of a batch.
 
         Parameters
         ----------
         batch
             Output of :meth:`read`.
+        features
+            Which channels (default: :attr:`features`, the regression's); each needs
+            statistics (:meth:`ensure_feature_stats`).
 
         Returns
         -------
         numpy.ndarray
             ``(n, C, Hc, Wc)`` float32, one channel per feature.
         """
-        x = self.feature_fields(batch)
-        mean = np.array([self.stats.predictor_mean[f.name] for f in self.features], np.float32)
-        std = np.array([self.stats.predictor_std[f.name] for f in self.features], np.float32)
+        specs = self.features if features is None else list(features)
+        missing = [f.name for f in specs if f.name not in self.stats.predictor_mean]
+        if missing:
+            raise ConfigError(
+                f"no normalisation statistics for feature(s) {missing} "
+                "(StageData.ensure_feature_stats)"
+            )
+        x = self.feature_fields(batch, specs)
+        mean = np.array([self.stats.predictor_mean[f.name] for f in specs], np.float32)
+        std = np.array([self.stats.predictor_std[f.name] for f in specs], np.float32)
         return ((x - mean[None, :, None, None]) / std[None, :, None, None]).astype(np.float32)
 
     def normalise_target(self, mm_per_day: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -558,14 +607,20 @@ class ConditionInputs:
         Also return the normalised feature channels upsampled to the fine grid.
     statics
         ``(S, Hf, Wf)`` static channels (already normalised).
+    features
+        The denoiser's own feature channels (``diffusion.condition.features``);
+        ``None``: the data's features (the regression's).
     """
 
     coarse: np.ndarray | None = None
     predictors: bool = False
     statics: np.ndarray | None = None
+    features: list[FeatureSpec] | None = None
 
     def n_extra(self, n_features: int) -> int:
         """Return the number of condition channels besides the noised coarse field."""
+        if self.predictors and self.features is not None:
+            n_features = len(self.features)
         return (n_features if self.predictors else 0) + (
             0 if self.statics is None else int(self.statics.shape[0])
         )
@@ -637,7 +692,7 @@ class DiffusionDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         hf, wf = self.data.fine_grid.shape
         parts = []
         if self.condition.predictors:
-            x = self.data.normalise_predictors(raw)  # (n, C, Hc, Wc)
+            x = self.data.normalise_predictors(raw, self.condition.features)  # (n, C, Hc, Wc)
             parts.append(np.asarray(self.data.upsampler(x), np.float32))
         if self.condition.statics is not None and self.condition.statics.shape[0]:
             st = self.condition.statics

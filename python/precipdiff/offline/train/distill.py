@@ -340,7 +340,7 @@ def distill_bundle(
     raw = data.read(train)
     preds = {n: raw[n] for n in gen.manifest.variable_names()}
     y_c = gen.regress(preds)
-    x_feat = gen.features_normalised(preds) if gen.manifest.condition["predictors"] else None
+    x_feat = gen.condition_features_normalised(preds)
     draws = teacher_draws(gen, y_c, x_feat, members=opts["members"], seed=opts["seed"])
     say(f"{len(draws)} teacher draws on {len(train)} training days")
     sigma_mid = gen.sampler.sigma_jump or DEFAULT_SIGMA_MID

@@ -207,7 +207,14 @@ def evaluate_diffusion_given_truth(
     c, cm = data.normalise_target(raw["coarse"])
     c = np.where(cm > 0, c, 0.0).astype(np.float32)
     # the denoiser's other inputs as at run time: the features when it is conditioned on them
-    x_feat = data.normalise_predictors(raw) if bundle.manifest.condition["predictors"] else None
+    # (normalised with the bundle's statistics, on the data's coarse grid)
+    x_feat = (
+        gen.features_from_coarse(
+            {p.source.name: raw[p.source.name] for p in data.predictors}, "condition"
+        )
+        if bundle.manifest.condition["predictors"]
+        else None
+    )
     # the denoiser on the data's own fine grid (which may differ from the bundle's, e.g.
     # the patch region a global bundle's denoiser was trained on)
     same_grid = data.fine_grid == gen.fine_grid and data.coarse_grid == gen.coarse_grid

@@ -347,7 +347,9 @@ class PatchDiffusionDataset(DiffusionDataset):
                 cs.append(self._truth_window(r0, c0, store.read_coarse_day(int(day))))
             extra = []
             if cond.predictors:
-                x = data.normalise_predictors(store.read_predictors(np.array([day]), names))[0]
+                x = data.normalise_predictors(
+                    store.read_predictors(np.array([day]), names), cond.features
+                )[0]
                 extra.append(self._upsample_window(r0, c0, x))
             if cond.statics is not None and cond.statics.shape[0]:
                 extra.append(cond.statics[:, r0 : r0 + ph, c0 : c0 + pw])

@@ -166,6 +166,7 @@ VARIANTS: dict[str, Edit] = {
     "denoiser 2000 steps": _diffusion_steps(2000),
     "residual denoiser": _cond(residual=True),
     "no predictor channels": _cond(predictors=False),
+    "denoiser also reads hus850": _cond(features=["rh850", "psl", "hus850"]),
 }
 
 #: The denoiser's training length (issue 13 cause 5), each scored output-calibrated
@@ -184,6 +185,57 @@ RESIDUAL_SWEEP = ["shipped", "residual denoiser"]
 #: not reading the predictors directly (it still gets them through the regression's
 #: condition), scored like the residual comparison and under the same rule.
 PREDICTOR_CHANNELS_SWEEP = ["shipped", "no predictor channels"]
+
+#: Absolute humidity for the small scales (the q0.99 change): the denoiser reads
+#: ``hus850`` besides the regression's ``rh850, psl`` (the regression is unchanged, so
+#: the large-scale stationarity argument for relative humidity still holds); decided by
+#: :func:`moisture_channel_choice`, fixed before the runs.
+MOISTURE_SWEEP = ["shipped", "denoiser also reads hus850"]
+
+
+#: The comparisons scored output-calibrated, each with its block of selection.md.
+CALIBRATED_COMPARISONS: tuple[tuple[list[str], str], ...] = (
+    (DIFFUSION_STEPS_SWEEP, "denoiser steps"),
+    (RESIDUAL_SWEEP, "residual"),
+    (PREDICTOR_CHANNELS_SWEEP, "predictor channels"),
+    (MOISTURE_SWEEP, "moisture channel"),
+)
+
+
+def moisture_channel_choice(
+    shipped: dict[str, float], candidate: dict[str, float], name: str = "candidate"
+) -> str:
+    """Adopt a physically motivated condition change only if it does what it is for.
+
+    The rule, written before the runs (selection.md, "Absolute humidity for the
+    small scales"), on calibrated scores of the inner split:
+
+    1. the candidate's RCP8.5 mean change is within +-30 % (relative) of the ESM's;
+    2. its CRPS is at most 1 % above the shipped config's (non-inferior skill);
+    3. its q0.99 change is closer to the ESM's own than the shipped config's is.
+
+    Parameters
+    ----------
+    shipped, candidate
+        Calibrated scores as :func:`score_output_calibration` returns them.
+    name
+        The candidate's name (returned when it is adopted).
+
+    Returns
+    -------
+    str
+        ``name`` when all three hold, else ``"shipped"``.
+    """
+    esm = candidate["change_mean_esm_own"]
+    if abs(candidate["change_mean_calibrated"] / esm - 1.0) > 0.3:
+        return "shipped"
+    if candidate["crps"] > 1.01 * shipped["crps"]:
+        return "shipped"
+    q_esm = candidate["change_q0.99_esm_own"]
+    closer = abs(candidate["change_q0.99_calibrated"] - q_esm) < abs(
+        shipped["change_q0.99_calibrated"] - q_esm
+    )
+    return name if closer else "shipped"
 
 
 #: The sigma_c sweep (issue 13 cause 3): the shipped product is output-calibrated, so
@@ -897,16 +949,28 @@ def regression_loss_table(rows: list[tuple[str, list[dict[str, float]]]]) -> str
     return "\n".join(lines)
 
 
-def rule_block(rows: list[tuple[str, dict[str, float]]], sweep: list[str]) -> str:
-    """A comparison's calibrated table and :func:`sigma_c_choice`'s pick ("" if incomplete)."""
+def rule_block(
+    rows: list[tuple[str, dict[str, float]]], sweep: list[str], *, moisture: bool = False
+) -> str:
+    """A comparison's calibrated table and its rule's pick ("" if incomplete).
+
+    The rule is :func:`sigma_c_choice`, or :func:`moisture_channel_choice` for
+    ``moisture`` (rows: the shipped config, then the candidate).
+    """
     if len(rows) != len(sweep):
         return ""
-    chosen = sigma_c_choice(rows, rows[0][1]["change_mean_esm_own"])
+    if moisture:
+        by = dict(rows)
+        chosen = moisture_channel_choice(by[sweep[0]], by[sweep[1]], sweep[1])
+        rule = "`moisture_channel_choice`"
+    else:
+        chosen = sigma_c_choice(rows, rows[0][1]["change_mean_esm_own"])
+        rule = "`sigma_c_choice`, unchanged"
     return "\n".join(
         [
             *calibrated_table(rows),
             "",
-            f"The rule (`sigma_c_choice`, unchanged) picks: **{chosen}**.",
+            f"The rule ({rule}) picks: **{chosen}**.",
         ]
     )
 
@@ -1101,13 +1165,8 @@ def main() -> int:
                 f"{c['wet_ratio']:.2f} | {c['band_ratio']:.2f} | {c['mean_bias']:+.2f} | "
                 f"{c['table_roughness']:.3f} |"
             )
-    others = [
-        n
-        for n, _ in calibrated
-        if n not in DIFFUSION_STEPS_SWEEP
-        and n not in RESIDUAL_SWEEP
-        and n not in PREDICTOR_CHANNELS_SWEEP
-    ]
+    in_comparison = {n for sweep, _ in CALIBRATED_COMPARISONS for n in sweep}
+    others = [n for n, _ in calibrated if n not in in_comparison]
     if others:
         lines += [
             "",
@@ -1140,12 +1199,12 @@ def main() -> int:
     # the comparisons scored output-calibrated under sigma_c_choice's rule, each with its
     # own block of selection.md (written when every variant of it was scored)
     steps_d_body = ""
-    for sweep, block in (
-        (DIFFUSION_STEPS_SWEEP, "denoiser steps"),
-        (RESIDUAL_SWEEP, "residual"),
-        (PREDICTOR_CHANNELS_SWEEP, "predictor channels"),
-    ):
-        body = rule_block([(n, c) for n, c in calibrated if n in sweep], sweep)
+    for sweep, block in CALIBRATED_COMPARISONS:
+        body = rule_block(
+            [(n, c) for n, c in calibrated if n in sweep],
+            sweep,
+            moisture=sweep is MOISTURE_SWEEP,
+        )
         if not body:
             continue
         print(body)

@@ -98,6 +98,7 @@ def test_older_rows_keep_the_earlier_regression(selection: ModuleType, tmp_path:
             selection.DIFFUSION_STEPS_SWEEP
             + selection.RESIDUAL_SWEEP
             + selection.PREDICTOR_CHANNELS_SWEEP
+            + selection.MOISTURE_SWEEP
         )
         if name in newer:
             continue  # the newer comparisons, made with the shipped regression
@@ -115,6 +116,35 @@ def test_older_rows_keep_the_earlier_regression(selection: ModuleType, tmp_path:
         assert cfg["regression"]["optim"]["steps"] == 125, name
         assert cfg["diffusion"]["condition"]["predictors"] == (name == "shipped"), name
         assert cfg["diffusion"]["sigma_c"] == 0.25, name
+    for name in selection.MOISTURE_SWEEP:  # one change: the denoiser's own features
+        cfg = to_dict(selection.variant_config(name, tmp_path))
+        assert cfg["regression"]["optim"]["steps"] == 125, name
+        assert cfg["regression"]["data"]["features"] == ["rh850", "psl"], name
+        feats = cfg["diffusion"]["condition"].get("features")
+        assert feats == (None if name == "shipped" else ["rh850", "psl", "hus850"]), name
+
+
+def _moist(crps: float, mean: float, q99: float) -> dict[str, float]:
+    return {
+        "crps": crps,
+        "change_mean_calibrated": mean,
+        "change_mean_esm_own": -0.10,
+        "change_q0.99_calibrated": q99,
+        "change_q0.99_esm_own": 0.04,
+    }
+
+
+def test_moisture_channel_rule(selection: ModuleType) -> None:
+    # adopted only if the change is kept, the CRPS is non-inferior (1 %) and the q0.99
+    # change moves towards the ESM's own
+    choose = selection.moisture_channel_choice
+    shipped = _moist(0.850, -0.09, -0.01)
+    assert choose(shipped, _moist(0.855, -0.09, 0.02), "c") == "c"
+    assert choose(shipped, _moist(0.860, -0.09, 0.02), "c") == "shipped"  # 1.2 % worse
+    assert choose(shipped, _moist(0.850, -0.14, 0.02), "c") == "shipped"  # change +40 %
+    assert choose(shipped, _moist(0.840, -0.09, -0.03), "c") == "shipped"  # q0.99 further
+    assert choose(shipped, _moist(0.840, -0.09, 0.10), "c") == "shipped"  # overshoots: 0.06
+    assert choose(shipped, _moist(0.840, -0.09, 0.08), "c") == "c"  # 0.04 off against 0.05
 
 
 def test_generated_blocks_are_replaced_in_place(selection: ModuleType) -> None:

@@ -180,6 +180,30 @@ def parse_features(entries: Sequence[str | Mapping[str, Any]]) -> list[FeatureSp
     return out
 
 
+def redefined_features(
+    reference: Sequence[FeatureSpec], others: Sequence[FeatureSpec]
+) -> list[str]:
+    """Return the names in ``others`` that a feature of ``reference`` uses for another quantity.
+
+    Normalisation statistics are keyed by feature name, so one name must mean one
+    quantity across a bundle's feature sets (the regression's and the denoiser's).
+
+    Parameters
+    ----------
+    reference
+        The features the names are defined by (e.g. the regression's).
+    others
+        Features that may reuse those names (e.g. the denoiser's own).
+
+    Returns
+    -------
+    list of str
+        The clashing names, in the order of ``others`` (empty if none).
+    """
+    by_name = {f.name: f for f in reference}
+    return [f.name for f in others if f.name in by_name and by_name[f.name] != f]
+
+
 def required_variables(features: Sequence[FeatureSpec]) -> list[str]:
     """Return the variables the features read, in first-use order.
 

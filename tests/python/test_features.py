@@ -12,6 +12,7 @@ from precipdiff.features import (
     compute_features,
     identity_features,
     parse_features,
+    redefined_features,
     relative_humidity,
     required_variables,
 )
@@ -74,3 +75,10 @@ def test_features_checked_against_bundle_variables():
     check_features_against(parse_features(["rh850", "psl"]), ["hus850", "ta850", "psl"])
     with pytest.raises(BundleError, match="ta850"):
         check_features_against(parse_features(["rh850"]), ["hus850", "psl"])
+
+
+def test_redefined_features_names_clashes_only() -> None:
+    reg = parse_features(["rh850", "psl"])
+    assert redefined_features(reg, parse_features(["rh850", "psl", "hus850"])) == []
+    other = parse_features([{"name": "rh850", "op": "identity", "inputs": ["hus850"]}, "psl"])
+    assert redefined_features(reg, other) == ["rh850"]

@@ -23,6 +23,7 @@ from precipdiff.features import (
     check_features_against,
     identity_features,
     parse_features,
+    redefined_features,
 )
 from precipdiff.grids import LatLonGrid
 from precipdiff.io.atomic import atomic_write_text
@@ -293,8 +294,7 @@ class Manifest:
             raise BundleError(
                 "manifest condition 'features' is empty (write 'predictors': false instead)"
             )
-        by_name = {f.name: f for f in feats}
-        clash = [f.name for f in cond_feats if f.name in by_name and by_name[f.name] != f]
+        clash = redefined_features(feats, cond_feats)
         if clash:
             raise BundleError(
                 f"manifest condition features {clash} share a name with a regression feature "

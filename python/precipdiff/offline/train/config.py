@@ -970,7 +970,12 @@ def _check_condition_features(entries: list[str | dict[str, Any]], data: DataCon
     They must read the regression's predictors and agree by name with the
     regression's features (their statistics are keyed by name).
     """
-    from precipdiff.features import identity_features, parse_features, required_variables
+    from precipdiff.features import (
+        identity_features,
+        parse_features,
+        redefined_features,
+        required_variables,
+    )
 
     feats = parse_features(entries)
     have = [p.name for p in data.predictors]
@@ -981,8 +986,7 @@ def _check_condition_features(entries: list[str | dict[str, Any]], data: DataCon
             f"regression.data.predictors do not list (it lists {have})"
         )
     reg = parse_features(data.features) if data.features is not None else identity_features(have)
-    by_name = {f.name: f for f in reg}
-    clash = [f.name for f in feats if f.name in by_name and by_name[f.name] != f]
+    clash = redefined_features(reg, feats)
     if clash:
         raise ConfigError(
             f"diffusion.condition.features {clash} share a name with a regression feature "

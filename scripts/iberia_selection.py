@@ -167,6 +167,7 @@ VARIANTS: dict[str, Edit] = {
     "residual denoiser": _cond(residual=True),
     "no predictor channels": _cond(predictors=False),
     "denoiser also reads hus850": _cond(features=["rh850", "psl", "hus850"]),
+    "denoiser reads hus850, not rh850": _cond(features=["hus850", "psl"]),
 }
 
 #: The denoiser's training length (issue 13 cause 5), each scored output-calibrated
@@ -192,6 +193,11 @@ PREDICTOR_CHANNELS_SWEEP = ["shipped", "no predictor channels"]
 #: :func:`moisture_channel_choice`, fixed before the runs.
 MOISTURE_SWEEP = ["shipped", "denoiser also reads hus850"]
 
+#: The same question without the temperature the pair ``rh850, hus850`` implies
+#: (q = RH q_s(T)): the denoiser reads ``hus850, psl`` (the regression still reads
+#: ``rh850, psl``); the same rule, fixed before this run too.
+MOISTURE_ONLY_SWEEP = ["shipped", "denoiser reads hus850, not rh850"]
+
 
 #: The comparisons scored output-calibrated, each with its block of selection.md.
 CALIBRATED_COMPARISONS: tuple[tuple[list[str], str], ...] = (
@@ -199,6 +205,7 @@ CALIBRATED_COMPARISONS: tuple[tuple[list[str], str], ...] = (
     (RESIDUAL_SWEEP, "residual"),
     (PREDICTOR_CHANNELS_SWEEP, "predictor channels"),
     (MOISTURE_SWEEP, "moisture channel"),
+    (MOISTURE_ONLY_SWEEP, "moisture only"),
 )
 
 
@@ -1203,7 +1210,7 @@ def main() -> int:
         body = rule_block(
             [(n, c) for n, c in calibrated if n in sweep],
             sweep,
-            moisture=sweep is MOISTURE_SWEEP,
+            moisture=sweep in (MOISTURE_SWEEP, MOISTURE_ONLY_SWEEP),
         )
         if not body:
             continue

@@ -99,6 +99,7 @@ def test_older_rows_keep_the_earlier_regression(selection: ModuleType, tmp_path:
             + selection.RESIDUAL_SWEEP
             + selection.PREDICTOR_CHANNELS_SWEEP
             + selection.MOISTURE_SWEEP
+            + selection.MOISTURE_ONLY_SWEEP
         )
         if name in newer:
             continue  # the newer comparisons, made with the shipped regression
@@ -122,6 +123,10 @@ def test_older_rows_keep_the_earlier_regression(selection: ModuleType, tmp_path:
         assert cfg["regression"]["data"]["features"] == ["rh850", "psl"], name
         feats = cfg["diffusion"]["condition"].get("features")
         assert feats == (None if name == "shipped" else ["rh850", "psl", "hus850"]), name
+    cfg = to_dict(selection.variant_config(selection.MOISTURE_ONLY_SWEEP[1], tmp_path))
+    assert cfg["regression"]["data"]["features"] == ["rh850", "psl"]
+    assert cfg["diffusion"]["condition"]["features"] == ["hus850", "psl"]
+    assert cfg["diffusion"]["sigma_c"] == 0.25 and cfg["regression"]["optim"]["steps"] == 125
 
 
 def _moist(crps: float, mean: float, q99: float) -> dict[str, float]:

@@ -491,7 +491,7 @@ class PrecipGenerator:
             ``(time, n_features, nlat_c, nlon_c)`` float32: the regression's input
             channels before any coarse static fields.
         """
-        return self._normalised(self._coarse_variables(predictors, grid), "regression")
+        return self.features_from_coarse(self._coarse_variables(predictors, grid), "regression")
 
     def condition_features_normalised(
         self, predictors: Any, grid: LatLonGrid | None = None
@@ -517,7 +517,7 @@ class PrecipGenerator:
         """
         if not self._cond_predictors:
             return None
-        return self._normalised(self._coarse_variables(predictors, grid), "condition")
+        return self.features_from_coarse(self._coarse_variables(predictors, grid), "condition")
 
     def _coarse_variables(self, predictors: Any, grid: LatLonGrid | None) -> dict[str, np.ndarray]:
         """Regrid the predictors to the coarse grid: name → ``(time, nlat_c, nlon_c)``."""
@@ -546,16 +546,12 @@ class PrecipGenerator:
         numpy.ndarray
             ``(time, n_features, lat, lon)`` float32.
         """
-        if which not in ("regression", "condition"):
-            raise ConfigError(f"which must be 'regression' or 'condition', got {which!r}")
-        return self._normalised(coarse, which)
-
-    def _normalised(self, coarse: Mapping[str, np.ndarray], which: str) -> np.ndarray:
-        """Compute and normalise the regression's or the denoiser's feature channels."""
         if which == "regression":
             specs, mean, std = self.features, self._x_mean, self._x_std
-        else:
+        elif which == "condition":
             specs, mean, std = self.condition_features, self._c_mean, self._c_std
+        else:
+            raise ConfigError(f"which must be 'regression' or 'condition', got {which!r}")
         feats = compute_features(specs, coarse)
         return (feats - mean[None, :, None, None]) / std[None, :, None, None]
 
@@ -817,12 +813,12 @@ class PrecipGenerator:
             times = np.asarray(predictors["time"].values)
         calibrate = self.calibrates(output_calibration)
         coarse_vars = self._coarse_variables(predictors, grid)
-        x_feat = self._normalised(coarse_vars, "regression")
+        x_feat = self.features_from_coarse(coarse_vars, "regression")
         y_c = self._regress_features(x_feat)
         x_cond: np.ndarray | None = None
         if self._cond_predictors:
             x_cond = (
-                self._normalised(coarse_vars, "condition")
+                self.features_from_coarse(coarse_vars, "condition")
                 if self._own_condition_features
                 else x_feat
             )

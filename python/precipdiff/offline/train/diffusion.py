@@ -30,7 +30,6 @@ from torch import nn
 
 from precipdiff.diffusion.edm import EDMPrecond
 from precipdiff.errors import ConfigError
-from precipdiff.features import FeatureSpec
 from precipdiff.nn.unet import UNet, UNetConfig
 from precipdiff.offline.train.condition import condition_inputs, static_channels
 from precipdiff.offline.train.config import DataConfig, DiffusionStageConfig, TrainConfig, to_dict
@@ -90,8 +89,6 @@ class DiffusionStage:
     cfg: DiffusionStageConfig
     #: Static channels by name (``(Hf, Wf)``), in channel order (stored in the bundle).
     statics: dict[str, np.ndarray] = field(default_factory=dict)
-    #: The denoiser's own feature channels (``None``: the regression's, if any).
-    condition_features: list[FeatureSpec] | None = None
 
     def _pairs(
         self, batch: dict[str, torch.Tensor], gens: list[torch.Generator], patch: bool
@@ -300,7 +297,6 @@ def prepare_diffusion(
         cfg.diffusion,
     )
     stage.statics = statics
-    stage.condition_features = cond.features
     return stage, data
 
 
@@ -339,9 +335,10 @@ def train_diffusion(cfg: TrainConfig, ctx: DistContext, stop_at: int | None = No
                     "predictors": cfg.diffusion.condition.predictors,
                     "statics": list(stage.statics),
                     "residual": cfg.diffusion.condition.residual,
+                    # the denoiser's own feature channels, when it has them
                     **(
-                        {"features": [f.to_dict() for f in stage.condition_features]}
-                        if stage.condition_features is not None
+                        {"features": [f.to_dict() for f in own]}
+                        if (own := stage.val_set.condition.features) is not None
                         else {}
                     ),
                 },

@@ -100,6 +100,7 @@ def test_older_rows_keep_the_earlier_regression(selection: ModuleType, tmp_path:
             + selection.PREDICTOR_CHANNELS_SWEEP
             + selection.MOISTURE_SWEEP
             + selection.MOISTURE_ONLY_SWEEP
+            + selection.DROPOUT_SWEEP
         )
         if name in newer:
             continue  # the newer comparisons, made with the shipped regression
@@ -215,6 +216,21 @@ def test_denoiser_lengths_change_only_the_denoiser_schedule(
             d.pop("run_dir"), d.pop("bundle")
             d["diffusion"]["optim"].pop("steps"), d["diffusion"]["optim"].pop("warmup_steps")
         assert cfg == base
+
+
+def test_denoiser_dropout_is_the_only_change(selection: ModuleType, tmp_path: Path) -> None:
+    from precipdiff.offline.train.config import to_dict
+
+    assert set(selection.DROPOUT_SWEEP) <= set(selection.VARIANTS)
+    assert (selection.DROPOUT_SWEEP, "denoiser dropout") in selection.CALIBRATED_COMPARISONS
+    base = to_dict(selection.variant_config("shipped", tmp_path))
+    cfg = to_dict(selection.variant_config("denoiser dropout 0.1", tmp_path))
+    assert "dropout" not in base["diffusion"]["model"]  # the UNet default: none
+    assert cfg["diffusion"]["model"]["dropout"] == 0.1
+    for d in (cfg, base):
+        d.pop("run_dir"), d.pop("bundle")
+        d["diffusion"]["model"].pop("dropout", None)
+    assert cfg == base
 
 
 def test_the_training_length_figure_reads_the_runs_learning_curves(

@@ -376,3 +376,44 @@ def test_chain_steps_are_paired_differences() -> None:
     assert large == ["+0.000 to +0.000"] * 3
     small = rows["diffusion stage, small scales (fine - block mean)"]
     assert small == ["+0.020 to +0.020", "-0.050 to -0.050", "-0.050 to -0.050"]
+
+
+def test_predictor_qdm_rows_report_derived_features() -> None:
+    """The networks' derived inputs get their own row; an identity QDM keeps every change."""
+    from precipdiff.features import parse_features, relative_humidity
+    from precipdiff.offline.evaluate import iberia
+
+    rng = np.random.default_rng(1)
+    shape = (40, 3, 4)
+    t_h = 275.0 + rng.normal(0, 2, shape)
+    q_h = 0.004 * np.exp(rng.normal(0, 0.2, shape))
+    hist = {"hus850": q_h, "ta850": t_h, "psl": 1.0e5 + rng.normal(0, 500, shape)}
+    # warming by a spatial ramp at constant specific humidity: relative humidity falls
+    ramp = np.linspace(1.0, 3.0, 12).reshape(3, 4)
+    fut = {"hus850": q_h, "ta850": t_h + ramp, "psl": hist["psl"] + 100.0}
+    feats = parse_features(["rh850", "psl"])
+    series = {
+        "esm_v": hist,
+        "esm_v_qdm": hist,
+        "ncep_v": hist,
+        "esm_h": hist,
+        "esm_f": fut,
+        "esm_h_qdm": hist,
+        "esm_f_qdm": fut,
+    }
+    kinds = {"hus850": "multiplicative", "ta850": "additive", "psl": "additive"}
+    units = {"hus850": "kg kg-1", "ta850": "K", "psl": "Pa"}
+    rows = {r[0]: r for r in iberia._predictor_qdm_rows(list(kinds), kinds, units, feats, series)}
+    assert list(rows) == ["hus850", "ta850", "psl", "rh850"]  # identity psl: no extra row
+    rh = rows["rh850"]
+    assert rh[2] == "derived (relative_humidity)"
+    # identity QDM: raw and mapped changes agree, maps correlate perfectly
+    np.testing.assert_allclose(rh[6:9], rh[9:12], rtol=0, atol=1e-7)
+    assert rh[12] == pytest.approx(1.0)
+    # pooled median of all cells and days
+    want = np.quantile(relative_humidity(q_h, t_h + ramp, 85000.0), 0.5) - np.quantile(
+        relative_humidity(q_h, t_h, 85000.0), 0.5
+    )
+    assert want < -0.01
+    assert rh[7] == pytest.approx(want, rel=1e-5)
+    assert rows["psl"][7] == pytest.approx(100.0, rel=1e-4)

@@ -94,14 +94,8 @@ def test_older_rows_keep_the_earlier_regression(selection: ModuleType, tmp_path:
     from precipdiff.offline.train.config import to_dict
 
     for name in selection.VARIANTS:
-        newer = (
-            selection.DIFFUSION_STEPS_SWEEP
-            + selection.RESIDUAL_SWEEP
-            + selection.PREDICTOR_CHANNELS_SWEEP
-            + selection.MOISTURE_SWEEP
-            + selection.MOISTURE_ONLY_SWEEP
-            + selection.DROPOUT_SWEEP
-        )
+        # the newer comparisons: every sweep scored output-calibrated
+        newer = {n for sweep, _ in selection.CALIBRATED_COMPARISONS for n in sweep}
         if name in newer:
             continue  # the newer comparisons, made with the shipped regression
         cfg = to_dict(selection.variant_config(name, tmp_path))

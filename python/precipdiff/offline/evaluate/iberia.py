@@ -55,6 +55,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from precipdiff.errors import ConfigError, InputError
+from precipdiff.features import FeatureSpec, compute_features
 from precipdiff.offline import metrics
 from precipdiff.offline.evaluate import plots
 from precipdiff.offline.evaluate.report import (
@@ -256,7 +257,7 @@ def _predictor_qdm_rows(
     names: list[str],
     kinds: Mapping[str, str],
     units: Mapping[str, str],
-    features: Sequence[Any],
+    features: Sequence[FeatureSpec],
     series: Mapping[str, Mapping[str, NDArray[Any]]],
 ) -> list[list[Any]]:
     """Rows of the predictor-QDM table: each variable, then each derived network feature.
@@ -267,7 +268,6 @@ def _predictor_qdm_rows(
     The last column correlates the change map of the time mean after QDM with the
     raw one: how much of the ESM's change pattern in each input survives QDM.
     """
-    from precipdiff.features import compute_features
 
     def one(
         name: str, unit: str, kind: str, get: Callable[[Mapping[str, NDArray[Any]]], NDArray[Any]]
@@ -294,7 +294,7 @@ def _predictor_qdm_rows(
     def variable(k: str) -> Callable[[Mapping[str, NDArray[Any]]], NDArray[Any]]:
         return lambda d: d[k]
 
-    def feature(spec: Any) -> Callable[[Mapping[str, NDArray[Any]]], NDArray[Any]]:
+    def feature(spec: FeatureSpec) -> Callable[[Mapping[str, NDArray[Any]]], NDArray[Any]]:
         return lambda d: compute_features([spec], d)[..., 0, :, :]
 
     rows = [one(k, units[k], kinds[k], variable(k)) for k in names]
